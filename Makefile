@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= test
+# Tests honour CI=true (every service must be present) and PYTEST_ARGS.
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test soak bench clean
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed-$(EXTRAS)
+
+demo: venv
+	$(VENV)/bin/python scripts/demo.py
+
+test: venv
+	$(PY) -m pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
+
+soak: venv
+	HPCSYNC_SOAK=1 $(PY) -m pytest -q -m soak $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) benchmarks/bench_log.py
+
+clean:
+	rm -rf $(VENV) .demo hpc-runs .pytest_cache
