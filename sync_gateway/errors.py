@@ -1,0 +1,29 @@
+"""Every exception the gateway raises derives from :class:`GatewayError`.
+
+Retryable failures (the network, a server that is restarting) are split from permanent ones (a run the
+server rejects, a configuration error), so callers can decide without parsing messages.
+"""
+from __future__ import annotations
+
+__all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError"]
+
+
+class GatewayError(Exception):
+    """Base class of every error raised by ``sync_gateway``."""
+
+
+class RetryableError(GatewayError):
+    """A failure that may go away by itself: try again on the next pass."""
+
+
+class PermanentError(GatewayError):
+    """A failure that will not go away without a change of configuration or data."""
+
+
+class SourceError(RetryableError):
+    """Reading a root failed (a file system or SSH error); the pass skips what it could not read."""
+
+    def __init__(self, root: str, path: str, message: str):
+        super().__init__(f"{root}: {path}: {message}")
+        self.root = root
+        self.path = path

@@ -1,0 +1,59 @@
+"""The small interface every source of runs implements (local file system, SFTP).
+
+The sync logic only talks to :class:`Source`; it never knows whether the bytes come from a local disk or
+from an SSH server. All paths given to a source are relative to one run directory and use ``/``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One run directory ``<root>/<project>/<run_id>`` as a source found it."""
+
+    project: str
+    run_id: str
+    location: str  # source-specific: an absolute local path, or the remote path
+
+    @property
+    def key(self) -> str:
+        return f"{self.project}/{self.run_id}"
+
+
+class Source(abc.ABC):
+    """Read-only access to the runs under one root. Implementations never follow a link out of the root."""
+
+    #: How the root is shown to a person, e.g. ``/scratch/runs`` or ``ssh://login1/scratch/runs``.
+    display: str
+
+    @abc.abstractmethod
+    def list_runs(self) -> Iterator[RunRef]:
+        """Yield every ``<project>/<run_id>`` directory that holds a ``run.json``."""
+
+    @abc.abstractmethod
+    def scan(self, run: RunRef) -> Dict[str, FileStat]:
+        """Stat the regular files directly in the run directory in one go (name -> stat)."""
+
+    @abc.abstractmethod
+    def walk(self, run: RunRef, subdir: str) -> Dict[str, FileStat]:
+        """Stat every regular file below ``subdir`` (relative path -> stat); empty if it is absent."""
+
+    @abc.abstractmethod
+    def read_range(self, run: RunRef, name: str, offset: int, length: int) -> bytes:
+        """Read up to ``length`` bytes of ``name`` from ``offset`` (fewer at the end of the file)."""
+
+    @abc.abstractmethod
+    def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
+        """Read a whole small file; ``None`` when it does not exist."""
+
+    def close(self) -> None:
+        """Release connections; the source may be used again afterwards (it reconnects)."""
