@@ -1,0 +1,46 @@
+"""Every exception ``hpc`` raises derives from :class:`HpcError`.
+
+Only mistakes in how the SDK is called raise: a run that cannot write (full disk, vanished directory) warns
+and keeps training alive instead.
+"""
+from __future__ import annotations
+
+__all__ = ["HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError"]
+
+
+class HpcError(Exception):
+    """Base class of every error raised by ``hpc``."""
+
+
+class UsageError(HpcError, ValueError):
+    """The SDK was called wrongly: ``log`` before ``init`` or after ``finish``, a bad key, a bad argument."""
+
+
+class SettingsError(UsageError):
+    """A setting (argument or ``HPCSYNC_*`` environment variable) has an invalid value."""
+
+    def __init__(self, name: str, value: object, expected: str):
+        super().__init__(f"invalid value {value!r} for {name}: expected {expected}")
+        self.name = name
+        self.value = value
+
+
+class ResumeError(HpcError):
+    """``resume="must"`` found no run, or ``resume="never"`` found one."""
+
+    def __init__(self, run_dir: str, message: str):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class FormatVersionError(HpcError):
+    """A run directory was written in a format major version this SDK does not know."""
+
+    def __init__(self, path: str, found: str, supported: str):
+        super().__init__(
+            f"{path}: run format version {found} is not supported (this hpc-sync reads {supported}.x); "
+            "upgrade hpc-sync to read it"
+        )
+        self.path = path
+        self.found = found
+        self.supported = supported
