@@ -199,7 +199,7 @@ class Run:
             step = self._step_now
             do_commit = commit is None or bool(commit)
         else:
-            if type(step) is not int:
+            if type(step) is not int or step < 0:
                 step = self._coerce_step(step)
             if step < self._step_now:
                 self._refuse_step(step)
@@ -394,12 +394,17 @@ def _new_meta(settings: Settings, run_id: str, name: str, group: Optional[str], 
         "format_version": fmt.FORMAT_VERSION, "id": run_id, "name": name, "project": settings.project,
         "group": group, "job_type": job_type, "tags": tags, "notes": notes, "created_ms": now_ms,
         "attempt": 0, "attempts": [], "user": _user(), "host": socket.gethostname(),
-        "program": os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else None,
+        "program": _program(),
         "argv": list(sys.argv), "python": platform.python_version(), "cwd": os.getcwd(),
         "git": None, "slurm": context.metadata, "metrics": [],
         "settings": {"flush_interval_s": settings.flush_interval_s,
                      "heartbeat_interval_s": settings.heartbeat_interval_s},
     }
+
+
+def _program() -> Optional[str]:
+    first = sys.argv[0] if sys.argv else ""
+    return os.path.abspath(first) if first and first not in ("-", "-c") else None
 
 
 def _user() -> Optional[str]:

@@ -13,6 +13,7 @@ __all__ = ["MAX_KEY_CHARS", "flatten_row", "key_problem", "plain_config"]
 MAX_KEY_CHARS = 250
 _SCALARS = (int, float, bool, str)
 _NOT_CONVERTIBLE = object()
+_FAST = frozenset((int, float, bool, str))
 
 
 def key_problem(key: Any) -> str:
@@ -58,6 +59,9 @@ def flatten_row(
 ) -> None:
     """Flatten nested mappings with '/' into ``out``; call ``reject(key, why)`` for what cannot be kept."""
     for key, value in data.items():
+        if not prefix and type(value) in _FAST:  # the common row: flat numbers, checked in log()
+            out[key] = value
+            continue
         if prefix:
             problem = key_problem(key) if not isinstance(key, str) or not key else ""
             full = f"{prefix}{key}"
