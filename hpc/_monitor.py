@@ -1,0 +1,459 @@
+"""The system-metrics monitor: a separate process that samples every ``stats_sample_s`` and appends one
+averaged record per ``stats_average_s`` window to ``system.jsonl`` (its only writer), plus ``hardware.json``.
+
+``hpc.init`` calls :func:`start_monitor`; ``finish`` calls :meth:`MonitorHandle.stop`. The process is a fresh
+interpreter (``python -m hpc._monitor``), never a fork of the training process, which may hold CUDA state.
+
+It dies with the run: ``PR_SET_PDEATHSIG`` wakes it the moment its parent dies, a parent-pid check on every
+sample covers what that misses (a parent thread that exits, non-Linux), and it stays in the job's process
+group so a cancelled job's group kill reaches it. SIGTERM (stop, or the scheduler's cancel) writes the last
+partial window first. SIGINT/SIGUSR1/SIGUSR2 are ignored: Ctrl-C and preemption signals are for the training
+process, which then stops the monitor through ``finish``.
+
+Multi-rank policy (docs/metrics.md): ``local_rank`` None or 0 records node-wide metrics (host CPU, memory,
+disk, network); every rank records its own process tree; GPUs: all visible devices when ``local_rank`` is
+None, otherwise the rank's own device (the only visible one, or ``visible[local_rank]``).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ._settings import Settings
+
+__all__ = ["start_monitor", "MonitorHandle", "Monitor", "Averager", "SystemStream", "select_devices", "main"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+SYSTEM_FILE = "system.jsonl"
+HARDWARE_FILE = "hardware.json"
+_PR_SET_PDEATHSIG = 1
+# The signal the kernel sends when the parent dies. Not SIGTERM: the parent *thread* that started us exiting
+# also fires it, so on SIGHUP we check the parent really is gone before stopping.
+_DEATH_SIGNAL = signal.SIGHUP
+
+
+# -- files (small local helpers until hpc._format lands) -----------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+    """Temp file in the same directory, fsync, rename: a reader sees the old or the new document."""
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_jsonable(obj), fh, indent=1, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _repair_tail(path: str) -> Optional[Dict[str, Any]]:
+    """Truncate a stream to its last complete line; return its last valid record (None if there is none)."""
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except FileNotFoundError:
+        return None
+    for line in reversed(data[:end].splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a corrupt complete line: readers skip it, and so do we
+        if isinstance(record, dict) and isinstance(record.get("seq"), int) and isinstance(record.get("step"), int):
+            return record
+    return None
+
+
+class SystemStream:
+    """Appends records to ``system.jsonl``, continuing ``seq`` and ``step`` after a resume.
+
+    Each line goes out in one ``write``; if that fails (full disk, stale NFS handle) the file is cut back
+    to the last good line so no torn record is left before the next one, and the record is counted as
+    dropped.
+    """
+
+    def __init__(self, path: str, warn: Callable[[str, str], None]):
+        self.path = path
+        self._warn = warn
+        last = _repair_tail(path)
+        self.seq = last["seq"] + 1 if last else 0
+        self.step = last["step"] + 1 if last else 0
+        self.dropped = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._good = os.fstat(self._fd).st_size
+
+    def append(self, ts_ms: int, values: Dict[str, Any]) -> None:
+        record = {"seq": self.seq, "step": self.step, "ts_ms": ts_ms, "values": _jsonable(values)}
+        data = (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+        except OSError as err:
+            self.dropped += 1
+            self._warn("write", f"hpc-sync monitor: cannot append to {self.path} ({err}); "
+                                "system metrics are dropped until it can")
+            try:
+                os.ftruncate(self._fd, self._good)
+            except OSError:
+                pass
+            return
+        self._good += len(data)
+        self.seq += 1
+        self.step += 1
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as err:
+            self._warn("fsync", f"hpc-sync monitor: cannot fsync {self.path} ({err})")
+        os.close(self._fd)
+
+
+# -- averaging loop -------------------------------------------------------------------------------------
+class Averager:
+    """Mean of each key over the samples that had it; running totals (``cumulative(key)``) keep the last."""
+
+    def __init__(self, cumulative: Callable[[str], bool]):
+        self._cumulative = cumulative
+        self._sums: Dict[str, float] = {}
+        self._counts: Dict[str, int] = {}
+        self._last: Dict[str, float] = {}
+        self.samples = 0
+
+    def add(self, sample: Dict[str, float]) -> None:
+        self.samples += 1
+        for key, value in sample.items():
+            if self._cumulative(key):
+                self._last[key] = value
+            else:
+                self._sums[key] = self._sums.get(key, 0.0) + value
+                self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self) -> Dict[str, float]:
+        out: Dict[str, float] = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        out.update(self._last)
+        self.__init__(self._cumulative)  # type: ignore[misc]
+        return dict(sorted(out.items()))
+
+
+class Monitor:
+    """Sample on a fixed grid of ``sample_s``; after the last sample of each ``average_s`` window, emit its
+    average. Windows are ``(k*average_s, (k+1)*average_s]`` from the start; a sample at ``t`` belongs to the
+    window holding ``t``. Late wake-ups skip missed grid points rather than bunching samples; empty windows
+    are not emitted. ``stop()`` (or ``alive()`` turning False) ends the loop after emitting the partial window.
+    """
+
+    def __init__(self, sample: Callable[[], Dict[str, float]], emit: Callable[[int, Dict[str, float]], None], *,
+                 sample_s: float, average_s: float, cumulative: Callable[[str], bool] = lambda key: False,
+                 clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+                 wait: Optional[Callable[[float], bool]] = None, alive: Callable[[], bool] = lambda: True):
+        self._sample, self._emit = sample, emit
+        self._sample_s, self._average_s = sample_s, average_s
+        self._clock, self._wall_ms, self._alive = clock, wall_ms, alive
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._avg = Averager(cumulative)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _window(self, t: float) -> int:
+        return max(0, math.ceil(round(t / self._average_s, 9)) - 1)
+
+    def run(self) -> None:
+        start = self._clock()
+        k = 1  # grid index of the next sample
+        try:
+            while not self._stop.is_set():
+                if self._wait(max(0.0, start + k * self._sample_s - self._clock())) or self._stop.is_set():
+                    break
+                if not self._alive():
+                    break
+                self._avg.add(self._sample())
+                t = k * self._sample_s
+                behind = math.floor((self._clock() - start) / self._sample_s)
+                k = max(k + 1, behind + 1)
+                if self._window(k * self._sample_s) != self._window(t):
+                    self._emit(self._wall_ms(), self._avg.flush())
+        finally:
+            if self._avg.samples:
+                self._emit(self._wall_ms(), self._avg.flush())
+
+
+# -- device policy and hardware.json ------------------------------------------------------------------------
+def select_devices(devices: Sequence[Any], local_rank: Optional[int]) -> Tuple[List[Any], Optional[str]]:
+    """The devices this rank records, and a warning when the policy finds none for it."""
+    if local_rank is None or len(devices) <= 1:
+        return list(devices), None
+    if 0 <= local_rank < len(devices):
+        return [devices[local_rank]], None
+    return [], (f"hpc-sync monitor: local rank {local_rank} but only {len(devices)} GPUs are visible; "
+                "this rank records no GPU metrics (set CUDA_VISIBLE_DEVICES per rank to fix)")
+
+
+def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], host: bool, sample_s: float,
+              average_s: float, cuda_visible: Optional[str], driver: Optional[str], gpus: List[Any],
+              gpu_error: Optional[str]) -> Dict[str, Any]:
+    import psutil  # noqa: PLC0415
+
+    return {
+        "ts_ms": time.time_ns() // 1_000_000,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count_logical": psutil.cpu_count(logical=True),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "parent_pid": parent_pid,
+        "monitor_pid": os.getpid(),
+        "local_rank": local_rank,
+        "host_metrics": host,
+        "sample_s": sample_s,
+        "average_s": average_s,
+        "cuda_visible_devices": cuda_visible,
+        "nvidia_driver_version": driver,
+        "gpus": [{"ordinal": d.ordinal, "nvml_index": d.nvml_index, "name": d.name, "uuid": d.uuid,
+                  "memory_total_bytes": d.memory_total_bytes} for d in gpus],
+        "gpu_error": gpu_error,
+    }
+
+
+# -- the process ------------------------------------------------------------------------------------------
+def _set_death_signal(warn: Callable[[str, str], None]) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(_DEATH_SIGNAL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as err:
+        warn("prctl", f"hpc-sync monitor: prctl(PR_SET_PDEATHSIG) failed ({err}); relying on the parent-pid check")
+
+
+def _parent_alive(parent_pid: int, original_ppid: int) -> bool:
+    """False once the training process is gone (exited, killed, or a zombie waiting to be reaped)."""
+    if os.getppid() != original_ppid:
+        return False  # we were reparented: our parent died
+    try:
+        import psutil  # noqa: PLC0415
+
+        return psutil.Process(parent_pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:  # noqa: BLE001  psutil.NoSuchProcess and friends: the parent is gone
+        return False
+
+
+def _signal_wait(alive: Callable[[], bool]) -> Callable[[float], bool]:
+    """Sleep up to ``timeout_s``; True when asked to stop (SIGTERM, or the death signal with the parent gone)."""
+
+    if not hasattr(signal, "sigtimedwait"):  # macOS: a flag set by a handler, polled every 0.1 s
+        stop_flag: List[bool] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if signum == signal.SIGTERM or not alive():
+                stop_flag.append(True)
+
+        for signum in (signal.SIGTERM, _DEATH_SIGNAL):
+            signal.signal(signum, on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, _DEATH_SIGNAL})
+
+        def poll_wait(timeout_s: float) -> bool:
+            deadline = time.monotonic() + timeout_s
+            while not stop_flag and time.monotonic() < deadline:
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            return bool(stop_flag)
+
+        return poll_wait
+
+    def wait(timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            info = signal.sigtimedwait({signal.SIGTERM, _DEATH_SIGNAL}, remaining)
+            if info is None:
+                return False
+            if info.si_signo == signal.SIGTERM or not alive():
+                return True
+            # The death signal while the parent lives: a parent *thread* exited (or a terminal hung up).
+
+    return wait
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hpc._monitor", description="hpc-sync system-metrics monitor")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--sample-s", type=float, default=2.0)
+    parser.add_argument("--average-s", type=float, default=30.0)
+    parser.add_argument("--local-rank", type=int, default=None)
+    parser.add_argument("--silent", action="store_true")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, environ: Optional[Dict[str, str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    logging.basicConfig(level=logging.ERROR if args.silent else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
+    from ._nvml import Nvml  # noqa: PLC0415  (after logging is set up)
+    from ._sampling import CUMULATIVE, ProcessTree, Sampler, WarnOnce  # noqa: PLC0415
+    from .errors import GpuError  # noqa: PLC0415
+
+    warn = WarnOnce(logging.getLogger("hpc.monitor"))
+    original_ppid = os.getppid()
+    for ignored in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(ignored, signal.SIG_IGN)
+    # SIGTERM and the death signal stay blocked and are taken synchronously in the wait between samples
+    # (sigtimedwait): no handler can run in the middle of a write, and the wait still ends at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, _DEATH_SIGNAL})
+    _set_death_signal(warn)
+
+    def alive() -> bool:
+        return _parent_alive(args.parent_pid, original_ppid)
+
+    if not alive():
+        return 0  # the parent died before PR_SET_PDEATHSIG was armed
+
+    run_dir = args.run_dir
+    host = args.local_rank is None or args.local_rank == 0
+    nvml = Nvml(nvml_module)
+    devices: List[Any] = []
+    gpu_error: Optional[str] = None
+    cuda_visible = environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        devices, policy_warning = select_devices(nvml.open(cuda_visible), args.local_rank)
+        if policy_warning:
+            warn("policy", policy_warning)
+    except GpuError as err:
+        gpu_error = str(err)
+        warn("gpu_open", f"hpc-sync monitor: {err}; CPU metrics go on")
+        nvml.close()
+    try:
+        _atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),
+                           _hardware(run_dir, args.parent_pid, args.local_rank, host, args.sample_s,
+                                     args.average_s, cuda_visible, nvml.driver_version, devices, gpu_error))
+    except OSError as err:
+        warn("hardware", f"hpc-sync monitor: cannot write {HARDWARE_FILE} ({err})")
+    try:
+        stream = SystemStream(os.path.join(run_dir, SYSTEM_FILE), warn)
+    except OSError as err:
+        warn("open", f"hpc-sync monitor: cannot open {SYSTEM_FILE} in {run_dir} ({err}); no system metrics")
+        nvml.close()
+        return 1
+    try:
+        tree: Optional[ProcessTree] = ProcessTree(args.parent_pid, exclude_pids=[os.getpid()])
+    except Exception:  # noqa: BLE001  psutil.NoSuchProcess: the parent is already gone
+        tree = None
+    sampler = Sampler(run_dir, tree, host=host, nvml=nvml, devices=devices, warn=warn)
+    sampler.prime()
+    monitor = Monitor(sampler.sample, stream.append, sample_s=args.sample_s, average_s=args.average_s,
+                      cumulative=lambda key: bool(CUMULATIVE.match(key)),
+                      wait=_signal_wait(alive), alive=lambda: not sampler.parent_gone and alive())
+    try:
+        monitor.run()
+    finally:
+        stream.close()
+        nvml.close()
+    return 0
+
+
+# -- the training-process side ------------------------------------------------------------------------------
+class MonitorHandle:
+    """What :func:`start_monitor` returns; call :meth:`stop` from ``finish``."""
+
+    def __init__(self, process: "subprocess.Popen[bytes]"):
+        self.process = process
+        self._owner_pid = os.getpid()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout_s: float = 5.0) -> Optional[int]:
+        """Ask the monitor to write its last partial window and exit; kill it after ``timeout_s``.
+
+        Returns its exit code (None when called from another process than the one that started it, e.g. a
+        forked worker: only the owner may stop it). Never raises.
+        """
+        if os.getpid() != self._owner_pid:
+            return None
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGTERM)
+                return self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("hpc-sync: the system-metrics monitor (pid %d) did not stop within %.1f s; killed it",
+                            self.process.pid, timeout_s)
+                self.process.kill()
+            except OSError:
+                pass
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings,
+                  local_rank: Optional[int] = None) -> Optional[MonitorHandle]:
+    """Start the monitor process for ``run_dir`` (does not wait for it). None when stats are off or it cannot
+    start (one warning line; training goes on)."""
+    if not settings.stats:
+        return None
+    run_dir = os.path.abspath(run_dir)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    # The child must import this same hpc, even when the program put it on sys.path by hand.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "hpc._monitor", "--run-dir", run_dir, "--parent-pid", str(parent_pid),
+            "--sample-s", repr(settings.stats_sample_s), "--average-s", repr(settings.stats_average_s)]
+    if local_rank is not None:
+        argv += ["--local-rank", str(local_rank)]
+    if settings.silent:
+        argv.append("--silent")
+    try:
+        # cwd=run_dir: `-m` puts the cwd first on sys.path, and the user's cwd may hold a module named hpc.
+        process = subprocess.Popen(argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+    except OSError as err:
+        log.warning("hpc-sync: cannot start the system-metrics monitor (%s); the run goes on without it", err)
+        return None
+    return MonitorHandle(process)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
