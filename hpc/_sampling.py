@@ -140,7 +140,7 @@ class ProcessTree:
     call per process returns 0: a DataLoader worker born between two samples is counted from its birth.
     """
 
-    def __init__(self, root_pid: int, exclude_pids: Iterable[int] = (), clock: Callable[[], float] = time.time):
+    def __init__(self, root_pid: int, exclude_pids: Iterable[int] = (), clock: Callable[[], float] = time.monotonic):
         self._root = psutil.Process(root_pid)
         self._exclude = set(exclude_pids)
         self._clock = clock
@@ -171,8 +171,11 @@ class ProcessTree:
             cpu_s[key] = used
             if key in self._cpu_s:
                 delta_s += max(0.0, used - self._cpu_s[key])
-            elif self._last_t is not None and created >= self._last_t - 0.02:
-                delta_s += used  # born since the previous sample: all its CPU time is new
+            elif self._last_t is not None:
+                # Not in the tree at the previous sample, so born since (a process only joins a tree by
+                # birth): all its CPU time is new. (create_time cannot decide this: psutil derives it from
+                # the boot time, which /proc gives in whole seconds.)
+                delta_s += used
             rss += mem.rss
             threads += nthreads
             count += 1
