@@ -40,7 +40,8 @@ def test_process_tree_cpu_follows_a_child_that_burns_cpu():
     assert burned_s > 0.2, "the child got almost no CPU: the machine is overloaded"
 
 
-def test_process_tree_counts_grandchildren_and_excludes_the_monitor():
+@pytest.mark.parametrize("proc_children", [True, False], ids=["proc-children-files", "psutil-scan"])
+def test_process_tree_counts_grandchildren_and_excludes_the_monitor(proc_children):
     # a child that starts a grandchild and sleeps, like a DataLoader worker pool
     code = ("import subprocess, sys, time\n"
             "g = subprocess.Popen([sys.executable, '-c', 'import time; x = bytearray(80_000_000); time.sleep(30)'])\n"
@@ -53,8 +54,11 @@ def test_process_tree_counts_grandchildren_and_excludes_the_monitor():
         grandchild = psutil.Process(child.pid).children()[0]
         while time.time() < deadline and grandchild.memory_info().rss < 80_000_000:
             time.sleep(0.05)
-        full = ProcessTree(child.pid).sample()
-        without = ProcessTree(child.pid, exclude_pids=[grandchild.pid]).sample()
+        full_tree = ProcessTree(child.pid)
+        without_tree = ProcessTree(child.pid, exclude_pids=[grandchild.pid])
+        if not proc_children:  # the fallback walk for kernels without CONFIG_PROC_CHILDREN
+            full_tree._proc_children = without_tree._proc_children = False
+        full, without = full_tree.sample(), without_tree.sample()
     finally:
         for p in psutil.Process(child.pid).children(recursive=True):
             p.kill()
