@@ -438,8 +438,10 @@ def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings,
     run_dir = os.path.abspath(run_dir)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
-    # The child must import this same hpc, even when the program put it on sys.path by hand.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    # The child must import this same hpc, even when the program put it on sys.path by hand; and it runs in
+    # the run directory, so relative PYTHONPATH entries are made absolute against our cwd.
+    inherited = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([package_parent] + inherited)
     argv = [sys.executable, "-m", "hpc._monitor", "--run-dir", run_dir, "--parent-pid", str(parent_pid),
             "--sample-s", repr(settings.stats_sample_s), "--average-s", repr(settings.stats_average_s)]
     if local_rank is not None:

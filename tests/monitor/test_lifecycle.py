@@ -42,12 +42,12 @@ def wait_for(path, timeout_s: float = 30.0) -> None:
 
 
 class Trainer:
-    def __init__(self, run_dir, mode, sample_s, average_s, local_rank=None, new_session=False):
+    def __init__(self, run_dir, mode, sample_s, average_s, local_rank=None, new_session=False, env=None, cwd=None):
         argv = [sys.executable, TRAINER, str(run_dir), mode, str(sample_s), str(average_s)]
         if local_rank is not None:
             argv.append(str(local_rank))
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=new_session)
+                                     start_new_session=new_session, env=env, cwd=cwd)
         line = self.proc.stdout.readline()
         assert line, self.proc.stderr.read()
         self.monitor_pid = json.loads(line)["monitor_pid"]
@@ -222,3 +222,16 @@ def test_an_unwritable_stream_costs_one_line_and_no_crash(tmp_path, trainers):
     assert t.proc.wait(timeout=30) == 0  # the training process is unharmed
     stderr = t.proc.stderr.read()
     assert stderr.count("cannot open system.jsonl") == 1 and "Traceback" not in stderr, stderr
+
+
+def test_the_monitor_imports_what_the_training_process_imports(tmp_path, trainers, fake_nvml_env):
+    """It runs in the run directory: a relative PYTHONPATH entry of the job must still work there."""
+    from conftest import FAKE_DIR, gpu
+
+    (tmp_path / "run").mkdir()
+    env = fake_nvml_env({"devices": [gpu("GPU-1111aaaa-0000")]})
+    env["PYTHONPATH"] = os.path.basename(FAKE_DIR)  # relative to the trainer's cwd
+    t = trainers(tmp_path / "run", "stop", 0.2, 0.4, env=env, cwd=os.path.dirname(FAKE_DIR))
+    assert json.loads(t.proc.stdout.readline()) == {"exit_code": 0}
+    hardware = json.loads((tmp_path / "run" / "hardware.json").read_text())
+    assert [g["uuid"] for g in hardware["gpus"]] == ["GPU-1111aaaa-0000"]
