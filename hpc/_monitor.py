@@ -10,9 +10,9 @@ group so a cancelled job's group kill reaches it. SIGTERM (stop, or the schedule
 partial window first. SIGINT/SIGUSR1/SIGUSR2 are ignored: Ctrl-C and preemption signals are for the training
 process, which then stops the monitor through ``finish``.
 
-Multi-rank policy (docs/metrics.md): ``local_rank`` None or 0 records node-wide metrics (host CPU, memory,
-disk, network); every rank records its own process tree; GPUs: all visible devices when ``local_rank`` is
-None, otherwise the rank's own device (the only visible one, or ``visible[local_rank]``).
+Multi-rank policy (docs/metrics.md): local rank 0 (or no local rank) records node-wide metrics (host CPU,
+memory, disk, network); every rank records its own process tree; GPUs: every visible device without a local
+rank, otherwise the rank's own ones (:func:`select_devices`).
 """
 from __future__ import annotations
 
@@ -217,17 +217,29 @@ class Monitor:
 
 
 # -- device policy and hardware.json ------------------------------------------------------------------------
-def select_devices(devices: Sequence[Any], local_rank: Optional[int]) -> Tuple[List[Any], Optional[str]]:
-    """The devices this rank records, and a warning when the policy finds none for it."""
-    if local_rank is None or len(devices) <= 1:
+def select_devices(devices: Sequence[Any], local_rank: Optional[int],
+                   local_world_size: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
+    """The visible devices this rank records, and a warning when the policy leaves it none.
+
+    No local rank, or one rank on the node: every visible device. Otherwise, when each rank sees fewer
+    devices than there are ranks on the node, the launcher gave each rank its own (SLURM per-task binding):
+    all of them. Else the node's devices are split in equal blocks in local-rank order (one each with
+    torchrun's ``cuda:{LOCAL_RANK}`` convention; ``local_world_size`` unknown counts as one device each).
+    """
+    if local_rank is None or local_world_size == 1 or len(devices) <= 1:
         return list(devices), None
-    if 0 <= local_rank < len(devices):
-        return [devices[local_rank]], None
+    if local_world_size is not None and len(devices) < local_world_size:
+        return list(devices), None
+    per_rank = len(devices) // local_world_size if local_world_size else 1
+    own = list(devices[local_rank * per_rank:(local_rank + 1) * per_rank])
+    if own:
+        return own, None
     return [], (f"hpc-sync monitor: local rank {local_rank} but only {len(devices)} GPUs are visible; "
-                "this rank records no GPU metrics (set CUDA_VISIBLE_DEVICES per rank to fix)")
+                "this rank records no GPU metrics (set CUDA_VISIBLE_DEVICES per rank to choose)")
 
 
-def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], host: bool, sample_s: float,
+def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], local_world_size: Optional[int],
+              host: bool, sample_s: float,
               average_s: float, cuda_visible: Optional[str], driver: Optional[str], gpus: List[Any],
               gpu_error: Optional[str]) -> Dict[str, Any]:
     import psutil  # noqa: PLC0415
@@ -242,6 +254,7 @@ def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], host: bo
         "parent_pid": parent_pid,
         "monitor_pid": os.getpid(),
         "local_rank": local_rank,
+        "local_world_size": local_world_size,
         "host_metrics": host,
         "sample_s": sample_s,
         "average_s": average_s,
@@ -322,6 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-s", type=float, default=2.0)
     parser.add_argument("--average-s", type=float, default=30.0)
     parser.add_argument("--local-rank", type=int, default=None)
+    parser.add_argument("--local-world-size", type=int, default=None)
     parser.add_argument("--silent", action="store_true")
     return parser
 
@@ -351,13 +365,13 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         return 0  # the parent died before PR_SET_PDEATHSIG was armed
 
     run_dir = args.run_dir
-    host = args.local_rank is None or args.local_rank == 0
+    host = args.local_rank is None or args.local_rank == 0 or args.local_world_size == 1
     nvml = Nvml(nvml_module)
     devices: List[Any] = []
     gpu_error: Optional[str] = None
     cuda_visible = environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        devices, policy_warning = select_devices(nvml.open(cuda_visible), args.local_rank)
+        devices, policy_warning = select_devices(nvml.open(cuda_visible), args.local_rank, args.local_world_size)
         if policy_warning:
             warn("policy", policy_warning)
     except GpuError as err:
@@ -366,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         nvml.close()
     try:
         _atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),
-                           _hardware(run_dir, args.parent_pid, args.local_rank, host, args.sample_s,
+                           _hardware(run_dir, args.parent_pid, args.local_rank, args.local_world_size, host,
+                                     args.sample_s,
                                      args.average_s, cuda_visible, nvml.driver_version, devices, gpu_error))
     except OSError as err:
         warn("hardware", f"hpc-sync monitor: cannot write {HARDWARE_FILE} ({err})")
@@ -429,10 +444,15 @@ class MonitorHandle:
             return None
 
 
-def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings,
-                  local_rank: Optional[int] = None) -> Optional[MonitorHandle]:
+def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings, local_rank: Optional[int] = None,
+                  local_world_size: Optional[int] = None) -> Optional[MonitorHandle]:
     """Start the monitor process for ``run_dir`` (does not wait for it). None when stats are off or it cannot
-    start (one warning line; training goes on)."""
+    start (one warning line; training goes on).
+
+    ``local_rank``/``local_world_size``: this process's rank on the node and the number of ranks on the node
+    (torchrun's LOCAL_RANK/LOCAL_WORLD_SIZE, SLURM's SLURM_LOCALID and tasks on this node); see the
+    multi-rank policy in docs/metrics.md. Leave both None when one process per node records the run.
+    """
     if not settings.stats:
         return None
     run_dir = os.path.abspath(run_dir)
@@ -446,6 +466,8 @@ def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings,
             "--sample-s", repr(settings.stats_sample_s), "--average-s", repr(settings.stats_average_s)]
     if local_rank is not None:
         argv += ["--local-rank", str(local_rank)]
+    if local_world_size is not None:
+        argv += ["--local-world-size", str(local_world_size)]
     if settings.silent:
         argv.append("--silent")
     try:

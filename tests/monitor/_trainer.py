@@ -19,7 +19,8 @@ from hpc._settings import Settings
 def main() -> None:
     run_dir, mode, sample_s, average_s = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     local_rank = int(sys.argv[5]) if len(sys.argv) > 5 else None
-    settings = Settings.resolve({"stats_sample_s": sample_s, "stats_average_s": average_s})
+    # stats=True explicitly: the test suite sets HPCSYNC_STATS=off for every other test
+    settings = Settings.resolve({"stats": True, "stats_sample_s": sample_s, "stats_average_s": average_s})
     handles = []
 
     def start() -> None:

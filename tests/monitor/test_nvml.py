@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from hpc._monitor import select_devices
 from hpc._nvml import Nvml, parse_visible_devices
 from hpc._sampling import Sampler, WarnOnce
 from hpc.errors import GpuError, HpcError
@@ -174,7 +175,7 @@ def test_monitor_process_without_a_driver_says_so_once_and_records_cpu(tmp_path,
 
 def test_local_rank_records_its_own_gpu_and_no_host_metrics(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"devices": [gpu(u) for u in UUIDS]})
-    records, hardware, _ = _run_monitor(tmp_path, env, args=("--local-rank", "2"))
+    records, hardware, _ = _run_monitor(tmp_path, env, args=("--local-rank", "2", "--local-world-size", "4"))
     assert [g["ordinal"] for g in hardware["gpus"]] == [2] and hardware["host_metrics"] is False
     keys = set().union(*(r["values"] for r in records))
     assert {k for k in keys if k.startswith("gpu/")} <= {f"gpu/2/{f}" for f in (
@@ -184,3 +185,23 @@ def test_local_rank_records_its_own_gpu_and_no_host_metrics(tmp_path, fake_nvml_
     assert "gpu/2/power_w" in keys
     assert not keys & {"cpu/system_percent", "memory/system_percent", "disk/usage_percent", "network/sent_bytes"}
     assert "cpu/process_percent" in keys
+
+
+@pytest.mark.parametrize("n_visible, local_rank, local_world_size, expected", [
+    (8, None, None, [0, 1, 2, 3, 4, 5, 6, 7]),  # one process per node records the node
+    (8, 0, 1, [0, 1, 2, 3, 4, 5, 6, 7]),  # SLURM_LOCALID=0 of a one-task-per-node job
+    (8, 3, 8, [3]),  # torchrun, 8 ranks: cuda:{LOCAL_RANK}
+    (8, 3, None, [3]),  # a local rank without a size: one device each
+    (8, 1, 4, [2, 3]),  # 4 ranks with 2 GPUs each, in blocks
+    (1, 5, 8, [0]),  # SLURM --gpus-per-task=1: each rank sees only its own
+    (2, 3, 4, [0, 1]),  # --gpus-per-task=2 with 4 ranks: fewer visible than ranks, all its own
+    (0, 2, 8, []),
+])
+def test_multi_rank_gpu_policy(n_visible, local_rank, local_world_size, expected):
+    devices, warning = select_devices(list(range(n_visible)), local_rank, local_world_size)
+    assert devices == expected and warning is None
+
+
+def test_a_rank_past_the_visible_devices_records_none_and_says_why():
+    devices, warning = select_devices([0, 1, 2, 3], 5, None)
+    assert devices == [] and "local rank 5 but only 4 GPUs" in warning
