@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import logging
 import math
 import os
@@ -27,11 +26,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ._format import SYSTEM, atomic_write_json, encode_values, repair_torn_tail
 from ._settings import Settings
 
 __all__ = ["start_monitor", "MonitorHandle", "Monitor", "Averager", "SystemStream", "select_devices", "main"]
@@ -39,7 +38,7 @@ __all__ = ["start_monitor", "MonitorHandle", "Monitor", "Averager", "SystemStrea
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-SYSTEM_FILE = "system.jsonl"
+SYSTEM_FILE = SYSTEM
 HARDWARE_FILE = "hardware.json"
 _PR_SET_PDEATHSIG = 1
 # The signal the kernel sends when the parent dies. Not SIGTERM: the parent *thread* that started us exiting
@@ -47,58 +46,7 @@ _PR_SET_PDEATHSIG = 1
 _DEATH_SIGNAL = signal.SIGHUP
 
 
-# -- files (small local helpers until hpc._format lands) -----------------------------------------------
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-    """Temp file in the same directory, fsync, rename: a reader sees the old or the new document."""
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=directory or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(obj), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _repair_tail(path: str) -> Optional[Dict[str, Any]]:
-    """Truncate a stream to its last complete line; return its last valid record (None if there is none)."""
-    try:
-        with open(path, "rb+") as fh:
-            data = fh.read()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                fh.truncate(end)
-                fh.flush()
-                os.fsync(fh.fileno())
-    except FileNotFoundError:
-        return None
-    for line in reversed(data[:end].splitlines()):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a corrupt complete line: readers skip it, and so do we
-        if isinstance(record, dict) and isinstance(record.get("seq"), int) and isinstance(record.get("step"), int):
-            return record
-    return None
-
-
+# -- files ------------------------------------------------------------------------------------------------
 class SystemStream:
     """Appends records to ``system.jsonl``, continuing ``seq`` and ``step`` after a resume.
 
@@ -110,7 +58,9 @@ class SystemStream:
     def __init__(self, path: str, warn: Callable[[str, str], None]):
         self.path = path
         self._warn = warn
-        last = _repair_tail(path)
+        last, _ = repair_torn_tail(path)
+        if last is not None and not isinstance(last.get("step"), int):
+            last = None  # not a record of this format: start over rather than guess
         self.seq = last["seq"] + 1 if last else 0
         self.step = last["step"] + 1 if last else 0
         self.dropped = 0
@@ -118,8 +68,8 @@ class SystemStream:
         self._good = os.fstat(self._fd).st_size
 
     def append(self, ts_ms: int, values: Dict[str, Any]) -> None:
-        record = {"seq": self.seq, "step": self.step, "ts_ms": ts_ms, "values": _jsonable(values)}
-        data = (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+        record = {"seq": self.seq, "step": self.step, "ts_ms": ts_ms, "values": values}
+        data = (encode_values(record) + "\n").encode("utf-8")
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -379,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         warn("gpu_open", f"hpc-sync monitor: {err}; CPU metrics go on")
         nvml.close()
     try:
-        _atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),
+        atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),
                            _hardware(run_dir, args.parent_pid, args.local_rank, args.local_world_size, host,
                                      args.sample_s,
                                      args.average_s, cuda_visible, nvml.driver_version, devices, gpu_error))

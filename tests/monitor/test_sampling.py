@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from hpc._sampling import METRICS, ProcessTree, Sampler, disk_io, disk_usage, memory_system
-from _need import need
+from support import need
 
 BURN = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass\n"
 
