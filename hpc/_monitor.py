@@ -174,9 +174,13 @@ def select_devices(devices: Sequence[Any], local_rank: Optional[int],
     No local rank, or one rank on the node: every visible device. Otherwise, when each rank sees fewer
     devices than there are ranks on the node, the launcher gave each rank its own (SLURM per-task binding):
     all of them. Else the node's devices are split in equal blocks in local-rank order (one each with
-    torchrun's ``cuda:{LOCAL_RANK}`` convention; ``local_world_size`` unknown counts as one device each).
+    torchrun's ``cuda:{LOCAL_RANK}`` convention). With the size unknown, local rank 0 may be alone on the node
+    (SLURM sets SLURM_LOCALID=0 in a one-task job), so it keeps every device: a GPU recorded twice beats
+    seven GPUs lost; a local rank k > 0 proves there are several ranks and records device k.
     """
     if local_rank is None or local_world_size == 1 or len(devices) <= 1:
+        return list(devices), None
+    if local_world_size is None and local_rank == 0:
         return list(devices), None
     if local_world_size is not None and len(devices) < local_world_size:
         return list(devices), None

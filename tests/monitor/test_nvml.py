@@ -191,7 +191,8 @@ def test_local_rank_records_its_own_gpu_and_no_host_metrics(tmp_path, fake_nvml_
     (8, None, None, [0, 1, 2, 3, 4, 5, 6, 7]),  # one process per node records the node
     (8, 0, 1, [0, 1, 2, 3, 4, 5, 6, 7]),  # SLURM_LOCALID=0 of a one-task-per-node job
     (8, 3, 8, [3]),  # torchrun, 8 ranks: cuda:{LOCAL_RANK}
-    (8, 3, None, [3]),  # a local rank without a size: one device each
+    (8, 3, None, [3]),  # a local rank k > 0 without a size: one device each
+    (8, 0, None, [0, 1, 2, 3, 4, 5, 6, 7]),  # rank 0 without a size may be alone on the node: keep all
     (8, 1, 4, [2, 3]),  # 4 ranks with 2 GPUs each, in blocks
     (1, 5, 8, [0]),  # SLURM --gpus-per-task=1: each rank sees only its own
     (2, 3, 4, [0, 1]),  # --gpus-per-task=2 with 4 ranks: fewer visible than ranks, all its own
