@@ -1,8 +1,8 @@
 """The system-metrics monitor: a separate process that samples every ``stats_sample_s`` and appends one
 averaged record per ``stats_average_s`` window to ``system.jsonl`` (its only writer), plus ``hardware.json``.
 
-``hpc.init`` calls :func:`start_monitor`; ``finish`` calls :meth:`MonitorHandle.stop`. The process is a fresh
-interpreter (``python -m hpc._monitor``), never a fork of the training process, which may hold CUDA state.
+This module is the process (``python -m hpc._monitor``): ``hpc._stats.start_monitor`` starts it from
+``hpc.init`` and nothing in the SDK imports this module, so ``-m`` runs its only copy.
 
 It dies with the run: ``PR_SET_PDEATHSIG`` wakes it the moment its parent dies, a parent-pid check on every
 sample covers what that misses (a parent thread that exits, non-Linux), and it stays in the job's process
@@ -24,16 +24,14 @@ import os
 import platform
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._format import SYSTEM, atomic_write_json, encode_values, repair_torn_tail
-from ._settings import Settings
 
-__all__ = ["start_monitor", "MonitorHandle", "Monitor", "Averager", "SystemStream", "select_devices", "main"]
+__all__ = ["Monitor", "Averager", "SystemStream", "select_devices", "main"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -360,77 +358,6 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         stream.close()
         nvml.close()
     return 0
-
-
-# -- the training-process side ------------------------------------------------------------------------------
-class MonitorHandle:
-    """What :func:`start_monitor` returns; call :meth:`stop` from ``finish``."""
-
-    def __init__(self, process: "subprocess.Popen[bytes]"):
-        self.process = process
-        self._owner_pid = os.getpid()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self, timeout_s: float = 5.0) -> Optional[int]:
-        """Ask the monitor to write its last partial window and exit; kill it after ``timeout_s``.
-
-        Returns its exit code (None when called from another process than the one that started it, e.g. a
-        forked worker: only the owner may stop it). Never raises.
-        """
-        if os.getpid() != self._owner_pid:
-            return None
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGTERM)
-                return self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("hpc-sync: the system-metrics monitor (pid %d) did not stop within %.1f s; killed it",
-                            self.process.pid, timeout_s)
-                self.process.kill()
-            except OSError:
-                pass
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-
-def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings, local_rank: Optional[int] = None,
-                  local_world_size: Optional[int] = None) -> Optional[MonitorHandle]:
-    """Start the monitor process for ``run_dir`` (does not wait for it). None when stats are off or it cannot
-    start (one warning line; training goes on).
-
-    ``local_rank``/``local_world_size``: this process's rank on the node and the number of ranks on the node
-    (torchrun's LOCAL_RANK/LOCAL_WORLD_SIZE, SLURM's SLURM_LOCALID and tasks on this node); see the
-    multi-rank policy in docs/metrics.md. Leave both None when one process per node records the run.
-    """
-    if not settings.stats:
-        return None
-    run_dir = os.path.abspath(run_dir)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    # The child must import this same hpc, even when the program put it on sys.path by hand; and it runs in
-    # the run directory, so relative PYTHONPATH entries are made absolute against our cwd.
-    inherited = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([package_parent] + inherited)
-    argv = [sys.executable, "-m", "hpc._monitor", "--run-dir", run_dir, "--parent-pid", str(parent_pid),
-            "--sample-s", repr(settings.stats_sample_s), "--average-s", repr(settings.stats_average_s)]
-    if local_rank is not None:
-        argv += ["--local-rank", str(local_rank)]
-    if local_world_size is not None:
-        argv += ["--local-world-size", str(local_world_size)]
-    if settings.silent:
-        argv.append("--silent")
-    try:
-        # cwd=run_dir: `-m` puts the cwd first on sys.path, and the user's cwd may hold a module named hpc.
-        process = subprocess.Popen(argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, close_fds=True)
-    except OSError as err:
-        log.warning("hpc-sync: cannot start the system-metrics monitor (%s); the run goes on without it", err)
-        return None
-    return MonitorHandle(process)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from hpc._monitor import start_monitor
+from hpc._stats import start_monitor
 from hpc._settings import Settings
 
 

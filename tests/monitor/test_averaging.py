@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from hpc._monitor import Averager, Monitor, SystemStream
 from conftest import read_records

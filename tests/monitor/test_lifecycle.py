@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from hpc._monitor import start_monitor
+from hpc._stats import start_monitor
 from hpc._settings import Settings
 from conftest import read_records
 
