@@ -81,10 +81,23 @@ def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings, local_ra
         argv += ["--local-world-size", str(local_world_size)]
     if settings.silent:
         argv.append("--silent")
+    # The child inherits this thread's signal mask: with SIGTERM and SIGHUP blocked from its first
+    # instruction, a stop() that comes while it is still starting waits for it instead of killing it
+    # half-way (the monitor takes them with sigtimedwait). Only this thread, only for the fork.
+    blocked = _block_signals()
     try:
         # cwd=run_dir: `-m` puts the cwd first on sys.path, and the user's cwd may hold a module named hpc.
         process = subprocess.Popen(argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, close_fds=True)
     except OSError as err:
         log.warning("hpc-sync: cannot start the system-metrics monitor (%s); the run goes on without it", err)
         return None
+    finally:
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return MonitorHandle(process)
+
+
+def _block_signals() -> Optional[set]:
+    if not hasattr(signal, "pthread_sigmask") or not hasattr(signal, "sigtimedwait"):
+        return None  # the monitor then installs handlers instead (macOS)
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP}))

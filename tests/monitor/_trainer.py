@@ -34,11 +34,14 @@ def main() -> None:
         start()
     handle = handles[0]
     print(json.dumps({"monitor_pid": handle.pid if handle else None}), flush=True)
-    if mode == "exit":
+    if mode in ("exit", "stop"):
+        # a few samples into the monitor's life (on a loaded machine its start alone can take a second)
+        while handle is not None and not os.path.exists(os.path.join(run_dir, "hardware.json")):
+            time.sleep(0.05)
         time.sleep(float(sys.argv[3]) * 3)
+    if mode == "exit":
         os._exit(0)
     if mode == "stop":
-        time.sleep(float(sys.argv[3]) * 3)
         print(json.dumps({"exit_code": handle.stop(timeout_s=10)}), flush=True)
         return
     while True:

@@ -207,6 +207,7 @@ def test_a_resumed_run_continues_seq_and_step(tmp_path, trainers):
     n = len(read_records(tmp_path / "system.jsonl"))
     with open(tmp_path / "system.jsonl", "a") as fh:
         fh.write('{"seq": 99, "st')  # a crash mid-line in a third writer's life
+    os.unlink(tmp_path / "hardware.json")  # the trainer waits for the new monitor's
     second = trainers(tmp_path, "stop", 0.2, 0.4)
     assert json.loads(second.proc.stdout.readline()) == {"exit_code": 0}
     records = read_records(tmp_path / "system.jsonl")
@@ -235,3 +236,13 @@ def test_the_monitor_imports_what_the_training_process_imports(tmp_path, trainer
     assert json.loads(t.proc.stdout.readline()) == {"exit_code": 0}
     hardware = json.loads((tmp_path / "run" / "hardware.json").read_text())
     assert [g["uuid"] for g in hardware["gpus"]] == ["GPU-1111aaaa-0000"]
+
+
+def test_stop_right_after_start_lets_the_monitor_exit_cleanly(tmp_path):
+    """A run that finishes at once: the SIGTERM waits (blocked from the fork on) until the monitor can
+    take it, instead of killing a half-started interpreter."""
+    handle = start_monitor(str(tmp_path), parent_pid=os.getpid(),
+                           settings=Settings.resolve({"stats_sample_s": 0.2, "stats_average_s": 1}, {}))
+    assert handle.stop(timeout_s=30) == 0
+    assert read_records(tmp_path / "system.jsonl") == []  # no sample was taken, so no record
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # our mask is restored

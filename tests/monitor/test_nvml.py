@@ -134,6 +134,9 @@ def _run_monitor(tmp_path, env, seconds=1.6, args=()):
             [sys.executable, "-m", "hpc._monitor", "--run-dir", str(tmp_path), "--parent-pid", str(parent.pid),
              "--sample-s", "0.2", "--average-s", "0.4", *args],
             env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "hardware.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # on a loaded machine the interpreter alone can take a second to start
         time.sleep(seconds)
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
