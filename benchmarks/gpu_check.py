@@ -98,7 +98,8 @@ def main() -> int:
     for g in hardware["gpus"]:
         found = g["uuid"] in listed
         ok &= found
-        print(f"  gpu {g['ordinal']}: {g['name']} {g['uuid']} {'(in nvidia-smi -L)' if found else '(NOT in nvidia-smi -L)'}")
+        where = "in nvidia-smi -L" if found else "NOT in nvidia-smi -L"
+        print(f"  gpu {g['ordinal']}: {g['name']} {g['uuid']} ({where})")
     ok &= len(hardware["gpus"]) == listed.count("UUID: GPU-")
 
     records = read_jsonl(os.path.join(run_dir, "system.jsonl"))

@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import psutil
+
 from ._format import SYSTEM, atomic_write_json, encode_values, repair_torn_tail
 
 __all__ = ["Monitor", "Averager", "SystemStream", "select_devices", "main"]
@@ -99,6 +101,9 @@ class Averager:
 
     def __init__(self, cumulative: Callable[[str], bool]):
         self._cumulative = cumulative
+        self._reset()
+
+    def _reset(self) -> None:
         self._sums: Dict[str, float] = {}
         self._counts: Dict[str, int] = {}
         self._last: Dict[str, float] = {}
@@ -116,7 +121,7 @@ class Averager:
     def flush(self) -> Dict[str, float]:
         out: Dict[str, float] = {k: self._sums[k] / self._counts[k] for k in self._sums}
         out.update(self._last)
-        self.__init__(self._cumulative)  # type: ignore[misc]
+        self._reset()
         return dict(sorted(out.items()))
 
 
@@ -129,7 +134,8 @@ class Monitor:
 
     def __init__(self, sample: Callable[[], Dict[str, float]], emit: Callable[[int, Dict[str, float]], None], *,
                  sample_s: float, average_s: float, cumulative: Callable[[str], bool] = lambda key: False,
-                 clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
                  wait: Optional[Callable[[float], bool]] = None, alive: Callable[[], bool] = lambda: True):
         self._sample, self._emit = sample, emit
         self._sample_s, self._average_s = sample_s, average_s
@@ -190,12 +196,8 @@ def select_devices(devices: Sequence[Any], local_rank: Optional[int],
                 "this rank records no GPU metrics (set CUDA_VISIBLE_DEVICES per rank to choose)")
 
 
-def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], local_world_size: Optional[int],
-              host: bool, sample_s: float,
-              average_s: float, cuda_visible: Optional[str], driver: Optional[str], gpus: List[Any],
-              gpu_error: Optional[str]) -> Dict[str, Any]:
-    import psutil  # noqa: PLC0415
-
+def _hardware(args: argparse.Namespace, host: bool, cuda_visible: Optional[str], driver: Optional[str],
+              gpus: List[Any], gpu_error: Optional[str]) -> Dict[str, Any]:
     return {
         "ts_ms": time.time_ns() // 1_000_000,
         "host": socket.gethostname(),
@@ -203,13 +205,13 @@ def _hardware(run_dir: str, parent_pid: int, local_rank: Optional[int], local_wo
         "cpu_count_logical": psutil.cpu_count(logical=True),
         "cpu_count_physical": psutil.cpu_count(logical=False),
         "memory_total_bytes": psutil.virtual_memory().total,
-        "parent_pid": parent_pid,
+        "parent_pid": args.parent_pid,
         "monitor_pid": os.getpid(),
-        "local_rank": local_rank,
-        "local_world_size": local_world_size,
+        "local_rank": args.local_rank,
+        "local_world_size": args.local_world_size,
         "host_metrics": host,
-        "sample_s": sample_s,
-        "average_s": average_s,
+        "sample_s": args.sample_s,
+        "average_s": args.average_s,
         "cuda_visible_devices": cuda_visible,
         "nvidia_driver_version": driver,
         "gpus": [{"ordinal": d.ordinal, "nvml_index": d.nvml_index, "name": d.name, "uuid": d.uuid,
@@ -235,11 +237,11 @@ def _parent_alive(parent_pid: int, original_ppid: int) -> bool:
     if os.getppid() != original_ppid:
         return False  # we were reparented: our parent died
     try:
-        import psutil  # noqa: PLC0415
-
         return psutil.Process(parent_pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:  # noqa: BLE001  psutil.NoSuchProcess and friends: the parent is gone
+    except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True  # it exists; whose it is does not matter here
 
 
 def _signal_wait(alive: Callable[[], bool]) -> Callable[[float], bool]:
@@ -292,7 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, environ: Optional[Dict[str, str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
+         environ: Optional[Dict[str, str]] = None) -> int:
+    """The monitor process. ``nvml_module`` replaces ``pynvml`` and ``environ`` the environment (tests)."""
     args = _parser().parse_args(argv)
     environ = os.environ if environ is None else environ
     logging.basicConfig(level=logging.ERROR if args.silent else logging.WARNING, format="%(message)s",
@@ -332,9 +336,7 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         nvml.close()
     try:
         atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),
-                           _hardware(run_dir, args.parent_pid, args.local_rank, args.local_world_size, host,
-                                     args.sample_s,
-                                     args.average_s, cuda_visible, nvml.driver_version, devices, gpu_error))
+                          _hardware(args, host, cuda_visible, nvml.driver_version, devices, gpu_error))
     except OSError as err:
         warn("hardware", f"hpc-sync monitor: cannot write {HARDWARE_FILE} ({err})")
     try:
@@ -345,7 +347,9 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None, envir
         return 1
     try:
         tree: Optional[ProcessTree] = ProcessTree(args.parent_pid, exclude_pids=[os.getpid()])
-    except Exception:  # noqa: BLE001  psutil.NoSuchProcess: the parent is already gone
+    except psutil.Error as err:  # gone already (the next alive() check ends us), or not ours to read
+        warn("process_tree", f"hpc-sync monitor: cannot read process {args.parent_pid} ({err}); "
+                             "no process-tree metrics")
         tree = None
     sampler = Sampler(run_dir, tree, host=host, nvml=nvml, devices=devices, warn=warn)
     sampler.prime()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import site
 import subprocess
 import sys
 from typing import Optional
@@ -66,13 +67,13 @@ def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings, local_ra
     """
     if not settings.stats:
         return None
+    if not sys.executable:
+        log.warning("hpc-sync: no Python executable to start the system-metrics monitor with (embedded "
+                    "interpreter?); the run goes on without system metrics")
+        return None
     run_dir = os.path.abspath(run_dir)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
-    # The child must import this same hpc, even when the program put it on sys.path by hand; and it runs in
-    # the run directory, so relative PYTHONPATH entries are made absolute against our cwd.
-    inherited = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([package_parent] + inherited)
+    env["PYTHONPATH"] = os.pathsep.join(_child_path(env.get("PYTHONPATH", "")))
     argv = [sys.executable, "-m", "hpc._monitor", "--run-dir", run_dir, "--parent-pid", str(parent_pid),
             "--sample-s", repr(settings.stats_sample_s), "--average-s", repr(settings.stats_average_s)]
     if local_rank is not None:
@@ -95,6 +96,22 @@ def start_monitor(run_dir: str, *, parent_pid: int, settings: Settings, local_ra
         if blocked is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return MonitorHandle(process)
+
+
+def _child_path(pythonpath: str) -> list:
+    """The child's PYTHONPATH: it must import this same hpc, even when the program put it on sys.path by
+    hand; and it runs in the run directory, so relative entries are made absolute against our cwd. A
+    site-packages directory is not added: ahead of the standard library it could shadow stdlib modules."""
+    entries = [os.path.abspath(p) for p in pythonpath.split(os.pathsep) if p]
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    site_dirs = set()
+    try:
+        site_dirs = {os.path.abspath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    except AttributeError:  # virtualenv's old site.py lacks them
+        pass
+    if package_parent not in site_dirs and package_parent not in entries:
+        entries.insert(0, package_parent)
+    return entries
 
 
 def _block_signals() -> Optional[set]:

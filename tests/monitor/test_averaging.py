@@ -102,7 +102,8 @@ def test_stream_writes_the_record_format_with_non_finite_as_strings(tmp_path):
     stream.close()
     records = read_records(path)
     assert records == [
-        {"seq": 0, "step": 0, "ts_ms": 1000, "values": {"a": 1.5, "b": "NaN", "c": "Infinity", "d": "-Infinity", "n": 3}},
+        {"seq": 0, "step": 0, "ts_ms": 1000,
+         "values": {"a": 1.5, "b": "NaN", "c": "Infinity", "d": "-Infinity", "n": 3}},
         {"seq": 1, "step": 1, "ts_ms": 2000, "values": {"a": 2.0}},
     ]
     assert warnings == []

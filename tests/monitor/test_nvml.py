@@ -150,7 +150,8 @@ def _run_monitor(tmp_path, env, seconds=1.6, args=()):
 def test_monitor_process_records_only_the_jobs_gpus(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"devices": [gpu(u) for u in UUIDS]}, CUDA_VISIBLE_DEVICES="GPU-2233,GPU-4444")
     records, hardware, stderr = _run_monitor(tmp_path, env)
-    assert [(g["ordinal"], g["nvml_index"], g["uuid"]) for g in hardware["gpus"]] == [(0, 2, UUIDS[2]), (1, 3, UUIDS[3])]
+    picked = [(g["ordinal"], g["nvml_index"], g["uuid"]) for g in hardware["gpus"]]
+    assert picked == [(0, 2, UUIDS[2]), (1, 3, UUIDS[3])]
     assert hardware["gpu_error"] is None and hardware["nvidia_driver_version"] == "550.54.15"
     gpu_keys = {k.split("/")[1] for r in records for k in r["values"] if k.startswith("gpu/")}
     assert gpu_keys == {"0", "1"}
