@@ -332,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
             warn("policy", policy_warning)
     except GpuError as err:
         gpu_error = str(err)
-        warn("gpu_open", f"hpc-sync monitor: {err}; CPU metrics go on")
+        warn("gpu_open", f"hpc-sync monitor: no GPU metrics: {err}; CPU metrics go on")
         nvml.close()
     try:
         atomic_write_json(os.path.join(run_dir, HARDWARE_FILE),

@@ -31,11 +31,10 @@ _KINDS = {
     28: "gpu_lost",  # GPU_NOT_FOUND
 }
 _ADVICE = {
-    "library_not_found": "no NVIDIA driver on this node (libnvidia-ml.so.1 not found); GPU metrics are off",
-    "driver_not_loaded": "the NVIDIA driver is not loaded (or was updated under this node: reboot it); "
-                         "GPU metrics are off",
-    "no_permission": "no permission to query NVML; ask the admins for access to /dev/nvidia*; GPU metrics are off",
-    "gpu_lost": "the GPU fell off the bus or needs a reset; check `nvidia-smi` and the node's kernel log",
+    "library_not_found": "no NVIDIA driver on this node (libnvidia-ml.so.1 not found)",
+    "driver_not_loaded": "the NVIDIA driver is not loaded, or was updated under this node (reboot it)",
+    "no_permission": "no permission to query NVML (ask the admins for access to /dev/nvidia*)",
+    "gpu_lost": "the GPU fell off the bus or needs a reset (check `nvidia-smi` and the kernel log)",
 }
 
 
@@ -98,8 +97,8 @@ def parse_visible_devices(value: Optional[str], uuids: List[str]) -> List[int]:
             index = matches[0]
         elif entry.startswith("MIG-"):
             raise GpuError("bad_visible_devices",
-                           f"CUDA_VISIBLE_DEVICES entry {entry!r} is a MIG instance; per-instance GPU metrics "
-                           "are not supported, so GPU metrics are off")
+                           f"CUDA_VISIBLE_DEVICES entry {entry!r} is a MIG instance: per-instance GPU metrics "
+                           "are not supported")
         else:
             break
         if index in chosen:  # CUDA refuses a repeated device too: stop where it would
@@ -129,7 +128,9 @@ class Nvml:
         code = getattr(err, "value", None)
         kind = _KINDS.get(code, "nvml_error") if isinstance(code, int) else "nvml_error"
         where = f"GPU {device}: " if device is not None else ""
-        if kind in _ADVICE:
+        if kind == "library_not_found":
+            message = _ADVICE[kind]  # the common CPU-node case: nothing more to say
+        elif kind in _ADVICE:
             message = f"{where}{_ADVICE[kind]} (NVML {what}: {err})"
         else:
             message = f"{where}NVML {what} failed: {err}"
@@ -146,8 +147,7 @@ class Nvml:
             try:
                 import pynvml  # noqa: PLC0415  (lazy: a CPU-only run never loads it)
             except ImportError as err:
-                raise GpuError("library_not_found",
-                               "nvidia-ml-py is not installed (pip install nvidia-ml-py); GPU metrics are off") from err
+                raise GpuError("library_not_found", "nvidia-ml-py is not installed (pip install nvidia-ml-py)") from err
             self._nv = pynvml
         nv = self._nv
         self._call("init", nv.nvmlInit)
