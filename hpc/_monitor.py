@@ -351,7 +351,8 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
         warn("process_tree", f"hpc-sync monitor: cannot read process {args.parent_pid} ({err}); "
                              "no process-tree metrics")
         tree = None
-    sampler = Sampler(run_dir, tree, host=host, nvml=nvml, devices=devices, warn=warn)
+    sampler = Sampler(run_dir, tree, host=host, nvml=nvml, devices=devices, warn=warn,
+                      disk_usage_every_s=min(args.average_s, 30.0))
     sampler.prime()
     monitor = Monitor(sampler.sample, stream.append, sample_s=args.sample_s, average_s=args.average_s,
                       cumulative=lambda key: bool(CUMULATIVE.match(key)),

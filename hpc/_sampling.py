@@ -8,6 +8,7 @@ source is reported once per failure kind and left out of the sample.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -235,8 +236,15 @@ class Sampler:
     """Builds one flat sample. ``host=False`` (local ranks > 0) leaves out node-wide metrics."""
 
     def __init__(self, run_dir: str, tree: Optional[ProcessTree], *, host: bool = True,
-                 nvml: Optional[Nvml] = None, devices: Iterable[GpuDevice] = (), warn: Optional[WarnOnce] = None):
+                 nvml: Optional[Nvml] = None, devices: Iterable[GpuDevice] = (), warn: Optional[WarnOnce] = None,
+                 disk_usage_every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._run_dir = run_dir
+        # statfs on Lustre/GPFS is a round trip to the servers, from every job on the cluster: the file
+        # system's usage is read at most every disk_usage_every_s and the reading reused in between.
+        self._disk_usage_every_s = disk_usage_every_s
+        self._clock = clock
+        self._disk_usage: Optional[DiskUsage] = None
+        self._disk_usage_t = -math.inf
         self._tree = tree
         self._host = host
         self._nvml = nvml
@@ -295,7 +303,11 @@ class Sampler:
         if mem is not None:
             out["memory/system_percent"] = mem.percent
             out["memory/system_used_bytes"] = mem.used_bytes
-        du = self._guard("disk_usage", disk_usage, self._run_dir)
+        now = self._clock()
+        if now - self._disk_usage_t >= self._disk_usage_every_s:
+            self._disk_usage = self._guard("disk_usage", disk_usage, self._run_dir)
+            self._disk_usage_t = now
+        du = self._disk_usage
         if du is not None:
             out["disk/usage_percent"] = du.percent
             out["disk/used_bytes"] = du.used_bytes

@@ -148,3 +148,18 @@ def test_sampler_functions_return_typed_records(tmp_path):
     assert memory_system().used_bytes > 0
     du = disk_usage(str(tmp_path))
     assert du.used_bytes > 0 and 0 <= du.percent <= 100
+
+
+def test_disk_usage_is_read_at_most_every_interval_and_reused_between(tmp_path):
+    now = [0.0]
+    sampler = Sampler(str(tmp_path), None, host=True, disk_usage_every_s=30.0, clock=lambda: now[0])
+    sampler.prime()
+    first = sampler.sample()["disk/used_bytes"]
+    with open(tmp_path / "blob", "wb") as fh:  # 32 MB more on this file system (random: no compression)
+        fh.write(os.urandom(32_000_000))
+        fh.flush()
+        os.fsync(fh.fileno())
+    now[0] = 29.0
+    assert sampler.sample()["disk/used_bytes"] == first  # the cached reading
+    now[0] = 30.0
+    assert sampler.sample()["disk/used_bytes"] != first  # a fresh one
