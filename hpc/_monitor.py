@@ -330,6 +330,8 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
         devices, policy_warning = select_devices(nvml.open(cuda_visible), args.local_rank, args.local_world_size)
         if policy_warning:
             warn("policy", policy_warning)
+        for problem in nvml.problems:
+            warn(f"gpu_open:{problem.device}", f"hpc-sync monitor: {problem}; its metrics are left out")
     except GpuError as err:
         gpu_error = str(err)
         warn("gpu_open", f"hpc-sync monitor: no GPU metrics: {err}; CPU metrics go on")

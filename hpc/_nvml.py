@@ -111,7 +111,8 @@ class Nvml:
     """A handle on NVML for the devices this job may use.
 
     ``open()`` raises :class:`GpuError` when NVML cannot be used at all (no driver, no library, bad
-    ``CUDA_VISIBLE_DEVICES``); ``sample()`` raises it per device. Fields a device does not support are
+    ``CUDA_VISIBLE_DEVICES``, none of the job's devices usable) and lists the job's devices it had to leave
+    out in ``problems``; ``sample()`` raises it per device. Fields a device does not support are
     remembered and not queried again.
     """
 
@@ -121,6 +122,7 @@ class Nvml:
         self._handles: Dict[int, Any] = {}
         self._unsupported: Set[tuple] = set()
         self.devices: List[GpuDevice] = []
+        self.problems: List[GpuError] = []  # devices of this job that open() had to leave out
         self.driver_version: Optional[str] = None
 
     # -- boundary ---------------------------------------------------------------------------------------
@@ -157,13 +159,31 @@ class Nvml:
         except GpuError:
             self.driver_version = None
         count = self._call("device count", nv.nvmlDeviceGetCount)
-        handles = [self._call("device handle", nv.nvmlDeviceGetHandleByIndex, i) for i in range(count)]
-        uuids = [_text(self._call("device UUID", nv.nvmlDeviceGetUUID, h)) for h in handles]
+        # A device NVML lists but cannot open (another job's GPU behind a cgroup, one lost already) only
+        # matters if it is one of ours: it must not cost the others their metrics.
+        handles: List[Any] = []
+        uuids: List[str] = []
+        failed: Dict[int, GpuError] = {}
+        for index in range(count):
+            try:
+                handle = self._call("device handle", nv.nvmlDeviceGetHandleByIndex, index)
+                uuid = _text(self._call("device UUID", nv.nvmlDeviceGetUUID, handle))
+            except GpuError as err:
+                failed[index], handle, uuid = err, None, ""
+            handles.append(handle)
+            uuids.append(uuid)
         chosen = parse_visible_devices(cuda_visible_devices, uuids)
-        self.devices = []
+        self.devices, self.problems = [], []
         for ordinal, index in enumerate(chosen):
-            handle = handles[index]
-            name = _text(self._call("device name", nv.nvmlDeviceGetName, handle, device=ordinal))
+            try:
+                if index in failed:
+                    raise failed[index]
+                handle = handles[index]
+                name = _text(self._call("device name", nv.nvmlDeviceGetName, handle, device=ordinal))
+            except GpuError as err:
+                self.problems.append(GpuError(err.kind, f"GPU {ordinal} (NVML index {index}): {err}",
+                                              code=err.code, device=ordinal))
+                continue
             try:
                 total: Optional[int] = int(self._call("memory info", nv.nvmlDeviceGetMemoryInfo, handle,
                                                       device=ordinal).total)
@@ -171,6 +191,8 @@ class Nvml:
                 total = None
             self._handles[ordinal] = handle
             self.devices.append(GpuDevice(ordinal, index, uuids[index], name, total))
+        if chosen and not self.devices:
+            raise self.problems[0]
         return self.devices
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ and keeps training alive instead.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError", "MonitorError", "GpuError",
 ]
@@ -56,12 +58,12 @@ class GpuError(MonitorError):
     """NVML is missing, failing, or a device went away.
 
     ``kind`` is a stable short name (``library_not_found``, ``driver_not_loaded``, ``no_permission``,
-    ``gpu_lost``, ``not_supported``, ``no_devices``, ``bad_visible_devices``, ``nvml_error``) so callers can
+    ``gpu_lost``, ``not_supported``, ``bad_visible_devices``, ``nvml_error``) so callers can
     warn once per kind; ``code`` is NVML's numeric error (None when it did not come from NVML) and
     ``device`` the CUDA ordinal concerned (None when it concerns NVML as a whole).
     """
 
-    def __init__(self, kind: str, message: str, *, code: "int | None" = None, device: "int | None" = None):
+    def __init__(self, kind: str, message: str, *, code: Optional[int] = None, device: Optional[int] = None):
         super().__init__(message)
         self.kind = kind
         self.code = code

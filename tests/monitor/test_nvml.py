@@ -53,6 +53,23 @@ def test_open_filters_by_uuid_and_renumbers_as_the_job_sees_them(fake_pynvml):
     assert nvml.driver_version == "550.54.15"
 
 
+def test_a_device_nvml_cannot_open_costs_only_itself(fake_pynvml):
+    fake_pynvml.configure({"devices": [gpu(UUIDS[0]), gpu(UUIDS[1], open_error=4), gpu(UUIDS[2])]})
+    nvml = Nvml(fake_pynvml)
+    assert [(d.ordinal, d.nvml_index) for d in nvml.open("2,1,0")] == [(0, 2), (2, 0)]
+    assert [(p.kind, p.device) for p in nvml.problems] == [("no_permission", 1)]
+    assert "GPU 1 (NVML index 1)" in str(nvml.problems[0])
+    nvml = Nvml(fake_pynvml)  # another job's GPU, not ours: nothing to report
+    assert [d.nvml_index for d in nvml.open("0,2")] == [0, 2] and nvml.problems == []
+
+
+def test_when_none_of_the_jobs_devices_opens_that_is_the_error(fake_pynvml):
+    fake_pynvml.configure({"devices": [gpu(UUIDS[0], open_error=4), gpu(UUIDS[1])]})
+    with pytest.raises(GpuError) as info:
+        Nvml(fake_pynvml).open("0")
+    assert info.value.kind == "no_permission" and info.value.device == 0
+
+
 def test_sample_converts_units(fake_pynvml):
     fake_pynvml.configure({"devices": [gpu(UUIDS[0], used=2**30, total=4 * 2**30, power_mw=150_500,
                                            limit_mw=301_000, ecc=[7, 1])]})

@@ -3,7 +3,7 @@
 Used in-process (tests build one with :func:`make`) and in a real monitor process (the test puts this
 directory first on PYTHONPATH and names the JSON file in ``FAKE_NVML_CONFIG``). Config:
 ``{"init_error": null | code, "devices": [{"uuid", "name", "total", "used", "gpu", "memory", "temp",
-"power_mw", "limit_mw", "sm_mhz", "ecc": [c, u] | null, "lost_after": n | null}]}``. A device with
+"power_mw", "limit_mw", "sm_mhz", "ecc": [c, u] | null, "lost_after": n | null, "open_error": code | null}]}``. A device with
 ``lost_after: n`` answers n samples (counted by utilization queries), then fails every query with GPU_IS_LOST, as a GPU that
 fell off the bus does.
 """
@@ -84,7 +84,10 @@ def nvmlDeviceGetHandleByIndex(index):
 
 
 def nvmlDeviceGetUUID(handle):
-    return _dev(handle, "uuid")["uuid"].encode()  # old bindings return bytes: the adapter must cope
+    d = _dev(handle, "uuid")
+    if d.get("open_error") is not None:  # e.g. 4 (NO_PERMISSION): another job's GPU behind a cgroup
+        raise NVMLError(d["open_error"])
+    return d["uuid"].encode()  # old bindings return bytes: the adapter must cope
 
 
 def nvmlDeviceGetName(handle):
