@@ -322,7 +322,8 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
 
     run_dir = args.run_dir
     host = args.local_rank is None or args.local_rank == 0 or args.local_world_size == 1
-    nvml = Nvml(nvml_module)
+    nvml = Nvml(nvml_module, on_error=lambda err: warn(f"gpu:{err.kind}", f"hpc-sync monitor: {err}; "
+                                                                           "will keep trying"))
     devices: List[Any] = []
     gpu_error: Optional[str] = None
     cuda_visible = environ.get("CUDA_VISIBLE_DEVICES")

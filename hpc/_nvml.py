@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set
 
 from .errors import GpuError
 
-__all__ = ["GpuDevice", "GpuSample", "Nvml", "parse_visible_devices"]
+__all__ = ["GpuDevice", "GpuSample", "Nvml", "PERMANENT_KINDS", "parse_visible_devices"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -36,6 +36,10 @@ _ADVICE = {
     "no_permission": "no permission to query NVML (ask the admins for access to /dev/nvidia*)",
     "gpu_lost": "the GPU fell off the bus or needs a reset (check `nvidia-smi` and the kernel log)",
 }
+
+
+# Failures after which a device (or NVML) will not answer again in this run.
+PERMANENT_KINDS = frozenset({"gpu_lost", "driver_not_loaded", "library_not_found", "no_permission"})
 
 
 class GpuDevice(NamedTuple):
@@ -116,8 +120,9 @@ class Nvml:
     remembered and not queried again.
     """
 
-    def __init__(self, module: Optional[ModuleType] = None):
+    def __init__(self, module: Optional[ModuleType] = None, on_error: Callable[[GpuError], None] = lambda e: None):
         self._nv: Any = module
+        self._on_error = on_error
         self._open = False
         self._handles: Dict[int, Any] = {}
         self._unsupported: Set[tuple] = set()
@@ -204,7 +209,8 @@ class Nvml:
                 log.debug("nvmlShutdown failed: %s", err)
 
     def _field(self, ordinal: int, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """One query; None if the device does not support it (remembered), GpuError for real failures."""
+        """One query; None if the device does not support it (remembered) or it failed this once (reported to
+        ``on_error``); GpuError when the device itself is gone, which ends its sample."""
         if (ordinal, name) in self._unsupported:
             return None
         try:
@@ -214,7 +220,10 @@ class Nvml:
             if gerr.kind == "not_supported":
                 self._unsupported.add((ordinal, name))
                 return None
-            raise gerr from err
+            if gerr.kind in PERMANENT_KINDS:
+                raise gerr from err
+            self._on_error(gerr)  # a timeout or an unknown error in one query: the other fields still count
+            return None
 
     def sample(self, ordinal: int) -> GpuSample:
         nv = self._nv

@@ -326,15 +326,11 @@ class Sampler:
         for device in list(self._devices):
             try:
                 reading = self._nvml.sample(device.ordinal)
-            except GpuError as err:
-                if err.kind in ("gpu_lost", "driver_not_loaded", "library_not_found", "no_permission"):
-                    # Permanent for this run: stop asking this device, keep the others and the CPU going.
-                    self._devices.remove(device)
-                    self._warn(f"gpu:{device.ordinal}:{err.kind}",
-                               f"hpc-sync monitor: {err}; metrics of GPU {device.ordinal} ({device.uuid}) stop, "
-                               "CPU metrics go on")
-                else:
-                    self._warn(f"gpu:{err.kind}", f"hpc-sync monitor: {err}; will keep trying")
+            except GpuError as err:  # permanent for this run (Nvml reports passing failures itself)
+                self._devices.remove(device)
+                self._warn(f"gpu:{device.ordinal}:{err.kind}",
+                           f"hpc-sync monitor: {err}; metrics of GPU {device.ordinal} ({device.uuid}) stop, "
+                           "CPU metrics go on")
                 continue
             prefix = f"gpu/{device.ordinal}/"
             for field, value in reading._asdict().items():

@@ -104,14 +104,18 @@ def test_no_driver_is_a_gpu_error_not_an_nvml_error(fake_pynvml):
     assert isinstance(info.value.__cause__, fake_pynvml.NVMLError)
 
 
-def test_unknown_nvml_error_mid_run_is_translated(fake_pynvml):
+def test_a_query_failing_once_costs_only_that_field_and_is_reported(fake_pynvml):
     fake_pynvml.configure({"devices": [gpu(UUIDS[0])]})
-    nvml = Nvml(fake_pynvml)
+    reported = []
+    nvml = Nvml(fake_pynvml, on_error=reported.append)
     nvml.open(None)
     fake_pynvml.nvmlDeviceGetPowerUsage = lambda h: (_ for _ in ()).throw(fake_pynvml.NVMLError(999))
-    with pytest.raises(GpuError) as info:
-        nvml.sample(0)
-    assert info.value.kind == "nvml_error" and info.value.device == 0 and info.value.code == 999
+    s = nvml.sample(0)
+    assert s.power_w is None and s.power_percent is None and s.utilization_percent == 90.0
+    assert [(e.kind, e.device, e.code) for e in reported] == [("nvml_error", 0, 999)]
+    assert isinstance(reported[0], GpuError) and "GPU 0: NVML power failed: Unknown Error" in str(reported[0])
+    fake_pynvml.nvmlDeviceGetPowerUsage = lambda h: 300_000  # it answers again: asked again
+    assert nvml.sample(0).power_w == 300.0
 
 
 def test_a_gpu_lost_mid_run_stops_only_that_gpu_and_warns_once(fake_pynvml, tmp_path, caplog):
