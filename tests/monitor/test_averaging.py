@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 import os
 import subprocess
 import sys
@@ -157,3 +158,17 @@ def test_a_failing_write_leaves_no_torn_line_and_counts_the_drop(tmp_path):
     assert [r["seq"] for r in records] == list(range(len(records)))
     assert result["warnings"] == ["write"] * result["dropped"]  # WarnOnce in the monitor dedups these
     assert os.path.getsize(path) <= 600
+
+
+def test_stop_ends_the_wait_at_once():
+    """The in-process form (Event.wait): stop() does not wait for the next sample, a minute away."""
+    import threading
+
+    out = []
+    mon = Monitor(lambda: {"x": 1.0}, lambda ts, v: out.append(v), sample_s=60.0, average_s=600.0)
+    worker = threading.Thread(target=mon.run)
+    worker.start()
+    time.sleep(0.2)  # let it reach the wait
+    mon.stop()
+    worker.join(10)
+    assert not worker.is_alive() and out == []  # no sample was due, so no record
