@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 import os
 import subprocess
 import sys
 import textwrap
-
+import time
 
 from hpc._monitor import Averager, Monitor, SystemStream
 from conftest import read_records
