@@ -9,7 +9,7 @@ import textwrap
 import time
 
 from hpc._monitor import Averager, Monitor, SystemStream
-from conftest import read_records
+from monitor_helpers import read_records
 
 
 class FakeTime:

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from conftest import read_records
+from monitor_helpers import read_records
 
 
 @pytest.mark.xfail(strict=True, raises=FileNotFoundError,
