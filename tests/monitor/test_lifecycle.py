@@ -13,7 +13,7 @@ import pytest
 
 from hpc._stats import start_monitor
 from hpc._settings import Settings
-from monitor_helpers import read_records
+from monitor_helpers import FAKE_DIR, gpu, read_records
 
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer.py")
 
@@ -227,8 +227,6 @@ def test_an_unwritable_stream_costs_one_line_and_no_crash(tmp_path, trainers):
 
 def test_the_monitor_imports_what_the_training_process_imports(tmp_path, trainers, fake_nvml_env):
     """It runs in the run directory: a relative PYTHONPATH entry of the job must still work there."""
-    from monitor_helpers import FAKE_DIR, gpu
-
     (tmp_path / "run").mkdir()
     env = fake_nvml_env({"devices": [gpu("GPU-1111aaaa-0000")]})
     env["PYTHONPATH"] = os.path.basename(FAKE_DIR)  # relative to the trainer's cwd
