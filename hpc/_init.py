@@ -16,6 +16,7 @@ from ._context import RunContext, detect
 from ._names import random_id, random_name
 from ._run import DisabledRun, Run, _set_module_globals
 from ._settings import Settings
+from ._stats import start_monitor
 from ._terminal import Terminal
 from ._values import plain_config
 from ._writer import Stream
@@ -189,6 +190,8 @@ def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_d
     run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
               context)
     run._start_capture()
+    run._monitor = start_monitor(run_dir, parent_pid=os.getpid(), settings=settings,
+                                 local_rank=context.local_rank, local_world_size=None)
     _run.set_active(run)
     _set_module_globals(run)
     verb = "resuming" if exists else "recording"

@@ -172,6 +172,7 @@ class Run:
         self.summary = Summary(self)
         self._hooks = _ExitHooks()
         self._console: Optional[tuple] = None
+        self._monitor: Optional[Any] = None  # the system-metrics process (hpc._stats), started by init
         self._writer.start()
 
     def __repr__(self) -> str:
@@ -297,6 +298,9 @@ class Run:
         if self._console is not None:
             _console.uninstall(self._console)
             self._console = None
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:  # first: system.jsonl is complete before the writer writes exit.json
+            monitor.stop(timeout_s=2.0)
         self._queue.append((FINISH, exit_code, reason, self._dropped))
         self._writer.wake.set()
         self._writer.join(_FINISH_TIMEOUT_S)

@@ -1,18 +1,14 @@
-"""hpc.init starts the monitor and finish stops it before exit.json: needs the lead's two hooks (see the
-monitor report). Strict xfail until then, so the mark has to go the day the hooks land."""
+"""hpc.init starts the monitor and finish stops it before exit.json."""
 from __future__ import annotations
 
 import os
 import time
 
 import psutil
-import pytest
 
 from monitor_helpers import read_records
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="hpc.init/finish do not call hpc._stats.start_monitor/MonitorHandle.stop yet")
 def test_a_run_records_system_metrics_and_they_are_complete_before_exit_json(root):
     import hpc
 
