@@ -30,11 +30,11 @@ _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 class RunContext:
     """Defaults derived from the launch environment; every field is ``None`` when nothing was detected.
 
-    ``slurm`` is the document for run.json's ``"slurm"`` field (``None`` outside SLURM). ``resume`` is
+    ``metadata`` is the document for run.json's ``"slurm"`` field (``None`` outside SLURM). ``resume`` is
     ``"allow"`` exactly when ``run_id`` was derived here: use it only together with that id.
     """
 
-    slurm: Optional[Dict[str, Any]] = None
+    metadata: Optional[Dict[str, Any]] = None
     group: Optional[str] = None
     name: Optional[str] = None
     run_id: Optional[str] = None
@@ -138,7 +138,7 @@ def detect(environ: Optional[Mapping[str, str]] = None) -> RunContext:
     run_id = "slurm-{}-{}-r{}".format(_id_part(cluster or "cluster"), _id_part(unit), effective_rank)
 
     return RunContext(
-        slurm=metadata,
+        metadata=metadata,
         group=group,
         name=name,
         run_id=run_id,

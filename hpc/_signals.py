@@ -62,7 +62,7 @@ def slurm_requeue_probe(context: RunContext, runner: Runner = subprocess.run) ->
     While a requeued job is being terminated, ``scontrol show job`` already counts the next restart
     (``Restarts=`` is one above this process's ``SLURM_RESTART_COUNT``); a cancelled job keeps its count.
     """
-    slurm = context.slurm
+    slurm = context.metadata
     if not slurm or not slurm.get("job_id"):
         return None
     try:

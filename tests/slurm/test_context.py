@@ -26,12 +26,12 @@ def test_outside_slurm_everything_is_none():
 def test_outside_slurm_torch_ranks_are_read_but_no_group_or_id():
     ctx = detect({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8"})
     assert (ctx.rank, ctx.local_rank, ctx.world_size) == (3, 1, 8)
-    assert ctx.slurm is None and ctx.group is None and ctx.run_id is None and ctx.resume is None
+    assert ctx.metadata is None and ctx.group is None and ctx.run_id is None and ctx.resume is None
 
 
 def test_srun_task_metadata_group_name_and_defaults():
     ctx = detect(SRUN_RANK1)
-    assert ctx.slurm == {
+    assert ctx.metadata == {
         "job_id": "42", "array_job_id": None, "array_task_id": None, "step_id": "0", "job_name": "ddp demo",
         "node_list": "vm", "node_name": "vm", "procid": 1, "localid": 1, "ntasks": 2, "restart_count": 0,
         "partition": "debug", "account": "hpcsync", "cluster": "hpcsync", "submit_dir": "/home/u",
@@ -57,7 +57,7 @@ def test_requeue_keeps_the_run_id_and_counts_restarts():
     again = detect({**SRUN_RANK1, "SLURM_RESTART_COUNT": "1", "SLURM_STEP_ID": "3", "SLURMD_NODENAME": "n7"})
     assert again.run_id == first.run_id
     assert again.group == first.group
-    assert (first.slurm["restart_count"], again.slurm["restart_count"]) == (0, 1)
+    assert (first.metadata["restart_count"], again.metadata["restart_count"]) == (0, 1)
 
 
 def test_run_id_depends_on_cluster_and_job():
@@ -77,7 +77,7 @@ def test_array_tasks_share_one_group_named_after_the_array_job():
     assert {t.group for t in tasks} == {"100"}
     assert [t.name for t in tasks] == ["task-0", "task-1", "task-2"]
     assert len({t.run_id for t in tasks}) == 3
-    assert tasks[1].slurm["array_job_id"] == "100" and tasks[1].slurm["array_task_id"] == "1"
+    assert tasks[1].metadata["array_job_id"] == "100" and tasks[1].metadata["array_task_id"] == "1"
 
 
 def test_array_task_id_uses_array_ids_not_the_task_job_id():
@@ -103,7 +103,7 @@ def test_torch_variables_win_over_slurm_task_variables():
     assert ctx.name == "rank-5"
     assert ctx.run_id != detect({**env, "RANK": "4"}).run_id
     # The SLURM view is kept as SLURM reported it.
-    assert ctx.slurm["procid"] == 0 and ctx.slurm["ntasks"] == 1
+    assert ctx.metadata["procid"] == 0 and ctx.metadata["ntasks"] == 1
 
 
 def test_batch_script_without_job_name_or_cluster():
@@ -132,7 +132,7 @@ def test_bad_numbers_warn_once_each_and_are_ignored(caplog):
     caplog.set_level(logging.WARNING, logger="hpc._context")
     ctx = detect({"SLURM_JOB_ID": "3", "SLURM_PROCID": "one", "SLURM_NTASKS": "-2", "SLURM_RESTART_COUNT": "x"})
     assert ctx.rank is None and ctx.world_size is None
-    assert ctx.slurm["restart_count"] == 0
+    assert ctx.metadata["restart_count"] == 0
     text = caplog.text
     assert "SLURM_PROCID='one'" in text and "SLURM_NTASKS='-2'" in text and "SLURM_RESTART_COUNT='x'" in text
 
@@ -140,7 +140,7 @@ def test_bad_numbers_warn_once_each_and_are_ignored(caplog):
 def test_half_an_array_is_a_plain_job_with_a_warning(caplog):
     caplog.set_level(logging.WARNING, logger="hpc._context")
     ctx = detect({"SLURM_JOB_ID": "3", "SLURM_ARRAY_JOB_ID": "3"})
-    assert ctx.group == "job-3" and ctx.slurm["array_job_id"] is None
+    assert ctx.group == "job-3" and ctx.metadata["array_job_id"] is None
     assert "SLURM_ARRAY_TASK_ID" in caplog.text
 
 
@@ -149,7 +149,7 @@ def test_detect_defaults_to_os_environ(monkeypatch):
         if name.startswith("SLURM") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    assert detect().slurm["job_id"] == "77"
+    assert detect().metadata["job_id"] == "77"
 
 
 def test_context_is_frozen():

@@ -66,7 +66,7 @@ def test_sigterm_during_a_requeue_is_preempted_and_the_probe_sees_the_context():
     _signals.install(run, environ={"SLURM_JOB_ID": "5"}, probe=lambda ctx: asked.append(ctx) or True)
     os.kill(os.getpid(), signal.SIGTERM)
     assert run.calls == [(143, "preempted")]
-    assert asked[0].slurm["job_id"] == "5"
+    assert asked[0].metadata["job_id"] == "5"
 
 
 def test_only_the_first_signal_closes_the_run_but_every_signal_is_chained():
