@@ -5,7 +5,7 @@ and keeps training alive instead.
 """
 from __future__ import annotations
 
-__all__ = ["HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError"]
+__all__ = ["HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError", "JobWaitTimeout"]
 
 
 class HpcError(Exception):
@@ -44,3 +44,14 @@ class FormatVersionError(HpcError):
         self.path = path
         self.found = found
         self.supported = supported
+
+
+class JobWaitTimeout(HpcError, TimeoutError):
+    """A SLURM job (``hpc.slurm.result``) did not finish within the time the caller allowed."""
+
+    def __init__(self, job_id: str, timeout_s: float, state: str):
+        super().__init__(f"job {job_id} did not finish within {timeout_s:g} s (last state {state}): "
+                         "check squeue/sacct, or wait longer")
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.state = state
