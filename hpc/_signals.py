@@ -161,10 +161,13 @@ def install(
     _installed = installed
 
 
-def uninstall() -> None:
-    """Give back the handlers ``install`` replaced (those still ours). Call from the main thread."""
+def uninstall(run: Any = None) -> None:
+    """Give back the handlers ``install`` replaced (those still ours); with ``run``, only if they watch that
+    run. Call from the main thread (elsewhere it does nothing: the handlers then find the run finished)."""
     global _installed
     if _installed is None or threading.current_thread() is not threading.main_thread():
+        return
+    if run is not None and _installed.run is not run:
         return
     for sig, previous in _installed.previous.items():
         if signal.getsignal(sig) == _handler:
