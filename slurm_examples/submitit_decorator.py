@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import hpc
 from hpc.slurm import result, slurm_job

@@ -29,6 +29,9 @@ fi
 target="${1:-python3}"
 if [ -d "$target" ]; then
     target="$target/bin/python"
+elif [ -n "${1:-}" ] && ! command -v "$target" >/dev/null; then
+    echo "install-slurm: '$1' is neither a venv directory nor a python: create the venv first (make venv)" >&2
+    exit 1
 fi
 if ! "$target" -c 'import submitit' 2>/dev/null; then
     "$target" -m pip install -q 'submitit>=1.5'

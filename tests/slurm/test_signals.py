@@ -12,7 +12,7 @@ import pytest
 
 from hpc import _signals
 from hpc._context import detect
-from hpc.errors import HpcError, SettingsError
+from hpc.errors import SettingsError
 
 
 class RecordingRun:
