@@ -192,3 +192,25 @@ def test_probe_cannot_tell_outside_slurm_or_when_scontrol_fails(caplog):
     assert _signals.slurm_requeue_probe(ctx, FakeRunner(exc=subprocess.TimeoutExpired("scontrol", 2))) is None
     assert _signals.slurm_requeue_probe(ctx, FakeRunner("slurm_load_jobs error", returncode=1)) is None
     assert caplog.text.count("job 5") == 3
+
+
+@pytest.mark.parametrize("signame, reason", [("SIGUSR2", "preempted"), ("SIGTERM", "killed")])
+def test_hpc_init_installs_the_handlers_for_a_real_run(tmp_path, signame, reason):
+    """The call site in hpc.init: a real run, a real signal, exit.json written before the process dies."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        import hpc
+        run = hpc.init(project="sig", dir={str(tmp_path)!r}, id="r1")
+        for i in range(3):
+            run.log({{"i": i}})
+        os.kill(os.getpid(), signal.{signame})
+        run.log({{"i": 99}})
+        print("survived")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HPCSYNC_"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    sig = getattr(signal, signame)
+    assert done.returncode == -sig, done.stderr
+    assert "survived" not in done.stdout
+    exit_doc = __import__("json").loads((tmp_path / "sig" / "r1" / "exit.json").read_text())
+    assert (exit_doc["reason"], exit_doc["exit_code"], exit_doc["history_records"]) == (reason, 128 + sig, 3)
