@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from . import errors
-from ._run import Config, DisabledRun, Run, Summary, init
-from ._run import active_run as _active_run
+from ._init import init
+from ._run import Config, DisabledRun, Run, Summary
 from ._settings import Settings
 from .errors import HpcError, ResumeError, UsageError
 

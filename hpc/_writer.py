@@ -39,6 +39,7 @@ class Stream:
         self._opener = opener
         self._file: Any = None
         self.next_seq = 0
+        self._flushed_seq = 0  # every record below this seq reached the OS in a successful flush
         self.last_step: Optional[int] = None
         self.dropped = 0
 
@@ -48,7 +49,7 @@ class Stream:
         disk_next = record["seq"] + 1 if record else 0
         if disk_next < self.next_seq:  # rows we buffered never reached the disk
             self.dropped += self.next_seq - disk_next
-        self.next_seq = disk_next
+        self.next_seq = self._flushed_seq = disk_next
         if record is not None:
             self.last_step = record.get("step")
         self._file = self._opener(self.path, "a", buffering=_OPEN_BUFFER_BYTES, encoding="utf-8",
@@ -84,6 +85,8 @@ class Stream:
             os.stat(self.path)  # a vanished directory shows here; writes to an unlinked file would not
         except OSError as err:
             self._fail(err)
+            return
+        self._flushed_seq = self.next_seq
 
     def close(self) -> None:
         self.flush(fsync=True)
@@ -105,8 +108,18 @@ class Stream:
         try:
             self._file.close()
         except (OSError, ValueError, AttributeError):
-            pass  # the buffer that failed to flush is abandoned; open() recounts from the disk
+            pass  # the buffer that failed to flush is abandoned
         self._file = None
+        # Count what did not reach the disk now, from the disk itself when it can still be read: part of a
+        # failed buffer may have been written, and repairing the torn tail tells exactly how much.
+        try:
+            record, _ = fmt.repair_torn_tail(self.path)
+            on_disk = record["seq"] + 1 if record else 0
+        except OSError:
+            on_disk = self._flushed_seq
+        on_disk = min(on_disk, self.next_seq)
+        self.dropped += self.next_seq - on_disk
+        self.next_seq = self._flushed_seq = on_disk
 
     def _try_reopen(self) -> None:
         if not os.path.isdir(os.path.dirname(self.path)):

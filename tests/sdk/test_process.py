@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,6 @@ import pytest
 
 import hpc
 from hpc import _format as fmt
-from hpc._reader import read_history
 from hpc.cli import main as hpc_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
