@@ -9,6 +9,7 @@ from typing import Optional
 
 __all__ = [
     "HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError", "MonitorError", "GpuError",
+    "JobWaitTimeout",
 ]
 
 
@@ -68,3 +69,14 @@ class GpuError(MonitorError):
         self.kind = kind
         self.code = code
         self.device = device
+
+
+class JobWaitTimeout(HpcError, TimeoutError):
+    """A SLURM job (``hpc.slurm.result``) did not finish within the time the caller allowed."""
+
+    def __init__(self, job_id: str, timeout_s: float, state: str):
+        super().__init__(f"job {job_id} did not finish within {timeout_s:g} s (last state {state}): "
+                         "check squeue/sacct, or wait longer")
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.state = state
