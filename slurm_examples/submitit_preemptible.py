@@ -45,6 +45,12 @@ class Trainer(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+def _squeue_state(job_id: str) -> str:
+    done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                          timeout=60)
+    return done.stdout.strip()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="hpc-runs")
@@ -63,10 +69,11 @@ def main(argv=None) -> int:
     print(f"submitted job {job.job_id}", flush=True)
     if args.demo_preempt_after_s is not None:
         deadline = time.monotonic() + args.timeout_s
-        while job.state != "RUNNING":
+        # Ask squeue itself: submitit's job.state is cached and can report RUNNING seconds late.
+        while _squeue_state(job.job_id) != "RUNNING":
             if time.monotonic() > deadline:
                 raise SystemExit(f"job {job.job_id} never started")
-            time.sleep(0.5)
+            time.sleep(0.2)
         time.sleep(args.demo_preempt_after_s)
         print(f"sending USR2 to job {job.job_id}", flush=True)
         subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True, timeout=60)
