@@ -1,0 +1,109 @@
+"""How run-format data become MLflow names and values (documented in docs/gateway.md).
+
+- Keys MLflow would reject: characters outside ``[/\\w.\\- :]`` become ``_``; empty path segments are
+  dropped, ``.``/``..`` segments become ``_``/``__`` (MLflow refuses names that normalise to another path);
+  keys are cut to 250 characters.
+- Config -> params: nested keys joined with ``.``; values over 6000 characters are cut and end with
+  ``TRUNCATION_MARKER``; the full config is also uploaded as the artifact ``hpc/config.json``.
+- System metrics -> MLflow's own ``system/...`` names (SYSTEM_METRICS), so its System Metrics tab shows
+  them; unknown names keep their own name under ``system/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+__all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
+           "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
+
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+TRUNCATION_MARKER = "...[truncated by hpc-sync]"
+_BAD = re.compile(r"[^/\w.\- :]")
+
+
+def metric_key(key: str) -> str:
+    """A key MLflow accepts (metrics, params and tags share the rule)."""
+    segs = []
+    for seg in _BAD.sub("_", key).split("/"):
+        if seg in (".", ".."):
+            seg = "_" * len(seg)
+        if seg:
+            segs.append(seg)
+    out = "/".join(segs)[:MAX_KEY].rstrip("/")
+    return out or "_"
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def param_value(value: Any) -> str:
+    if isinstance(value, str):
+        s = value
+    elif isinstance(value, bool) or value is None:
+        s = json.dumps(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        s = str(value)
+    else:
+        s = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+    return _cut(s, MAX_PARAM_VALUE)
+
+
+def tag_value(value: Any) -> str:
+    return _cut(value if isinstance(value, str) else json.dumps(value, default=str), MAX_TAG_VALUE)
+
+
+def flatten_config(config: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, str]]:
+    """Yield ``(param key, param value)``; nested dicts are joined with ``.``, lists kept as JSON."""
+    for k, v in config.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            yield from flatten_config(v, key)
+        else:
+            yield metric_key(key), param_value(v)
+
+
+def metric_value(v: Any) -> Optional[float]:
+    """The float MLflow stores for a logged value, or None for values that are not metrics."""
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+#: monitor name (system.jsonl) -> (MLflow name, factor). ``{i}`` is a GPU index.
+#: These names are the gateway's side of the contract with the monitor; the lead reconciles them with
+#: docs/monitor.md when that lands.
+SYSTEM_METRICS: Dict[str, Tuple[str, float]] = {
+    "cpu_percent": ("system/cpu_utilization_percentage", 1.0),
+    "memory_percent": ("system/system_memory_usage_percentage", 1.0),
+    "memory_used_bytes": ("system/system_memory_usage_megabytes", 1e-6),
+    "disk_percent": ("system/disk_usage_percentage", 1.0),
+    "disk_used_bytes": ("system/disk_usage_megabytes", 1e-6),
+    "disk_free_bytes": ("system/disk_available_megabytes", 1e-6),
+    "network_received_bytes": ("system/network_receive_megabytes", 1e-6),
+    "network_sent_bytes": ("system/network_transmit_megabytes", 1e-6),
+    "gpu.{i}.utilization_percent": ("system/gpu_{i}_utilization_percentage", 1.0),
+    "gpu.{i}.memory_percent": ("system/gpu_{i}_memory_usage_percentage", 1.0),
+    "gpu.{i}.memory_used_bytes": ("system/gpu_{i}_memory_usage_megabytes", 1e-6),
+    "gpu.{i}.power_w": ("system/gpu_{i}_power_usage_watts", 1.0),
+    "gpu.{i}.power_percent": ("system/gpu_{i}_power_usage_percentage", 1.0),
+}
+_GPU = re.compile(r"^gpu\.(\d+)\.(.+)$")
+
+
+def system_metric(name: str) -> Tuple[str, float]:
+    """MLflow's name and unit factor for a monitor metric."""
+    if name in SYSTEM_METRICS:
+        return SYSTEM_METRICS[name]
+    m = _GPU.match(name)
+    if m:
+        hit = SYSTEM_METRICS.get(f"gpu.{{i}}.{m.group(2)}")
+        if hit:
+            return hit[0].replace("{i}", m.group(1)), hit[1]
+    return metric_key("system/" + name), 1.0
