@@ -1,8 +1,8 @@
 """The gateway's durable state, in its own directory (local to the gateway host, never in the runs).
 
 - ``runs/<project>/<run_id>.json``: one document per run (server ids, per-file cursors, what was sent),
-  replaced atomically (temp file, fsync, rename) after each acknowledged batch: a cursor never points
-  past what the server holds.
+  replaced atomically (temp file, rename) after each acknowledged batch: a cursor never points past what
+  the server holds.
 - ``groups/<sha1>.json``: the same for a group's parent run.
 - ``index.json``: per run the signature of its files at the last complete sync, so a pass over unchanged
   runs costs a scan and no reads. Losing it (or any file here) only costs re-sending, never duplicates.
@@ -67,14 +67,17 @@ class StateStore:
         except FileNotFoundError:
             return new_run_state()
         except ValueError:
-            # Written atomically, so this means someone edited it: start over; the server dedups.
+            # Edited by hand, or emptied by a power loss: start over; the server stores re-sent points once.
             return new_run_state()
         base = new_run_state()
         base.update(st)
         return base
 
     def save(self, key: str, state: Dict[str, Any]) -> None:
-        _atomic_write(self._path(key), state)
+        # Atomic (rename) but not fsynced: correctness never depends on this file surviving a crash.
+        # A lost or empty state only means re-sending, which the server stores once, and re-finding the
+        # server run by its hpc.run_id tag; the rename guarantees a cursor never points past an ack.
+        _atomic_write(self._path(key), state, durable=False)
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

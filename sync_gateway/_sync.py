@@ -68,6 +68,10 @@ class _Aborted(Exception):
     pass
 
 
+class _Stopped(Exception):
+    """A stop was requested (SIGTERM): the batch in flight finished and its cursor is committed."""
+
+
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, sources: Iterable[Source], state: StateStore,
                  clock: Callable[[], float] = time.time,
@@ -79,11 +83,13 @@ class Gateway:
         self.clock = clock
         self.on_points = on_points or (lambda n: None)
         self._groups: Dict[Tuple[str, str], ServerRun] = {}
+        self._should_stop: Callable[[], bool] = lambda: False
 
     # -- the pass -----------------------------------------------------------------------------
     def sync_pass(self, should_stop: Callable[[], bool] = lambda: False,
                   renew: Callable[[Source], bool] = lambda s: True) -> PassReport:
         rep = PassReport()
+        self._should_stop = should_stop
         index = self.state.load_index()
         for source in self.sources:
             try:
@@ -102,6 +108,9 @@ class Gateway:
                 key = ref.key
                 try:
                     changed, sent = self._sync_run(source, ref, index)
+                except _Stopped:
+                    rep.aborted = "stopped on request"
+                    break
                 except _Aborted as e:
                     rep.aborted = str(e)
                     rep.errors[key] = str(e)
@@ -331,6 +340,8 @@ class Gateway:
             cur["seq"] = next_seq
             cur["records"] = cur.get("records", 0) + records
             self.state.save(ref.key, st)
+            if self._should_stop():
+                raise _Stopped()
         self.on_points(len(batch))
         return len(batch)
 

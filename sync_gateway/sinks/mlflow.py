@@ -6,7 +6,6 @@ by its tag ``hpc.run_id`` when the gateway's own state is lost.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any, Dict, List, Optional
@@ -53,8 +52,10 @@ class MlflowSink(Sink):
             else:
                 r = self.http.request(method, API + path, json=body, params=params)
         except requests.exceptions.SSLError as e:
-            raise ServerError(f"TLS failure talking to {self.http.base_url} (trust from "
-                              f"{self.http.tls.source}): {e}; run `sync-gateway doctor`", retryable=False) from e
+            raise ServerError(
+                f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({_reason(e)}). "
+                f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
+                f"`sync-gateway doctor` names the issuer", retryable=False) from e
         except requests.exceptions.RequestException as e:
             raise ServerError(f"cannot reach {self.http.base_url}: {e.__class__.__name__}: {e}",
                               retryable=True) from e
@@ -197,5 +198,10 @@ class MlflowSink(Sink):
                 return out
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER"):
+        i = text.find(marker)
+        if i >= 0:
+            return text[i:].split("'")[0].split('"')[0].rstrip(" )")
+    return text[:200]
