@@ -73,10 +73,12 @@ def _mlflow_exe() -> str:
     return found
 
 
-def _health_ok(url: str) -> bool:
+def _health_ok(url: str, probe_cert: Optional[str] = None) -> bool:
     # Our own loopback server with a throw-away certificate: the health probe only asks "is it up";
     # certificate checks are what the gateway's tests exercise, not this probe.
     ctx = ssl._create_unverified_context() if url.startswith("https") else None
+    if ctx is not None and probe_cert:
+        ctx.load_cert_chain(probe_cert)
     try:
         with urllib.request.urlopen(url + "/health", timeout=2, context=ctx) as r:
             return r.status == 200
@@ -85,8 +87,13 @@ def _health_ok(url: str) -> bool:
 
 
 def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-          backend_uri: Optional[str] = None, timeout_s: float = 120.0, attempts: int = 3) -> ServerHandle:
-    """Start ``mlflow server`` and wait (bounded) until ``/health`` answers; return its handle."""
+          backend_uri: Optional[str] = None, timeout_s: float = 120.0, attempts: int = 3,
+          tls_client_ca: Optional[str] = None, probe_cert: Optional[str] = None) -> ServerHandle:
+    """Start ``mlflow server`` and wait (bounded) until ``/health`` answers; return its handle.
+
+    ``tls_client_ca`` makes the server require client certificates signed by that CA (mTLS);
+    ``probe_cert`` (a PEM with key and certificate) is then what the health probe presents.
+    """
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "artifacts"), exist_ok=True)
     last_err = ""
@@ -98,7 +105,10 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
                "--serve-artifacts", "--artifacts-destination", os.path.join(workdir, "artifacts"),
                "--workers", "1"]
         if tls_cert:
-            cmd += ["--uvicorn-opts", f"--ssl-certfile {tls_cert} --ssl-keyfile {tls_key}"]
+            opts = f"--ssl-certfile {tls_cert} --ssl-keyfile {tls_key}"
+            if tls_client_ca:
+                opts += f" --ssl-ca-certs {tls_client_ca} --ssl-cert-reqs 2"  # 2 = ssl.CERT_REQUIRED
+            cmd += ["--uvicorn-opts", opts]
         env = dict(os.environ)
         # Without this, mlflow 3.17 starts a job runner: 9 processes and ~2.2 GB instead of 2.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
@@ -109,7 +119,7 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
         handle = ServerHandle(proc.pid, f"{scheme}://127.0.0.1:{p}", p, workdir, bool(tls_cert))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
-            if _health_ok(handle.url):
+            if _health_ok(handle.url, probe_cert):
                 with open(os.path.join(workdir, "server.json"), "w") as f:
                     json.dump(asdict(handle), f)
                 handle._proc = proc  # type: ignore[attr-defined]  # lets stop() reap its own child
