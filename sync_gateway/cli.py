@@ -147,7 +147,7 @@ def _status(settings: Settings) -> int:
             log.warning("root %s: %s", r, e)
     table = Table(title=f"sync-gateway status ({settings.server_url or 'no server'})")
     for col in ("run", "state", "records synced / on disk", "behind", "last sync", "last error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     now_ms = int(time.time() * 1000)
     bad = 0
     for key, st in store.all_run_states().items():
@@ -170,7 +170,8 @@ def _status(settings: Settings) -> int:
         last = st.get("last_sync_ms")
         ago = f"{(now_ms - last) / 1000:.0f} s ago" if last else "never"
         table.add_row(key, st.get("hpc_state") or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, err[:120])
-    Console().print(table)
+    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 1 if bad else 0
 
 
