@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from _need import need  # noqa: E402
+from support import need  # noqa: E402  (tests/support.py, on sys.path via tests/conftest.py)
 
 from sync_gateway._runner import Runner, make_sink  # noqa: E402
 from sync_gateway._settings import Settings  # noqa: E402

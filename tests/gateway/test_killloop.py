@@ -1,7 +1,7 @@
 """Exactly once under SIGKILL: a gateway killed at random moments while a large run grows, restarted each
 time (sometimes with its state directory deleted), leaves the server with exactly the points on disk.
 
-Normal runs: 8 kills and a run of ~40,000 points. ``make soak`` (HPCSYNC_SOAK=1): 50 kills, ~400,000 points.
+`make test`: 8 kills and a run of 40,000 points. `make soak` (HPCSYNC_SOAK=1): 50 kills, 400,000 points.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import yaml
 
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, server_run, sink_for
+from support import soak_count
 
-SOAK = os.environ.get("HPCSYNC_SOAK") == "1"
-KILLS = 50 if SOAK else 8
-ROWS = 200_000 if SOAK else 20_000  # two metrics per row
+KILLS = soak_count(8, 50)
+ROWS = soak_count(20_000, 200_000)  # two metrics per row
 
 
-@pytest.mark.parametrize("soak", [pytest.param(True, marks=pytest.mark.soak)] if SOAK else [False])
-def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path, soak):
+@pytest.mark.faults
+def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
     rng = random.Random(int(os.environ.get("HPCSYNC_SEED", "0")) or None)
     seed_note = f"(set HPCSYNC_SEED to replay)"
     cfg = tmp_path / "gateway.yaml"

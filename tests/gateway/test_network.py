@@ -17,6 +17,7 @@ from sync_gateway._settings import AuthSettings
 from sync_gateway.errors import ConfigError
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("status", [503, 429])
 def test_server_answering_errors_for_a_while_is_retried(settings, root, project, status):
     w = RunWriter(root, project, f"flaky{status}")
@@ -43,6 +44,7 @@ def test_no_retry_on_other_4xx(settings, root, project):
     assert sync_once(settings).ok
 
 
+@pytest.mark.faults
 def test_server_restarted_in_the_middle_of_a_sync(root, project, tmp_path):
     import mlflow_server as ms
 

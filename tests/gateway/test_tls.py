@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from _need import need
+from support import need
 from _runwriter import RunWriter
 from conftest import make_runner, sync_once
 from sync_gateway._doctor import doctor
