@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 __all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
@@ -25,6 +26,7 @@ TRUNCATION_MARKER = "...[truncated by hpc-sync]"
 _BAD = re.compile(r"[^/\w.\- :]")
 
 
+@lru_cache(maxsize=65536)  # a run logs the same few keys millions of times
 def metric_key(key: str) -> str:
     """A key MLflow accepts (metrics, params and tags share the rule)."""
     segs = []
@@ -97,6 +99,7 @@ SYSTEM_METRICS: Dict[str, Tuple[str, float]] = {
 _GPU = re.compile(r"^gpu\.(\d+)\.(.+)$")
 
 
+@lru_cache(maxsize=4096)
 def system_metric(name: str) -> Tuple[str, float]:
     """MLflow's name and unit factor for a monitor metric."""
     if name in SYSTEM_METRICS:

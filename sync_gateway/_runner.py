@@ -87,6 +87,7 @@ class Runner:
         if release:
             for lease in self.leases.values():
                 lease.release()
+        self.gateway.close()
         self.sink.close()
         for s in self.sources:
             s.close()

@@ -30,7 +30,7 @@ def _atomic_write(path: str, obj: Any, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
+            f.write(json.dumps(obj, separators=(",", ":")))  # dumps uses the C encoder; dump does not
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

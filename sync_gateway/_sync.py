@@ -8,9 +8,9 @@ recorded in its state and the pass goes on; an unreachable server ends the pass 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -72,6 +72,46 @@ class _Stopped(Exception):
     """A stop was requested (SIGTERM): the batch in flight finished and its cursor is committed."""
 
 
+class _Pipeline:
+    """One batch in flight while the next one is prepared, so the gateway's reading and parsing hide
+    behind the server's work. Acks are handled, and cursors committed, in order and by the calling thread
+    only; the executor has a single worker, so batches reach the server in file order."""
+
+    def __init__(self, executor: ThreadPoolExecutor, should_stop: Callable[[], bool]):
+        self.ex = executor
+        self.should_stop = should_stop
+        self.pending: Optional[Tuple[Future, Callable[[], None]]] = None
+
+    def submit(self, send: Callable[[], None], commit: Callable[[], None]) -> None:
+        prev, self.pending = self.pending, (self.ex.submit(send), commit)
+        if prev is not None:
+            self._finish(prev)
+
+    def flush(self) -> None:
+        prev, self.pending = self.pending, None
+        if prev is not None:
+            self._finish(prev)
+
+    def _finish(self, item: Tuple[Future, Callable[[], None]]) -> None:
+        fut, commit = item
+        try:
+            fut.result()
+        except ServerError as e:
+            if e.retryable:
+                raise _Aborted(str(e)) from e
+            raise
+        commit()
+        if self.should_stop():
+            self.flush()  # the batch already in flight is finished and committed too
+            raise _Stopped()
+
+    def drain(self) -> None:
+        """After an error: wait for a request still in flight (its cursor stays; a re-send is harmless)."""
+        prev, self.pending = self.pending, None
+        if prev is not None:
+            wait([prev[0]])
+
+
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, sources: Iterable[Source], state: StateStore,
                  clock: Callable[[], float] = time.time,
@@ -84,6 +124,17 @@ class Gateway:
         self.on_points = on_points or (lambda n: None)
         self._groups: Dict[Tuple[str, str], ServerRun] = {}
         self._should_stop: Callable[[], bool] = lambda: False
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-gateway-send")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- the pass -----------------------------------------------------------------------------
     def sync_pass(self, should_stop: Callable[[], bool] = lambda: False,
@@ -91,6 +142,7 @@ class Gateway:
         rep = PassReport()
         self._should_stop = should_stop
         index = self.state.load_index()
+        before = dict(index)
         for source in self.sources:
             try:
                 refs = list(source.list_runs())
@@ -128,7 +180,8 @@ class Gateway:
             self._sync_groups(index)
         except ServerError as e:
             rep.errors["groups"] = str(e)
-        self.state.save_index(index)
+        if index != before:
+            self.state.save_index(index)
         return rep
 
     def _record_error(self, key: str, index: Dict[str, Any], msg: str) -> None:
@@ -146,9 +199,9 @@ class Gateway:
         extra = {}
         for sub in ("files", "code"):
             extra.update(source.walk(ref, sub))
-        sig = [sorted((n, s.size_bytes, s.mtime_ns) for n, s in files.items()),
-               sorted((n, s.size_bytes, s.mtime_ns) for n, s in extra.items())]
-        sig = json.loads(json.dumps(sig))  # the form it takes after a round trip through index.json
+        both = dict(files)
+        both.update(extra)
+        sig = "|".join(f"{n}:{s.size_bytes}:{s.mtime_ns}" for n, s in sorted(both.items()))
         now_ms = int(self.clock() * 1000)
         ent = index.get(ref.key) or {}
         if ent.get("sig") == sig and not (ent.get("hpc_state") == "active"
@@ -275,34 +328,40 @@ class Gateway:
         rules = [] if system else [(m.get("name", ""), m.get("step_metric")) for m in meta.get("metrics") or []
                                     if isinstance(m, dict)]
         sent = 0
-        while cur["offset"] < size:
-            start = cur["offset"]
-            data = source.read_range(ref, name, start, min(CHUNK_BYTES, size - start))
-            chunk = parse_stream(data, start, cur["seq"])
-            if chunk.consumed == 0:
-                if len(data) >= CHUNK_BYTES:
-                    raise FormatError(f"{name}: a line longer than {CHUNK_BYTES} bytes at byte {start}")
-                break  # only an incomplete last line is left: it is still being written
-            for off, why in chunk.corrupt:
-                log.warning("%s/%s: corrupt line at byte %d skipped (%s)", ref.key, name, off, why)
-            for why in chunk.seq_problems:
-                log.warning("%s/%s: %s", ref.key, name, why)
-            st["corrupt_lines"] = st.get("corrupt_lines", 0) + len(chunk.corrupt)
-            batch: List[Point] = []
-            end, seq, n = start, cur["seq"], 0
-            limit = self.sink.max_points
-            for rec in chunk.records:
-                pts = self._points(rec, system, rules, st)
-                if batch and len(batch) + len(pts) > limit:
-                    sent += self._send(ref, st, server, batch, cur, end, seq, n)
-                    batch, n = [], 0
-                while len(pts) > limit:  # a record wider than a batch: the cursor stays before it
-                    sent += self._send(ref, st, server, pts[:limit], cur, None, None, 0)
-                    pts = pts[limit:]
-                batch.extend(pts)
-                end, seq, n = rec.end_offset, rec.seq + 1, n + 1
-            # The last batch also moves the cursor over trailing corrupt lines: they never become valid.
-            sent += self._send(ref, st, server, batch, cur, start + chunk.consumed, seq, n)
+        pos, expect = cur["offset"], cur["seq"]  # where reading is; the cursor moves only on acks
+        pipe = _Pipeline(self._executor(), self._should_stop)
+        try:
+            while pos < size:
+                data = source.read_range(ref, name, pos, min(CHUNK_BYTES, size - pos))
+                chunk = parse_stream(data, pos, expect)
+                if chunk.consumed == 0:
+                    if len(data) >= CHUNK_BYTES:
+                        raise FormatError(f"{name}: a line longer than {CHUNK_BYTES} bytes at byte {pos}")
+                    break  # only an incomplete last line is left: it is still being written
+                for off, why in chunk.corrupt:
+                    log.warning("%s/%s: corrupt line at byte %d skipped (%s)", ref.key, name, off, why)
+                for why in chunk.seq_problems:
+                    log.warning("%s/%s: %s", ref.key, name, why)
+                st["corrupt_lines"] = st.get("corrupt_lines", 0) + len(chunk.corrupt)
+                batch: List[Point] = []
+                end, seq, n = pos, expect, 0
+                limit = self.sink.max_points
+                for rec in chunk.records:
+                    pts = self._points(rec, system, rules, st)
+                    if batch and len(batch) + len(pts) > limit:
+                        sent += self._send(pipe, ref, st, server, batch, cur, end, seq, n)
+                        batch, n = [], 0
+                    while len(pts) > limit:  # a record wider than a batch: the cursor stays before it
+                        sent += self._send(pipe, ref, st, server, pts[:limit], cur, None, None, 0)
+                        pts = pts[limit:]
+                    batch.extend(pts)
+                    end, seq, n = rec.end_offset, rec.seq + 1, n + 1
+                # The last batch also moves the cursor over trailing corrupt lines: they never become valid.
+                pos, expect = pos + chunk.consumed, chunk.next_seq
+                sent += self._send(pipe, ref, st, server, batch, cur, pos, seq, n)
+            pipe.flush()
+        finally:
+            pipe.drain()
         return sent
 
     def _points(self, rec: Any, system: bool, rules: List[Tuple[str, Any]], st: Dict[str, Any]) -> List[Point]:
@@ -326,23 +385,23 @@ class Gateway:
             out.append(Point(metric_key(k), val, step, rec.ts_ms))
         return out
 
-    def _send(self, ref: RunRef, st: Dict[str, Any], server: ServerRun, batch: List[Point],
-              cur: Dict[str, Any], end_offset: Optional[int], next_seq: Optional[int], records: int) -> int:
-        try:
-            self.sink.log_points(server, batch)
-        except ServerError as e:
-            if e.retryable:
-                raise _Aborted(str(e)) from e
-            raise
-        if end_offset is not None:
-            # The cursor moves only now, after the server acknowledged every point up to end_offset.
-            cur["offset"] = end_offset
-            cur["seq"] = next_seq
-            cur["records"] = cur.get("records", 0) + records
-            self.state.save(ref.key, st)
-            if self._should_stop():
-                raise _Stopped()
-        self.on_points(len(batch))
+    def _send(self, pipe: "_Pipeline", ref: RunRef, st: Dict[str, Any], server: ServerRun,
+              batch: List[Point], cur: Dict[str, Any], end_offset: Optional[int], next_seq: Optional[int],
+              records: int) -> int:
+        def commit() -> None:
+            if end_offset is not None:
+                # The cursor moves only now, after the server acknowledged every point up to end_offset.
+                cur["offset"] = end_offset
+                cur["seq"] = next_seq
+                cur["records"] = cur.get("records", 0) + records
+                self.state.save(ref.key, st)
+            self.on_points(len(batch))
+
+        if batch:
+            pipe.submit(lambda: self.sink.log_points(server, batch), commit)
+        else:
+            pipe.flush()  # nothing to send (only corrupt lines): commit once what came before is acked
+            commit()
         return len(batch)
 
     def _summary(self, source: Source, ref: RunRef, server: ServerRun, fst: FileStat) -> None:

@@ -100,9 +100,10 @@ class LocalSource(Source):
         top = os.path.join(run.location, subdir)
         out: Dict[str, FileStat] = {}
         try:
-            if not self._checked(top, os.path.islink(top)) or not os.path.isdir(top):
-                return out
+            top_st = os.lstat(top)  # one system call for the common case: the directory does not exist
         except OSError:
+            return out
+        if not self._checked(top, st.S_ISLNK(top_st.st_mode)) or not os.path.isdir(top):
             return out
         # os.walk does not descend into linked directories (followlinks=False); linked files are checked.
         for d, dirs, files in os.walk(top):

@@ -20,14 +20,16 @@ from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, server_run, sink_for
 from support import soak_count
 
+# Read at import: tests/conftest.py clears HPCSYNC_* variables before each test.
+SEED = int(os.environ.get("HPCSYNC_SEED") or random.randrange(1 << 30))
 KILLS = soak_count(8, 50)
 ROWS = soak_count(20_000, 200_000)  # two metrics per row
 
 
 @pytest.mark.faults
 def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
-    rng = random.Random(int(os.environ.get("HPCSYNC_SEED", "0")) or None)
-    seed_note = f"(set HPCSYNC_SEED to replay)"
+    rng = random.Random(SEED)
+    seed_note = f"(HPCSYNC_SEED={SEED} replays the kill times)"
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(yaml.safe_dump({"roots": [root], "server": {"kind": "mlflow", "url": settings.server_url},
                                    "state_dir": settings.state_dir, "retries": 3}))
@@ -61,7 +63,7 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
     w.exit(0)
     done = subprocess.run([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once", "--config",
                            str(cfg)], env=env, cwd=REPO, timeout=1200)
-    assert done.returncode == 0
+    assert done.returncode == 0, seed_note
 
     sink = sink_for(settings)
     eid = sink.experiment_id(project)
@@ -73,7 +75,7 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
     for key in ("loss", "acc"):
         want = sorted((r["step"], r["ts_ms"], float(r["values"][key])) for r in recs)
         got = history(sink, run, key)
-        assert len(got) == len(want), f"{key}: {len(got)} points on the server, {len(want)} on disk"
+        assert len(got) == len(want), f"{key}: {len(got)} points on the server, {len(want)} on disk {seed_note}"
         assert got == want
     info = sink._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
     assert info["info"]["status"] == "FINISHED"

@@ -9,7 +9,7 @@ import pytest
 
 from support import need
 from _runwriter import RunWriter
-from conftest import make_runner, sync_once
+from conftest import make_runner
 from sync_gateway._doctor import doctor
 from sync_gateway._runner import make_sink
 from sync_gateway._settings import Settings, TlsSettings
