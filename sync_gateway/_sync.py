@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 STREAMS = ("history.jsonl", "system.jsonl")
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20      # read size: bounds memory (parsed records of one chunk are ~10x its bytes)
+MAX_LINE_BYTES = 64 << 20  # a longer line is refused as corrupt-by-size
 _STATUS = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "killed": "KILLED",
            "active": "RUNNING", "crashed": "KILLED"}
 _ARTIFACTS = {"output.log": "output.log", "hardware.json": "hpc/hardware.json", "run.json": "hpc/run.json",
@@ -330,14 +331,19 @@ class Gateway:
         sent = 0
         pos, expect = cur["offset"], cur["seq"]  # where reading is; the cursor moves only on acks
         pipe = _Pipeline(self._executor(), self._should_stop)
+        want = CHUNK_BYTES
         try:
             while pos < size:
-                data = source.read_range(ref, name, pos, min(CHUNK_BYTES, size - pos))
+                data = source.read_range(ref, name, pos, min(want, size - pos))
                 chunk = parse_stream(data, pos, expect)
                 if chunk.consumed == 0:
-                    if len(data) >= CHUNK_BYTES:
-                        raise FormatError(f"{name}: a line longer than {CHUNK_BYTES} bytes at byte {pos}")
-                    break  # only an incomplete last line is left: it is still being written
+                    if len(data) < want:
+                        break  # only an incomplete last line is left: it is still being written
+                    if want >= MAX_LINE_BYTES:
+                        raise FormatError(f"{name}: a line longer than {MAX_LINE_BYTES} bytes at byte {pos}")
+                    want *= 2  # one long line: read more of it
+                    continue
+                want = CHUNK_BYTES
                 for off, why in chunk.corrupt:
                     log.warning("%s/%s: corrupt line at byte %d skipped (%s)", ref.key, name, off, why)
                 for why in chunk.seq_problems:

@@ -194,3 +194,17 @@ def test_expired_lease_is_taken_over(tmp_path):
     a.renew()
     assert not a.held and b.read()["owner"] == "b"  # a does not steal it back by renewing
     assert os.listdir(str(tmp_path)) == [os.path.basename(b.path)]  # no temp files left behind
+
+
+def test_a_line_longer_than_the_read_chunk_is_read_whole(tmp_path):
+    root = tmp_path / "runs"
+    w = RunWriter(str(root), "p", "long")
+    w.log({"x": 1.0, "blob": "b" * (3 << 20)}, ts_ms=1)  # 3 MiB line: larger than one read
+    w.log({"x": 2.0}, ts_ms=2)
+    w.exit(0)
+    sink = MemorySink()
+    settings = Settings(roots=[str(root)], server_url="http://unused.invalid", state_dir=str(tmp_path / "s"))
+    with Runner(settings, sink=sink) as r:
+        rep = r.run_pass()
+    assert rep.ok, rep
+    assert sorted(sink.points[sink.runs["p/long"].run_id]) == [("x", 1.0, 0, 1), ("x", 2.0, 1, 2)]
