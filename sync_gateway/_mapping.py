@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 __all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
-           "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
+           "run_tags", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
 
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
@@ -110,3 +110,26 @@ def system_metric(name: str) -> Tuple[str, float]:
         if hit:
             return hit[0].replace("{i}", m.group(1)), hit[1]
     return metric_key("system/" + name), 1.0
+
+
+def run_tags(meta: Dict[str, Any]) -> Dict[str, str]:
+    """MLflow tags for run.json: the ones the UI shows natively, then hpc.* and slurm.*."""
+    t: Dict[str, Any] = {"mlflow.runName": meta.get("name") or meta.get("id"), "mlflow.user": meta.get("user"),
+                         "mlflow.source.name": meta.get("program"), "mlflow.source.type": "LOCAL",
+                         "hpc.project": meta.get("project"), "hpc.group": meta.get("group"),
+                         "hpc.job_type": meta.get("job_type"), "hpc.host": meta.get("host"),
+                         "hpc.attempt": meta.get("attempt"), "hpc.format_version": meta.get("format_version")}
+    git = meta.get("git") or {}
+    if isinstance(git, dict):
+        t["mlflow.source.git.commit"] = git.get("commit")
+        t["mlflow.source.git.branch"] = git.get("branch")
+        t["mlflow.source.git.repoURL"] = git.get("remote")
+    if meta.get("notes"):
+        t["mlflow.note.content"] = meta["notes"]
+    if meta.get("tags"):
+        t["hpc.tags"] = ",".join(str(x) for x in meta["tags"])
+    if meta.get("argv"):
+        t["hpc.argv"] = " ".join(str(a) for a in meta["argv"])
+    for k, v in (meta.get("slurm") or {}).items() if isinstance(meta.get("slurm"), dict) else []:
+        t["slurm." + metric_key(str(k))] = v
+    return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}

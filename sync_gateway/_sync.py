@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ._format import decode_value, parse_document, parse_run_json, parse_stream
-from ._mapping import flatten_config, metric_key, metric_value, system_metric, tag_value
+from ._mapping import flatten_config, metric_key, metric_value, run_tags, system_metric, tag_value
 from ._settings import Settings
 from ._state import StateStore
 from .errors import FormatError, GatewayError, ServerError
@@ -45,6 +45,7 @@ class PassReport:
     errors: Dict[str, str] = field(default_factory=dict)
     roots_skipped: Dict[str, str] = field(default_factory=dict)
     aborted: Optional[str] = None
+    experiments: Dict[str, str] = field(default_factory=dict)  # project -> URL of its experiment
 
     @property
     def ok(self) -> bool:
@@ -126,6 +127,7 @@ class Gateway:
         self._groups: Dict[Tuple[str, str], ServerRun] = {}
         self._should_stop: Callable[[], bool] = lambda: False
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._last_server: Optional[ServerRun] = None
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -173,6 +175,9 @@ class Gateway:
                     rep.errors[key] = str(e)
                     continue
                 rep.points_sent += sent
+                st_server = self._last_server
+                if st_server is not None and ref.project not in rep.experiments:
+                    rep.experiments[ref.project] = self.sink.experiment_url(st_server)
                 if changed:
                     rep.runs_synced += 1
                 else:
@@ -205,6 +210,7 @@ class Gateway:
         sig = "|".join(f"{n}:{s.size_bytes}:{s.mtime_ns}" for n, s in sorted(both.items()))
         now_ms = int(self.clock() * 1000)
         ent = index.get(ref.key) or {}
+        self._last_server = None
         if ent.get("sig") == sig and not (ent.get("hpc_state") == "active"
                                           and now_ms - ent.get("hb_ms", 0) >= self.settings.stale_after_s * 1000):
             return False, 0
@@ -215,6 +221,7 @@ class Gateway:
             raise FormatError("run.json vanished")
         meta = parse_run_json(raw)
         server = self._server_run(ref, st, meta)
+        self._last_server = server
         if st.get("tags_sig") != _fsig(files.get("run.json")):
             self.sink.set_tags(server, run_tags(meta))
             st["tags_sig"] = _fsig(files.get("run.json"))
@@ -459,26 +466,3 @@ def _doc(source: Source, ref: RunRef, name: str) -> Optional[Dict[str, Any]]:
     except FormatError as e:
         log.warning("%s: %s (ignored until it is rewritten)", ref.key, e)
         return None
-
-
-def run_tags(meta: Dict[str, Any]) -> Dict[str, str]:
-    """MLflow tags for run.json: the ones the UI shows natively, then hpc.* and slurm.*."""
-    t: Dict[str, Any] = {"mlflow.runName": meta.get("name") or meta.get("id"), "mlflow.user": meta.get("user"),
-                         "mlflow.source.name": meta.get("program"), "mlflow.source.type": "LOCAL",
-                         "hpc.project": meta.get("project"), "hpc.group": meta.get("group"),
-                         "hpc.job_type": meta.get("job_type"), "hpc.host": meta.get("host"),
-                         "hpc.attempt": meta.get("attempt"), "hpc.format_version": meta.get("format_version")}
-    git = meta.get("git") or {}
-    if isinstance(git, dict):
-        t["mlflow.source.git.commit"] = git.get("commit")
-        t["mlflow.source.git.branch"] = git.get("branch")
-        t["mlflow.source.git.repoURL"] = git.get("remote")
-    if meta.get("notes"):
-        t["mlflow.note.content"] = meta["notes"]
-    if meta.get("tags"):
-        t["hpc.tags"] = ",".join(str(x) for x in meta["tags"])
-    if meta.get("argv"):
-        t["hpc.argv"] = " ".join(str(a) for a in meta["argv"])
-    for k, v in (meta.get("slurm") or {}).items() if isinstance(meta.get("slurm"), dict) else []:
-        t["slurm." + metric_key(str(k))] = v
-    return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}

@@ -84,6 +84,8 @@ def _report(rep) -> int:
         log.error("root %s not synced: %s", root, why)
     for key, why in rep.errors.items():
         log.error("%s: %s", key, why)
+    for project, url in sorted(rep.experiments.items()):
+        log.info("experiment %s: %s", project, url)
     log.info("pass: %d runs seen, %d synced, %d unchanged, %d points sent%s", rep.runs_seen, rep.runs_synced,
              rep.runs_unchanged, rep.points_sent, f"; aborted: {rep.aborted}" if rep.aborted else "")
     return 0 if rep.ok else 1

@@ -70,5 +70,8 @@ class Sink(abc.ABC):
     def run_url(self, run: ServerRun) -> str:
         return ""
 
+    def experiment_url(self, run: ServerRun) -> str:
+        return ""
+
     def close(self) -> None:
         pass

@@ -183,6 +183,9 @@ class MlflowSink(Sink):
     def run_url(self, run: ServerRun) -> str:
         return f"{self.http.base_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
+    def experiment_url(self, run: ServerRun) -> str:
+        return f"{self.http.base_url}/#/experiments/{run.experiment_id}"
+
     def get_history(self, run: ServerRun, key: str) -> List[Dict[str, Any]]:
         """Every stored point of ``key`` (used by tests and ``status``)."""
         out: List[Dict[str, Any]] = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from .base import FileStat, RunRef, Source
 from .local import LocalSource
 
@@ -16,7 +17,11 @@ def open_source(root: str, settings: "Settings") -> Source:
     """The source for one configured root: ``ssh://[user@]host[:port]/path`` or a local directory."""
     if root.startswith("ssh://"):
         # Imported lazily: paramiko is only needed (extra [remote]) by those who sync over SSH.
-        from .sftp import SftpSource  # type: ignore[import-not-found]
+        try:
+            from .sftp import SftpSource  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ConfigError(f"root {root}: ssh:// roots need the SFTP source and paramiko "
+                              f"(pip install 'hpc-sync[gateway,remote]'): {e}") from e
 
         return SftpSource(root, settings)
     return LocalSource(root)

@@ -1,5 +1,5 @@
-"""A small HTTP proxy in front of the real MLflow server that answers 503 (or 429) to the first N
-log-batch requests, then forwards everything. Counts what it saw."""
+"""A small HTTP proxy in front of the real MLflow server (reverse, or forward via HTTP_PROXY) that answers
+503 (or 429, 400) to the first N log-batch requests, then forwards everything. Counts what it saw."""
 from __future__ import annotations
 
 import http.client
@@ -38,7 +38,11 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(proxy.up.hostname, proxy.up.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
+                path = self.path
+                if path.startswith("http"):  # absolute form: we are used as a forward proxy (HTTP_PROXY)
+                    parts = urlsplit(path)
+                    path = parts.path + (f"?{parts.query}" if parts.query else "")
+                conn.request(self.command, path, body=body or None, headers=headers)
                 r = conn.getresponse()
                 data = r.read()
                 with proxy.lock:

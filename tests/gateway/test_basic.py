@@ -30,6 +30,7 @@ def test_basic_sync_then_nothing_new(settings, root, project):
     assert rep.runs_synced == 1
     sink = sink_for(settings)
     run = server_run(sink, project, "r1")
+    assert rep.experiments == {project: f"{settings.server_url}/#/experiments/{run.experiment_id}"}
     info = run_info(sink, run)
     tags = {t["key"]: t["value"] for t in info["data"]["tags"]}
     assert tags["mlflow.runName"] == "name-r1"

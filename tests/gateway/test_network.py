@@ -122,3 +122,22 @@ def test_bearer_token_reaches_the_server_and_never_the_log(settings, root, proje
     assert rep.ok
     assert seen and set(seen) == {"Bearer tok-123"}
     assert caplog.records and "tok-123" not in caplog.text
+
+
+def test_https_proxy_environment_is_honoured_and_no_proxy_bypasses(settings, root, project, monkeypatch):
+    from sync_gateway._runner import make_sink
+
+    w = RunWriter(root, project, "viaproxy")
+    w.log({"x": 1.0})
+    w.exit(0)
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with FaultProxy(settings.server_url, fail_first=0) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)  # the server URL is http:// here
+        rep = sync_once(settings, sink=make_sink(settings, environ=os.environ))
+        assert rep.ok and proxy.forwarded > 0
+        seen = proxy.forwarded
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        w.log({"x": 2.0})
+        rep = sync_once(settings, sink=make_sink(settings, environ=os.environ))
+        assert rep.ok and proxy.forwarded == seen
