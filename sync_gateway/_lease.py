@@ -44,11 +44,19 @@ class Lease:
         return tmp
 
     def read(self, path: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        path = path or self.path
         try:
-            with open(path or self.path) as f:
+            with open(path) as f:
                 return json.load(f)
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             return None
+        except ValueError:
+            # Never written by a gateway (they link complete files): treat it as a lease that expires
+            # lease_ttl_s after its last change, so a stray file cannot block a root forever.
+            try:
+                return {"owner": None, "expires_s": os.stat(path).st_mtime + self.ttl_s}
+            except FileNotFoundError:
+                return None
 
     def acquire(self) -> bool:
         """Take or renew the lease; False when another live owner holds it."""

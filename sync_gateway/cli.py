@@ -126,7 +126,7 @@ def _daemon(settings: Settings) -> int:
             started = time.monotonic()
             try:
                 code = _report(runner.run_pass(should_stop=stop.is_set))
-            except GatewayError as e:  # one bad pass never ends the service
+            except (GatewayError, OSError) as e:  # one bad pass (server, full disk) never ends the service
                 log.error("pass failed: %s", e)
                 code = 1
             stop.wait(max(0.0, settings.interval_s - (time.monotonic() - started)))

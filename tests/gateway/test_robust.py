@@ -208,3 +208,15 @@ def test_a_line_longer_than_the_read_chunk_is_read_whole(tmp_path):
         rep = r.run_pass()
     assert rep.ok, rep
     assert sorted(sink.points[sink.runs["p/long"].run_id]) == [("x", 1.0, 0, 1), ("x", 2.0, 1, 2)]
+
+
+def test_a_garbage_lease_file_expires_instead_of_blocking_forever(tmp_path):
+    from sync_gateway._lease import Lease
+
+    now = [os.stat(str(tmp_path)).st_mtime]
+    a = Lease(str(tmp_path), "/r", ttl_s=60, owner="a", clock=lambda: now[0])
+    with open(a.path, "w") as f:
+        f.write("{not json")
+    assert not a.acquire()
+    now[0] += 120
+    assert a.acquire() and a.read()["owner"] == "a"
