@@ -5,8 +5,8 @@
   keys are cut to 250 characters.
 - Config -> params: nested keys joined with ``.``; values over 6000 characters are cut and end with
   ``TRUNCATION_MARKER``; the full config is also uploaded as the artifact ``hpc/config.json``.
-- System metrics -> MLflow's own ``system/...`` names (SYSTEM_METRICS), so its System Metrics tab shows
-  them; unknown names keep their own name under ``system/``.
+- System metrics -> MLflow's own ``system/...`` names (SYSTEM_METRICS, as in docs/metrics.md), so its
+  System Metrics tab shows them; any other key becomes ``system/<key with / replaced by _>``.
 """
 from __future__ import annotations
 
@@ -78,38 +78,34 @@ def metric_value(v: Any) -> Optional[float]:
     return None
 
 
-#: monitor name (system.jsonl) -> (MLflow name, factor). ``{i}`` is a GPU index.
-#: These names are the gateway's side of the contract with the monitor; the lead reconciles them with
-#: docs/monitor.md when that lands.
+#: system.jsonl key -> (MLflow name, factor); ``{i}`` is a GPU ordinal. This is the table of
+#: docs/metrics.md (the monitor's documentation); tests/gateway/test_settings.py checks the two agree.
 SYSTEM_METRICS: Dict[str, Tuple[str, float]] = {
-    "cpu_percent": ("system/cpu_utilization_percentage", 1.0),
-    "memory_percent": ("system/system_memory_usage_percentage", 1.0),
-    "memory_used_bytes": ("system/system_memory_usage_megabytes", 1e-6),
-    "disk_percent": ("system/disk_usage_percentage", 1.0),
-    "disk_used_bytes": ("system/disk_usage_megabytes", 1e-6),
-    "disk_free_bytes": ("system/disk_available_megabytes", 1e-6),
-    "network_received_bytes": ("system/network_receive_megabytes", 1e-6),
-    "network_sent_bytes": ("system/network_transmit_megabytes", 1e-6),
-    "gpu.{i}.utilization_percent": ("system/gpu_{i}_utilization_percentage", 1.0),
-    "gpu.{i}.memory_percent": ("system/gpu_{i}_memory_usage_percentage", 1.0),
-    "gpu.{i}.memory_used_bytes": ("system/gpu_{i}_memory_usage_megabytes", 1e-6),
-    "gpu.{i}.power_w": ("system/gpu_{i}_power_usage_watts", 1.0),
-    "gpu.{i}.power_percent": ("system/gpu_{i}_power_usage_percentage", 1.0),
+    "cpu/system_percent": ("system/cpu_utilization_percentage", 1.0),
+    "memory/system_percent": ("system/system_memory_usage_percentage", 1.0),
+    "memory/system_used_bytes": ("system/system_memory_usage_megabytes", 1e-6),
+    "disk/usage_percent": ("system/disk_usage_percentage", 1.0),
+    "disk/used_bytes": ("system/disk_usage_megabytes", 1e-6),
+    "disk/available_bytes": ("system/disk_available_megabytes", 1e-6),
+    "network/sent_bytes": ("system/network_transmit_megabytes", 1e-6),
+    "network/received_bytes": ("system/network_receive_megabytes", 1e-6),
+    "gpu/{i}/utilization_percent": ("system/gpu_{i}_utilization_percentage", 1.0),
+    "gpu/{i}/memory_used_percent": ("system/gpu_{i}_memory_usage_percentage", 1.0),
+    "gpu/{i}/memory_used_bytes": ("system/gpu_{i}_memory_usage_megabytes", 1e-6),
+    "gpu/{i}/power_w": ("system/gpu_{i}_power_usage_watts", 1.0),
+    "gpu/{i}/power_percent": ("system/gpu_{i}_power_usage_percentage", 1.0),
 }
-_GPU = re.compile(r"^gpu\.(\d+)\.(.+)$")
+_GPU = re.compile(r"^gpu/(\d+)/(.+)$")
 
 
 @lru_cache(maxsize=4096)
 def system_metric(name: str) -> Tuple[str, float]:
-    """MLflow's name and unit factor for a monitor metric."""
-    if name in SYSTEM_METRICS:
-        return SYSTEM_METRICS[name]
+    """MLflow's name and unit factor for a monitor metric; any other key: ``system/`` + key, ``/`` -> ``_``."""
     m = _GPU.match(name)
-    if m:
-        hit = SYSTEM_METRICS.get(f"gpu.{{i}}.{m.group(2)}")
-        if hit:
-            return hit[0].replace("{i}", m.group(1)), hit[1]
-    return metric_key("system/" + name), 1.0
+    hit = SYSTEM_METRICS.get(f"gpu/{{i}}/{m.group(2)}" if m else name)
+    if hit is None:
+        return metric_key("system/" + name.replace("/", "_")), 1.0
+    return (hit[0].replace("{i}", m.group(1)) if m else hit[0]), hit[1]
 
 
 def run_tags(meta: Dict[str, Any]) -> Dict[str, str]:

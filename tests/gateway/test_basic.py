@@ -17,8 +17,9 @@ def test_basic_sync_then_nothing_new(settings, root, project):
     for i in range(120):
         w.log({"loss": 1.0 / (i + 1), "train/acc": i / 120, "ok": i % 2 == 0, "note": "text",
                "weird key!": float(i), "nan_here": math.nan if i == 5 else 1.0}, ts_ms=1_764_150_000_000 + i)
-    w.system({"cpu_percent": 12.5, "memory_used_bytes": 2_000_000_000, "gpu.0.utilization_percent": 97.0,
-              "gpu.1.power_w": 250.0, "fan_rpm": 1200}, step=0, ts_ms=1_764_150_000_500)
+    w.system({"cpu/system_percent": 12.5, "memory/system_used_bytes": 2_000_000_000,
+              "gpu/0/utilization_percent": 97.0, "gpu/1/power_w": 250.0, "gpu/1/temperature_c": 70},
+             step=0, ts_ms=1_764_150_000_500)
     w.summary({"loss": 0.001, "best": 0.5}, set_by_hand=["best"])
     w.raw("output.log", b"epoch 1\n")
     w.save("ckpt/a.txt", b"weights-1")
@@ -53,7 +54,7 @@ def test_basic_sync_then_nothing_new(settings, root, project):
     assert history(sink, run, "system/system_memory_usage_megabytes")[0][2] == 2000.0
     assert history(sink, run, "system/gpu_0_utilization_percentage")[0][2] == 97.0
     assert history(sink, run, "system/gpu_1_power_usage_watts")[0][2] == 250.0
-    assert history(sink, run, "system/fan_rpm")[0][2] == 1200.0
+    assert history(sink, run, "system/gpu_1_temperature_c")[0][2] == 70.0
     assert [v for _, _, v in history(sink, run, "summary/best")] == [0.5]
 
     arts = _artifact(sink, run, "files/ckpt/a.txt")

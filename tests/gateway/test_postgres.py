@@ -28,7 +28,7 @@ def test_sync_into_mlflow_on_postgresql(root, project, tmp_path):
         try:
             w = RunWriter(root, project, "pg", config={"lr": 0.1}, group="g")
             w.log_many({"x": float(i), "y": float(-i)} for i in range(3000))
-            w.system({"cpu_percent": 50.0}, step=0, ts_ms=1)
+            w.system({"cpu/system_percent": 50.0}, step=0, ts_ms=1)
             w.exit(0)
             settings = Settings(roots=[root], server_url=h.url, state_dir=str(tmp_path / "st"), retries=2)
             assert sync_once(settings).ok

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import pytest
 
 from sync_gateway._http import resolve_tls
-from sync_gateway._mapping import TRUNCATION_MARKER, flatten_config, metric_key, param_value, system_metric
+from sync_gateway._mapping import (SYSTEM_METRICS, TRUNCATION_MARKER, flatten_config, metric_key, param_value,
+                                   system_metric)
 from sync_gateway._settings import Settings, TlsSettings
 from sync_gateway.errors import ConfigError
 
@@ -88,7 +91,28 @@ def test_flatten_and_truncate():
 
 
 def test_system_metric_names():
-    assert system_metric("cpu_percent") == ("system/cpu_utilization_percentage", 1.0)
-    assert system_metric("gpu.3.memory_used_bytes") == ("system/gpu_3_memory_usage_megabytes", 1e-6)
-    assert system_metric("gpu.12.power_w") == ("system/gpu_12_power_usage_watts", 1.0)
-    assert system_metric("io.read_bytes") == ("system/io.read_bytes", 1.0)
+    assert system_metric("cpu/system_percent") == ("system/cpu_utilization_percentage", 1.0)
+    assert system_metric("gpu/3/memory_used_bytes") == ("system/gpu_3_memory_usage_megabytes", 1e-6)
+    assert system_metric("gpu/12/power_w") == ("system/gpu_12_power_usage_watts", 1.0)
+    assert system_metric("gpu/0/temperature_c") == ("system/gpu_0_temperature_c", 1.0)
+    assert system_metric("cpu/process_percent") == ("system/cpu_process_percent", 1.0)
+
+
+def test_system_metric_mapping_agrees_with_the_monitors_documentation():
+    """docs/metrics.md holds the mapping table and code the monitor documents; the gateway must agree."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "metrics.md")
+    if not os.path.exists(path):
+        pytest.skip("docs/metrics.md (the monitor's page) is not in this tree")
+    text = open(path, encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?HPC_TO_MLFLOW_SYSTEM.*?)```", text, re.S).group(1)
+    ns: dict = {}
+    exec(compile(code, "docs/metrics.md", "exec"), ns)  # the documented reference implementation
+    assert ns["HPC_TO_MLFLOW_SYSTEM"] == SYSTEM_METRICS
+    rows = re.findall(r"^\| `([a-z]+/[^`]+)` \|.*\| `(system/[^`]+)` \| (x1|/ 1e6) \|$", text, re.M)
+    assert len(rows) >= 20
+    for key, mlflow_name, factor in rows:
+        concrete = key.replace("{i}", "2")
+        got_name, got_factor = system_metric(concrete)
+        assert got_name == mlflow_name.replace("{i}", "2"), key
+        assert got_factor == (1e-6 if factor == "/ 1e6" else 1.0), key
+        assert ns["mlflow_system_metric"](concrete, 1.0) == (got_name, got_factor)

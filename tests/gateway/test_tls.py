@@ -14,13 +14,16 @@ from sync_gateway._doctor import doctor
 from sync_gateway._runner import make_sink
 from sync_gateway._settings import Settings, TlsSettings
 
-trustme = pytest.importorskip("trustme", reason="pip install -e '.[gateway-test]'")
-
 pytestmark = pytest.mark.mlflow
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
+    import importlib.util
+
+    need(importlib.util.find_spec("trustme") is not None, "trustme is not installed: pip install -e '.[gateway-test]'")
+    import trustme
+
     d = tmp_path_factory.mktemp("pki")
     ca, other_ca, client_ca = trustme.CA(), trustme.CA(), trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
