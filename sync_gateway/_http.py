@@ -147,6 +147,7 @@ class HttpClient:
         self.tls = resolve_tls(settings.tls, environ)
         self.auth = resolve_auth(settings.auth, environ)
         self.timeout_s = settings.timeout_s
+        self.retries = settings.retries
         self.session = session or build_session(settings, backoff_factor)
         self.proxies: Dict[str, str] = _proxies(self.base_url, environ)
 

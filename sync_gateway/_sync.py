@@ -167,6 +167,7 @@ class Gateway:
                     rep.aborted = "stopped on request"
                     break
                 except _Aborted as e:
+                    self._record_error(key, index, f"{e}; the pass stopped here, the next one resumes")
                     rep.aborted = str(e)
                     rep.errors[key] = str(e)
                     break

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # urllib3 logs every retry; the gateway reports the outcome in one line (-v shows the retries).
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -82,8 +84,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _report(rep) -> int:
     for root, why in rep.roots_skipped.items():
         log.error("root %s not synced: %s", root, why)
-    for key, why in rep.errors.items():
-        log.error("%s: %s", key, why)
+    if rep.errors:  # each was logged with its reason when it happened
+        keys = sorted(rep.errors)
+        log.error("%d run(s) not fully synced: %s%s", len(keys), ", ".join(keys[:10]),
+                  " ..." if len(keys) > 10 else "")
     for project, url in sorted(rep.experiments.items()):
         log.info("experiment %s: %s", project, url)
     log.info("pass: %d runs seen, %d synced, %d unchanged, %d points sent%s", rep.runs_seen, rep.runs_synced,

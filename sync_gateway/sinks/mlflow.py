@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
@@ -57,8 +58,8 @@ class MlflowSink(Sink):
                 f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
                 f"`sync-gateway doctor` names the issuer", retryable=False) from e
         except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url}: {e.__class__.__name__}: {e}",
-                              retryable=True) from e
+            raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
+                              f"{_short(e)}", retryable=True) from e
         if r.status_code >= 400:
             try:
                 err = r.json()
@@ -199,6 +200,13 @@ class MlflowSink(Sink):
             token = res.get("next_page_token")
             if not token:
                 return out
+
+
+def _short(e: Exception) -> str:
+    """The useful end of urllib3's nested message ("[Errno 111] Connection refused", "Read timed out")."""
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"(Read|Connect) timed out[^'\")]*", text)
+    return m.group(0).strip() if m else f"{e.__class__.__name__}: {text[:200]}"
 
 
 def _reason(e: Exception) -> str:
