@@ -178,7 +178,10 @@ class MlflowSink(Sink):
         self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=data)
 
     def server_version(self) -> str:
-        r = self.http.request("GET", "/version")
+        try:
+            r = self.http.request("GET", "/version")
+        except requests.exceptions.RequestException as e:
+            raise ServerError(f"cannot reach {self.http.base_url}: {_short(e)}", retryable=True) from e
         return r.text.strip() if r.ok else f"unknown (GET /version -> HTTP {r.status_code})"
 
     def run_url(self, run: ServerRun) -> str:

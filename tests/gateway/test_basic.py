@@ -197,5 +197,6 @@ def test_state_lost_refinds_run_without_duplicates(settings, root, project, tmp_
     assert len(history(sink, server_run(sink, project, "lost"), "m")) == 300
 
 
-def test_server_health_probe_is_real(mlflow_server):
+def test_server_health_probe_is_real(mlflow_server, settings):
     assert requests.get(mlflow_server.url + "/health", timeout=5).text.strip() == "OK"
+    assert sink_for(settings).server_version() == "3.17.2"

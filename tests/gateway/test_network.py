@@ -117,7 +117,8 @@ def test_bearer_token_reaches_the_server_and_never_the_log(settings, root, proje
         os.chmod(f, 0o600)
         w = RunWriter(root, project, "auth")
         w.exit(0)
-        with caplog.at_level(logging.DEBUG):
+        # urllib3 logs each request at DEBUG (the CLI may have raised its level in an earlier test).
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
             rep = sync_once(replace(settings, server_url=proxy.url, auth=AuthSettings(token_file=str(f))))
     assert rep.ok
     assert seen and set(seen) == {"Bearer tok-123"}
