@@ -1,0 +1,369 @@
+"""The SFTP source: read runs under ``ssh://[user@]host[:port]/path`` as if they were local.
+
+One SSH connection (with keepalives) serves every call until :meth:`SftpSource.close` or until it drops;
+a call that fails because the link dropped raises :class:`SshUnreachableError` (a retryable
+``SourceError``) and the next call reconnects. Reads are stateless (offset and length come from the
+caller's cursor), so a reconnect loses or repeats nothing.
+
+Round trips are what an SFTP pass costs: ``list_runs`` is one ``READDIR`` per directory plus one ``LSTAT``
+of each ``run.json``, ``scan`` one ``READDIR`` per run, and a large ``read_range`` pipelines its 32 KiB
+reads (``readv``) instead of waiting for each.
+
+Links: the server's listing is an ``lstat`` view. A link is followed only if the server's ``realpath``
+(``sftp.normalize``) of it lies inside the root's; otherwise it is reported once and skipped.
+Residual race, as on any file system without ``O_NOFOLLOW`` over the wire: a user who can write a run
+directory may swap a checked regular file for a link between the listing and the open.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import socket
+import stat as stat_mod
+import threading
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, TypeVar
+
+import paramiko
+
+from ..errors import GatewayError, SourceError
+from ._ssh import (SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
+                   SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
+from .base import FileStat, RunRef, Source
+
+__all__ = [
+    "SftpSource", "check_ssh_root", "SshCheck",
+    "SshConfigError", "SshUnreachableError", "SshHostKeyError", "SshAuthError",
+]
+
+log = logging.getLogger("sync_gateway.sources.sftp")
+log.addHandler(logging.NullHandler())
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONNECTION_ERRORS = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, OSError)
+_READV_MIN_BYTES = 64 * 1024          # below this a plain read is one or two round trips anyway
+_MAX_REQUESTS_IN_FLIGHT = 64          # 64 x 32 KiB = 2 MiB in flight per read
+
+T = TypeVar("T")
+
+
+class SftpSource(Source):
+    """Runs under one ``ssh://`` root. Not meant to be shared between threads without a lock of your own."""
+
+    def __init__(self, root_url: str, *, known_hosts: Optional[str] = None, ssh_config: Optional[str] = None,
+                 identity_file: Optional[str] = None, connect_timeout_s: float = 10.0,
+                 keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True):
+        user, host, port, path = parse_ssh_url(root_url)
+        self.options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
+                                  connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s,
+                                  io_timeout_s=io_timeout_s, allow_agent=allow_agent)
+        self.display = root_url
+        self._root_path = path
+        self._hops = resolve_hops(host, user, port, self.options)
+        self._conn: Optional[SshConnection] = None
+        self._root_real: Optional[str] = None
+        self._lock = threading.Lock()
+        self._regular: Dict[str, Set[str]] = {}   # run location -> names a listing showed as regular files
+        self._warned: Set[str] = set()
+        self.connects = 0                         # how many connections were opened (for tests, benchmarks)
+
+    # --- connection --------------------------------------------------------------------------------------
+
+    @property
+    def hops(self) -> List[SshHop]:
+        return list(self._hops)
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        with self._lock:
+            if self._conn is not None and self._conn.active and self._conn.sftp is not None:
+                return self._conn.sftp
+            self._drop()
+            conn = open_connection(self.display, self._hops, self.options)
+            self.connects += 1
+            try:
+                root_real = conn.sftp.normalize(self._root_path)
+            except IOError as err:
+                conn.close()
+                raise SourceError(self.display, self._root_path, f"the root is not readable over SFTP ({err})") from err
+            except _CONNECTION_ERRORS as err:
+                conn.close()
+                raise SshUnreachableError(self.display, f"connection lost ({err}); the next call reconnects") from err
+            self._conn, self._root_real = conn, root_real
+            self._regular.clear()
+            return conn.sftp
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _call(self, path: str, op: Callable[[paramiko.SFTPClient], T]) -> T:
+        """Run ``op``; a dropped link closes the connection and becomes a retryable error."""
+        sftp = self._sftp()
+        try:
+            return op(sftp)
+        except GatewayError:
+            raise
+        except _CONNECTION_ERRORS as err:
+            # An SFTP status (no such file, permission denied, failure, EOF) arrives as IOError or EOFError
+            # on a link that is still up: a problem of this path only. A timeout, or any error once the
+            # transport is down, means the link is gone: drop it so the next call reconnects.
+            alive = self._conn is not None and self._conn.active
+            if alive and isinstance(err, (IOError, EOFError)) and not isinstance(err, socket.timeout):
+                raise SourceError(self.display, path, f"{type(err).__name__}: {err}") from err
+            self.close()
+            raise SshUnreachableError(self.display, f"{path}: connection lost ({type(err).__name__}: {err}); "
+                                      f"the next call reconnects") from err
+
+    # --- path safety -------------------------------------------------------------------------------------
+
+    def _inside(self, real: str) -> bool:
+        root = self._root_real or ""
+        return real == root or real.startswith(root.rstrip("/") + "/")
+
+    def _warn_once(self, path: str, message: str) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("%s: %s: %s", self.display, path, message)
+
+    def _resolve_link(self, sftp: paramiko.SFTPClient, path: str) -> Optional[paramiko.SFTPAttributes]:
+        """Attributes of a link's target if it lies inside the root; ``None`` (reported) otherwise."""
+        try:
+            real = sftp.normalize(path)
+        except IOError:
+            self._warn_once(path, "a dangling link: skipped")
+            return None
+        if not self._inside(real):
+            self._warn_once(path, f"a link to {real}, outside the root: skipped (links never lead out of a root)")
+            return None
+        return sftp.stat(real)
+
+    def _entries(self, sftp: paramiko.SFTPClient, directory: str) -> Iterator[Tuple[str, paramiko.SFTPAttributes]]:
+        """(name, attributes) of a directory, links replaced by their in-root target, others skipped."""
+        for attr in sftp.listdir_attr(directory):
+            if attr.st_mode is not None and stat_mod.S_ISLNK(attr.st_mode):
+                target = self._resolve_link(sftp, posixpath.join(directory, attr.filename))
+                if target is None:
+                    continue
+                target.filename = attr.filename
+                attr = target
+            yield attr.filename, attr
+
+    def _check_name(self, name: str) -> None:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise SourceError(self.display, name, "not a plain relative path inside a run directory")
+
+    # --- Source ------------------------------------------------------------------------------------------
+
+    def list_runs(self) -> Iterator[RunRef]:
+        def listing(sftp: paramiko.SFTPClient) -> List[RunRef]:
+            root = self._root_real or self._root_path
+            runs: List[RunRef] = []
+            for project, pattr in self._entries(sftp, root):
+                if not _NAME_OK.match(project) or not stat_mod.S_ISDIR(pattr.st_mode or 0):
+                    continue
+                project_dir = posixpath.join(root, project)
+                try:
+                    children = list(self._entries(sftp, project_dir))
+                except IOError as err:
+                    if err.errno is None:
+                        raise
+                    self._warn_once(project_dir, f"cannot list it ({err.strerror or err}): skipped")
+                    continue
+                for run_id, rattr in children:
+                    if not _NAME_OK.match(run_id) or not stat_mod.S_ISDIR(rattr.st_mode or 0):
+                        continue
+                    run_dir = posixpath.join(project_dir, run_id)
+                    if self._has_run_json(sftp, run_dir):
+                        runs.append(RunRef(project=project, run_id=run_id, location=run_dir))
+            return runs
+
+        yield from self._call(self.display, listing)
+
+    def _has_run_json(self, sftp: paramiko.SFTPClient, run_dir: str) -> bool:
+        path = posixpath.join(run_dir, "run.json")
+        try:
+            attr = sftp.lstat(path)
+        except IOError as err:
+            if err.errno is None:
+                raise
+            return False
+        if stat_mod.S_ISLNK(attr.st_mode or 0):
+            target = self._resolve_link(sftp, path)
+            return target is not None and stat_mod.S_ISREG(target.st_mode or 0)
+        return stat_mod.S_ISREG(attr.st_mode or 0)
+
+    def scan(self, run: RunRef) -> Dict[str, FileStat]:
+        def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
+            found: Dict[str, FileStat] = {}
+            for name, attr in self._entries(sftp, run.location):
+                if name.startswith(".tmp-") or not stat_mod.S_ISREG(attr.st_mode or 0):
+                    continue
+                found[name] = _file_stat(attr)
+            self._regular[run.location] = set(found)
+            return found
+
+        return self._call(run.location, op)
+
+    def walk(self, run: RunRef, subdir: str) -> Dict[str, FileStat]:
+        self._check_name(subdir)
+
+        def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
+            found: Dict[str, FileStat] = {}
+            seen: Set[str] = set()
+            pending = [subdir]
+            while pending:
+                rel_dir = pending.pop()
+                directory = posixpath.join(run.location, rel_dir)
+                try:
+                    real = sftp.normalize(directory)
+                    if real in seen or not self._inside(real):
+                        continue
+                    seen.add(real)
+                    entries = list(self._entries(sftp, directory))
+                except IOError as err:
+                    if err.errno is None:
+                        raise
+                    if rel_dir != subdir:
+                        self._warn_once(directory, f"cannot list it ({err.strerror or err}): skipped")
+                    continue
+                for name, attr in entries:
+                    rel = posixpath.join(rel_dir, name)
+                    if stat_mod.S_ISDIR(attr.st_mode or 0):
+                        pending.append(rel)
+                    elif stat_mod.S_ISREG(attr.st_mode or 0) and not name.startswith(".tmp-"):
+                        found[rel] = _file_stat(attr)
+            self._regular.setdefault(run.location, set()).update(found)
+            return found
+
+        return self._call(posixpath.join(run.location, subdir), op)
+
+    def _open_checked(self, sftp: paramiko.SFTPClient, run: RunRef, name: str) -> Optional[paramiko.SFTPFile]:
+        """Open a regular file of the run, refusing links out of the root; ``None`` if it does not exist."""
+        path = posixpath.join(run.location, name)
+        if name not in self._regular.get(run.location, ()):
+            try:
+                attr = sftp.lstat(path)
+            except IOError as err:
+                if err.errno is None:
+                    raise
+                return None
+            if stat_mod.S_ISLNK(attr.st_mode or 0):
+                target = self._resolve_link(sftp, path)
+                if target is None:
+                    raise SourceError(self.display, path, "a link out of the root (or dangling): not read")
+                attr = target
+            if not stat_mod.S_ISREG(attr.st_mode or 0):
+                raise SourceError(self.display, path, "not a regular file: not read")
+        try:
+            return sftp.open(path, "rb")
+        except IOError as err:
+            if err.errno is None:
+                raise
+            return None
+
+    def read_range(self, run: RunRef, name: str, offset: int, length: int) -> bytes:
+        self._check_name(name)
+        if offset < 0 or length < 0:
+            raise ValueError(f"read_range: offset {offset} and length {length} must be >= 0")
+        path = posixpath.join(run.location, name)
+
+        def op(sftp: paramiko.SFTPClient) -> bytes:
+            handle = self._open_checked(sftp, run, name)
+            if handle is None:
+                raise SourceError(self.display, path, "does not exist (any more)")
+            with handle:
+                if length == 0:
+                    return b""
+                size = handle.stat().st_size or 0
+                wanted = max(0, min(length, size - offset))
+                return _read_exact(handle, offset, wanted)
+
+        return self._call(path, op)
+
+    def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
+        self._check_name(name)
+        path = posixpath.join(run.location, name)
+
+        def op(sftp: paramiko.SFTPClient) -> Optional[bytes]:
+            try:
+                handle = self._open_checked(sftp, run, name)
+            except SourceError as err:
+                self._warn_once(path, str(err))
+                return None
+            if handle is None:
+                return None
+            with handle:
+                return _read_exact(handle, 0, handle.stat().st_size or 0)
+
+        return self._call(path, op)
+
+
+def _file_stat(attr: paramiko.SFTPAttributes) -> FileStat:
+    # SFTP v3 carries whole-second mtimes only.
+    return FileStat(size_bytes=int(attr.st_size or 0), mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000)
+
+
+def _read_exact(handle: paramiko.SFTPFile, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer only if the file shrank meanwhile), reads pipelined."""
+    if length == 0:
+        return b""
+    if length < _READV_MIN_BYTES:
+        handle.seek(offset)
+        return handle.read(length)
+    blocks = handle.readv([(offset, length)], max_concurrent_prefetch_requests=_MAX_REQUESTS_IN_FLIGHT)
+    return b"".join(blocks)
+
+
+class SshCheck(NamedTuple):
+    name: str       # "config", "reachable", "host key", "auth", "path"
+    ok: bool
+    message: str
+
+
+def check_ssh_root(root_url: str, *, known_hosts: Optional[str] = None, ssh_config: Optional[str] = None,
+                   identity_file: Optional[str] = None, connect_timeout_s: float = 10.0) -> List[SshCheck]:
+    """The doctor's checks of one SSH root, in order; the list ends at the first failure.
+
+    One entry per hop for reachable / host key / auth (a ProxyJump chain shows the bastion first), then
+    one for the path. Never raises for a problem it can name.
+    """
+    checks: List[SshCheck] = []
+    try:
+        user, host, port, path = parse_ssh_url(root_url)
+        options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
+                             connect_timeout_s=connect_timeout_s, io_timeout_s=max(connect_timeout_s, 10.0))
+        hops = resolve_hops(host, user, port, options)
+    except GatewayError as err:
+        return [SshCheck("config", False, str(err))]
+    route = " -> ".join(h.label for h in hops)
+    checks.append(SshCheck("config", True, f"{root_url}: {route}"))
+
+    def on_step(name: str, hop: SshHop, message: str) -> None:
+        checks.append(SshCheck(name, True, message))
+
+    try:
+        conn = open_connection(root_url, hops, options, on_step)
+    except SshHostKeyError as err:
+        return checks + [SshCheck("host key", False, str(err))]
+    except (SshAuthError, SshConfigError) as err:  # a named identity file that is missing: an auth problem
+        return checks + [SshCheck("auth", False, str(err))]
+    except SshUnreachableError as err:
+        return checks + [SshCheck("reachable", False, str(err))]
+    try:
+        real = conn.sftp.normalize(path)
+        count = len(conn.sftp.listdir(real))
+        checks.append(SshCheck("path", True, f"{real} is readable ({count} entries)"))
+    except IOError as err:
+        checks.append(SshCheck("path", False, f"{path} on {hops[-1].label} is not readable ({err}): check the "
+                                              f"path in the root URL and the permissions of {hops[-1].user}"))
+    except (EOFError, paramiko.SSHException, OSError) as err:
+        checks.append(SshCheck("path", False, f"the connection dropped while listing {path} ({err})"))
+    finally:
+        conn.close()
+    return checks
