@@ -41,8 +41,10 @@ class SshConfigError(PermanentError):
 class SshUnreachableError(SourceError):
     """The host did not answer or the connection dropped: retryable, the next call reconnects."""
 
-    def __init__(self, display: str, message: str):
-        super().__init__(display, "", message)
+    def __init__(self, display: str, message: str, path: str = ""):
+        super().__init__(display, path, message)
+        if not path:  # about the whole connection, not one file
+            self.args = (f"{display}: {message}",)
 
 
 class SshHostKeyError(PermanentError):
