@@ -277,7 +277,11 @@ def _candidate_keys(hop: SshHop, options: SshOptions) -> Tuple[List[Tuple[str, p
             continue
         try:
             keys.append((path, paramiko.PKey.from_path(path)))
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError) as err:
+            # paramiko 5 lets cryptography's TypeError ("Key is password-protected...") through.
+            if isinstance(err, TypeError) and "password" not in str(err).lower():
+                problems.append(f"{path} is not a usable private key ({err})")
+                continue
             problems.append(f"{path} is encrypted (the gateway never prompts: load it with ssh-add into an "
                             f"ssh-agent, or use a passphrase-less key)")
         except (OSError, paramiko.SSHException, ValueError) as err:

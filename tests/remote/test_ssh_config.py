@@ -1,0 +1,86 @@
+"""~/.ssh/config is honoured: Host aliases, User, Port, IdentityFile, UserKnownHostsFile, ProxyJump."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from _runs import write_run
+
+from sync_gateway.sources._ssh import SshOptions, parse_ssh_url, resolve_hops
+from sync_gateway.sources.sftp import SftpSource, SshConfigError, SshUnreachableError
+
+
+def test_parse_ssh_url():
+    assert parse_ssh_url("ssh://alice@login1:2200/scratch/runs") == ("alice", "login1", 2200, "/scratch/runs")
+    assert parse_ssh_url("ssh://Login-Alias/scratch/runs") == (None, "Login-Alias", None, "/scratch/runs")
+    assert parse_ssh_url("ssh://[::1]:22/x") == (None, "::1", 22, "/x")
+    assert parse_ssh_url("ssh://h/~/runs") == (None, "h", None, "runs")          # relative to the home
+    for bad in ("/local/path", "ssh:///no-host", "ssh://host", "ssh://host/", "ssh://host:port/x"):
+        with pytest.raises(SshConfigError):
+            parse_ssh_url(bad)
+
+
+def test_resolve_hops_follows_ssh_config(tmp_path):
+    config = tmp_path / "config"
+    config.write_text(
+        "Host login\n  HostName login.example.org\n  User alice\n  Port 2200\n  IdentityFile ~/.ssh/lab\n"
+        "  ProxyJump gw1,bob@gw2:2022\n"
+        "Host gw1\n  HostName gw1.example.org\n  ProxyJump outer\n"
+        "Host outer\n  HostName outer.example.org\n  User carol\n"
+        "Host loop\n  ProxyJump loop\n")
+    hops = resolve_hops("login", None, None, SshOptions(ssh_config=str(config), known_hosts="/kh"))
+    assert [(h.hostname, h.port, h.user) for h in hops][:3] == [
+        ("outer.example.org", 22, "carol"), ("gw1.example.org", 22, hops[1].user), ("gw2", 2022, "bob")]
+    last = hops[-1]
+    assert (last.hostname, last.port, last.user) == ("login.example.org", 2200, "alice")
+    assert last.identity_files == (os.path.expanduser("~/.ssh/lab"),)
+    assert last.known_hosts_files == ("/kh",) and last.known_hosts_name == "[login.example.org]:2200"
+    # the URL's user and port win over the config, as on ssh's command line
+    direct = resolve_hops("login", "dave", 2201, SshOptions(ssh_config=str(config)))[-1]
+    assert (direct.user, direct.port) == ("dave", 2201)
+    with pytest.raises(SshConfigError, match="loop"):
+        resolve_hops("loop", None, None, SshOptions(ssh_config=str(config)))
+    with pytest.raises(SshConfigError, match="does not exist"):
+        resolve_hops("x", None, None, SshOptions(ssh_config=str(tmp_path / "absent")))
+
+
+@pytest.fixture
+def root(tmp_path):
+    write_run(str(tmp_path / "runs"), "p", "r1")
+    return str(tmp_path / "runs")
+
+
+def test_host_alias_from_ssh_config(sshd, root, no_agent):
+    # nothing but the alias: HostName, Port, User, IdentityFile and UserKnownHostsFile come from the config
+    src = SftpSource(f"ssh://hpc-login{root}", ssh_config=sshd.ssh_config)
+    try:
+        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [(h.hostname, h.port, h.user) for h in src.hops] == [("127.0.0.1", sshd.port, sshd.user)]
+    finally:
+        src.close()
+
+
+def test_proxyjump_through_the_bastion(sshd, root, no_agent):
+    before = sshd.bastion_log().count(f"target 127.0.0.1 port {sshd.port}")
+    src = SftpSource(f"ssh://hpc-behind-bastion{root}", ssh_config=sshd.ssh_config)
+    try:
+        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [h.port for h in src.hops] == [sshd.bastion_port, sshd.port]
+        (run,) = list(src.list_runs())
+        assert src.read_document(run, "run.json") == open(os.path.join(run.location, "run.json"), "rb").read()
+    finally:
+        src.close()
+    # the bastion really forwarded the connection (direct-tcpip), once for this source
+    assert sshd.bastion_log().count(f"target 127.0.0.1 port {sshd.port}") == before + 1
+
+
+def test_proxyjump_with_the_bastion_refusing_to_forward(sshd, root, tmp_path, no_agent):
+    # The bastion only forwards to the main sshd (PermitOpen): asking it for another port fails cleanly.
+    config = tmp_path / "config"
+    config.write_text(open(sshd.ssh_config).read() + (
+        f"\nHost elsewhere\n    HostName 127.0.0.1\n    Port {sshd.bastion_port}\n    User {sshd.user}\n"
+        f"    IdentityFile {sshd.identity_file}\n    UserKnownHostsFile {sshd.known_hosts}\n"
+        f"    ProxyJump hpc-bastion\n"))
+    src = SftpSource(f"ssh://elsewhere{root}", ssh_config=str(config), connect_timeout_s=5)
+    with pytest.raises(SshUnreachableError, match="jump host refused to forward"):
+        list(src.list_runs())
