@@ -67,6 +67,22 @@ class SftpSource(Source):
         self._warned: Set[str] = set()
         self.connects = 0                         # how many connections were opened (for tests, benchmarks)
 
+    @classmethod
+    def from_settings(cls, root_url: str, settings: object) -> "SftpSource":
+        """Build from the gateway's Settings: its ``ssh`` section, when present, may set ``known_hosts``,
+        ``config`` (an ssh_config file), ``identity_file``, ``connect_timeout_s``, ``keepalive_s``,
+        ``io_timeout_s`` and ``allow_agent``; whatever is absent keeps OpenSSH's defaults."""
+        ssh = getattr(settings, "ssh", None)
+        names = {"known_hosts": "known_hosts", "config": "ssh_config", "ssh_config": "ssh_config",
+                 "identity_file": "identity_file", "connect_timeout_s": "connect_timeout_s",
+                 "keepalive_s": "keepalive_s", "io_timeout_s": "io_timeout_s", "allow_agent": "allow_agent"}
+        kwargs = {}
+        for attr, arg in names.items():
+            value = ssh.get(attr) if isinstance(ssh, dict) else getattr(ssh, attr, None)
+            if value is not None:
+                kwargs[arg] = value
+        return cls(root_url, **kwargs)
+
     # --- connection --------------------------------------------------------------------------------------
 
     @property
@@ -142,12 +158,14 @@ class SftpSource(Source):
             return None
         return sftp.stat(real)
 
-    def _entries(self, sftp: paramiko.SFTPClient, directory: str) -> Iterator[Tuple[str, paramiko.SFTPAttributes]]:
-        """(name, attributes) of a directory, links replaced by their in-root target, others skipped."""
+    def _entries(self, sftp: paramiko.SFTPClient, directory: str,
+                 link_dirs: bool = True) -> Iterator[Tuple[str, paramiko.SFTPAttributes]]:
+        """(name, attributes) of a directory, links replaced by their in-root target, others skipped.
+        ``link_dirs=False`` also drops links to directories (``walk`` does not descend them, as os.walk)."""
         for attr in sftp.listdir_attr(directory):
             if attr.st_mode is not None and stat_mod.S_ISLNK(attr.st_mode):
                 target = self._resolve_link(sftp, posixpath.join(directory, attr.filename))
-                if target is None:
+                if target is None or (not link_dirs and stat_mod.S_ISDIR(target.st_mode or 0)):
                     continue
                 target.filename = attr.filename
                 attr = target
@@ -193,9 +211,7 @@ class SftpSource(Source):
             if err.errno is None:
                 raise
             return False
-        if stat_mod.S_ISLNK(attr.st_mode or 0):
-            target = self._resolve_link(sftp, path)
-            return target is not None and stat_mod.S_ISREG(target.st_mode or 0)
+        # As the local source: a run is a directory whose run.json is a regular file (not a link).
         return stat_mod.S_ISREG(attr.st_mode or 0)
 
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
@@ -215,22 +231,27 @@ class SftpSource(Source):
 
         def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
             found: Dict[str, FileStat] = {}
-            seen: Set[str] = set()
+            top = posixpath.join(run.location, subdir)
+            try:
+                real = sftp.normalize(top)   # the subdir itself may be a link: it must stay in the root
+            except IOError as err:
+                if err.errno is None:
+                    raise
+                return found
+            if not self._inside(real):
+                self._warn_once(top, f"a link to {real}, outside the root: skipped (links never lead out of a root)")
+                return found
             pending = [subdir]
             while pending:
                 rel_dir = pending.pop()
                 directory = posixpath.join(run.location, rel_dir)
                 try:
-                    real = sftp.normalize(directory)
-                    if real in seen or not self._inside(real):
-                        continue
-                    seen.add(real)
-                    entries = list(self._entries(sftp, directory))
+                    # below the top, linked directories are not entered (as os.walk), so no cycle exists
+                    entries = list(self._entries(sftp, directory, link_dirs=False))
                 except IOError as err:
                     if err.errno is None:
                         raise
-                    if rel_dir != subdir:
-                        self._warn_once(directory, f"cannot list it ({err.strerror or err}): skipped")
+                    self._warn_once(directory, f"cannot list it ({err.strerror or err}): skipped")
                     continue
                 for name, attr in entries:
                     rel = posixpath.join(rel_dir, name)

@@ -85,6 +85,6 @@ def local_stats(root: str, directory: str, recursive: bool, prefix: str = "") ->
         rel = f"{prefix}{name}"
         if stat.S_ISREG(st.st_mode) and not name.startswith(".tmp-"):
             found[rel] = (st.st_size, int(st.st_mtime))
-        elif stat.S_ISDIR(st.st_mode) and recursive:
+        elif stat.S_ISDIR(st.st_mode) and recursive and not os.path.islink(path):   # as os.walk
             found.update(local_stats(root, path, True, rel + "/"))
     return found

@@ -84,3 +84,20 @@ def test_proxyjump_with_the_bastion_refusing_to_forward(sshd, root, tmp_path, no
     src = SftpSource(f"ssh://elsewhere{root}", ssh_config=str(config), connect_timeout_s=5)
     with pytest.raises(SshUnreachableError, match="jump host refused to forward"):
         list(src.list_runs())
+
+
+def test_from_settings_reads_the_gateway_ssh_section(sshd, root, no_agent):
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(ssh=SimpleNamespace(known_hosts=sshd.known_hosts, config=sshd.ssh_config,
+                                                   identity_file=None, connect_timeout_s=5.0, keepalive_s=7.0))
+    src = SftpSource.from_settings(f"ssh://hpc-login{root}", settings)
+    try:
+        assert (src.options.known_hosts, src.options.ssh_config, src.options.keepalive_s) == (
+            sshd.known_hosts, sshd.ssh_config, 7.0)
+        assert [r.run_id for r in src.list_runs()] == ["r1"]
+    finally:
+        src.close()
+    # no ssh section at all: OpenSSH's defaults (~/.ssh/config, ~/.ssh/known_hosts)
+    bare = SftpSource.from_settings(f"ssh://127.0.0.1:{sshd.port}{root}", SimpleNamespace())
+    assert bare.options.known_hosts is None and bare.options.connect_timeout_s == 10.0
