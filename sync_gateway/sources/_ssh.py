@@ -367,7 +367,11 @@ def open_connection(display: str, hops: List[SshHop], options: SshOptions,
 def _dial(display: str, hop: SshHop, via: Optional[paramiko.Transport], options: SshOptions):
     if via is None:
         try:
-            return socket.create_connection((hop.hostname, hop.port), timeout=options.connect_timeout_s)
+            sock = socket.create_connection((hop.hostname, hop.port), timeout=options.connect_timeout_s)
+            # SFTP is request/response: without this, Nagle's algorithm holds a small request behind the
+            # server's delayed ACK (about 40 ms per file close after a large read, measured here).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
         except socket.gaierror as err:
             raise SshUnreachableError(display, f"cannot resolve {hop.hostname} ({err.strerror}): check the host "
                                       f"name or the HostName of Host {hop.alias} in ssh_config") from err

@@ -22,11 +22,13 @@ import re
 import socket
 import stat as stat_mod
 import threading
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, TypeVar
+import time
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, TypeVar, Union
 
 import paramiko
 
 from ..errors import GatewayError, SourceError
+from ._pipeline import listdirs, pipelined_supported
 from ._ssh import (SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
                    SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
 from .base import FileStat, RunRef, Source
@@ -52,7 +54,8 @@ class SftpSource(Source):
 
     def __init__(self, root_url: str, *, known_hosts: Optional[str] = None, ssh_config: Optional[str] = None,
                  identity_file: Optional[str] = None, connect_timeout_s: float = 10.0,
-                 keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True):
+                 keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True,
+                 listing_max_age_s: float = 10.0):
         user, host, port, path = parse_ssh_url(root_url)
         self.options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
                                   connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s,
@@ -65,6 +68,8 @@ class SftpSource(Source):
         self._lock = threading.Lock()
         self._regular: Dict[str, Set[str]] = {}   # run location -> names a listing showed as regular files
         self._warned: Set[str] = set()
+        self._listings: Dict[str, Tuple[float, List[_Entry]]] = {}  # run location -> list_runs' listing
+        self.listing_max_age_s = listing_max_age_s
         self.connects = 0                         # how many connections were opened (for tests, benchmarks)
 
     @classmethod
@@ -106,6 +111,7 @@ class SftpSource(Source):
                 raise SshUnreachableError(self.display, f"connection lost ({err}); the next call reconnects") from err
             self._conn, self._root_real = conn, root_real
             self._regular.clear()
+            self._listings.clear()
             return conn.sftp
 
     def _drop(self) -> None:
@@ -158,18 +164,36 @@ class SftpSource(Source):
             return None
         return sftp.stat(real)
 
-    def _entries(self, sftp: paramiko.SFTPClient, directory: str,
-                 link_dirs: bool = True) -> Iterator[Tuple[str, paramiko.SFTPAttributes]]:
-        """(name, attributes) of a directory, links replaced by their in-root target, others skipped.
-        ``link_dirs=False`` also drops links to directories (``walk`` does not descend them, as os.walk)."""
-        for attr in sftp.listdir_attr(directory):
-            if attr.st_mode is not None and stat_mod.S_ISLNK(attr.st_mode):
-                target = self._resolve_link(sftp, posixpath.join(directory, attr.filename))
+    def _entries(self, sftp: paramiko.SFTPClient, directory: str, link_dirs: bool = True,
+                 listing: Optional[List[_Entry]] = None) -> Iterator[_Entry]:
+        """Entries of a directory (from ``listing`` when given), links replaced by their in-root target,
+        others skipped. ``link_dirs=False`` also drops links to directories (``walk`` does not descend
+        them, as os.walk does not)."""
+        if listing is None:
+            listing = [_entry(a) for a in sftp.listdir_attr(directory)]
+        for entry in listing:
+            if stat_mod.S_ISLNK(entry.mode):
+                target = self._resolve_link(sftp, posixpath.join(directory, entry.name))
                 if target is None or (not link_dirs and stat_mod.S_ISDIR(target.st_mode or 0)):
                     continue
-                target.filename = attr.filename
-                attr = target
-            yield attr.filename, attr
+                entry = _entry(target, entry.name)
+            yield entry
+
+    def _listdirs(self, sftp: paramiko.SFTPClient, paths: List[str]) -> Dict[str, Union[List[_Entry], IOError]]:
+        """Many listings in a few round trips (pipelined), or one by one where paramiko lacks the means."""
+        out: Dict[str, Union[List[_Entry], IOError]] = {}
+        if pipelined_supported(sftp):
+            for path, result in listdirs(sftp, paths).items():
+                out[path] = result if isinstance(result, IOError) else [_entry(a) for a in result]
+            return out
+        for path in paths:
+            try:
+                out[path] = [_entry(a) for a in sftp.listdir_attr(path)]
+            except IOError as err:
+                if err.errno is None:
+                    raise
+                out[path] = err
+        return out
 
     def _check_name(self, name: str) -> None:
         parts = name.split("/")
@@ -181,46 +205,44 @@ class SftpSource(Source):
     def list_runs(self) -> Iterator[RunRef]:
         def listing(sftp: paramiko.SFTPClient) -> List[RunRef]:
             root = self._root_real or self._root_path
+            projects = [posixpath.join(root, e.name) for e in self._entries(sftp, root)
+                        if _NAME_OK.match(e.name) and stat_mod.S_ISDIR(e.mode)]
+            candidates: List[Tuple[str, str]] = []
+            for project_dir, children in self._listdirs(sftp, projects).items():
+                if isinstance(children, IOError):
+                    self._warn_once(project_dir, f"cannot list it ({children}): skipped")
+                    continue
+                candidates += [(posixpath.basename(project_dir), e.name)
+                               for e in self._entries(sftp, project_dir, listing=children)
+                               if _NAME_OK.match(e.name) and stat_mod.S_ISDIR(e.mode)]
+            run_dirs = [posixpath.join(root, project, run_id) for project, run_id in candidates]
+            listings = self._listdirs(sftp, run_dirs)
+            now = time.monotonic()
+            self._listings = {}
             runs: List[RunRef] = []
-            for project, pattr in self._entries(sftp, root):
-                if not _NAME_OK.match(project) or not stat_mod.S_ISDIR(pattr.st_mode or 0):
+            for (project, run_id), run_dir in zip(candidates, run_dirs):
+                entries = listings[run_dir]
+                # As the local source: a run is a directory whose run.json is a regular file (not a link).
+                if isinstance(entries, IOError) or not any(
+                        e.name == "run.json" and stat_mod.S_ISREG(e.mode) for e in entries):
                     continue
-                project_dir = posixpath.join(root, project)
-                try:
-                    children = list(self._entries(sftp, project_dir))
-                except IOError as err:
-                    if err.errno is None:
-                        raise
-                    self._warn_once(project_dir, f"cannot list it ({err.strerror or err}): skipped")
-                    continue
-                for run_id, rattr in children:
-                    if not _NAME_OK.match(run_id) or not stat_mod.S_ISDIR(rattr.st_mode or 0):
-                        continue
-                    run_dir = posixpath.join(project_dir, run_id)
-                    if self._has_run_json(sftp, run_dir):
-                        runs.append(RunRef(project=project, run_id=run_id, location=run_dir))
+                runs.append(RunRef(project=project, run_id=run_id, location=run_dir))
+                self._listings[run_dir] = (now, entries)
             return runs
 
         yield from self._call(self.display, listing)
 
-    def _has_run_json(self, sftp: paramiko.SFTPClient, run_dir: str) -> bool:
-        path = posixpath.join(run_dir, "run.json")
-        try:
-            attr = sftp.lstat(path)
-        except IOError as err:
-            if err.errno is None:
-                raise
-            return False
-        # As the local source: a run is a directory whose run.json is a regular file (not a link).
-        return stat_mod.S_ISREG(attr.st_mode or 0)
-
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
         def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
+            # The listing list_runs fetched (pipelined) serves one scan if it is recent enough; any scan is
+            # a snapshot the caller's cursors already treat as possibly stale.
+            cached = self._listings.pop(run.location, None)
+            listing = cached[1] if cached and time.monotonic() - cached[0] <= self.listing_max_age_s else None
             found: Dict[str, FileStat] = {}
-            for name, attr in self._entries(sftp, run.location):
-                if name.startswith(".tmp-") or not stat_mod.S_ISREG(attr.st_mode or 0):
+            for entry in self._entries(sftp, run.location, listing=listing):
+                if entry.name.startswith(".tmp-") or not stat_mod.S_ISREG(entry.mode):
                     continue
-                found[name] = _file_stat(attr)
+                found[entry.name] = entry.stat
             self._regular[run.location] = set(found)
             return found
 
@@ -253,12 +275,12 @@ class SftpSource(Source):
                         raise
                     self._warn_once(directory, f"cannot list it ({err.strerror or err}): skipped")
                     continue
-                for name, attr in entries:
-                    rel = posixpath.join(rel_dir, name)
-                    if stat_mod.S_ISDIR(attr.st_mode or 0):
+                for entry in entries:
+                    rel = posixpath.join(rel_dir, entry.name)
+                    if stat_mod.S_ISDIR(entry.mode):
                         pending.append(rel)
-                    elif stat_mod.S_ISREG(attr.st_mode or 0) and not name.startswith(".tmp-"):
-                        found[rel] = _file_stat(attr)
+                    elif stat_mod.S_ISREG(entry.mode) and not entry.name.startswith(".tmp-"):
+                        found[rel] = entry.stat
             self._regular.setdefault(run.location, set()).update(found)
             return found
 
@@ -325,9 +347,18 @@ class SftpSource(Source):
         return self._call(path, op)
 
 
-def _file_stat(attr: paramiko.SFTPAttributes) -> FileStat:
+class _Entry(NamedTuple):
+    """What a listing keeps of one directory entry (small: list_runs holds one list per run)."""
+
+    name: str
+    mode: int
+    stat: FileStat
+
+
+def _entry(attr: paramiko.SFTPAttributes, name: Optional[str] = None) -> _Entry:
     # SFTP v3 carries whole-second mtimes only.
-    return FileStat(size_bytes=int(attr.st_size or 0), mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000)
+    return _Entry(name or attr.filename, int(attr.st_mode or 0),
+                  FileStat(size_bytes=int(attr.st_size or 0), mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000))
 
 
 def _read_exact(handle: paramiko.SFTPFile, offset: int, length: int) -> bytes:

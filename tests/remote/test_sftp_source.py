@@ -206,3 +206,29 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
     assert any("linked-out" in m for m in warned) and any("linked-project" in m for m in warned)
     assert len([m for m in warned if m.endswith("stolen.jsonl: a link to " + str(outside / "secret.txt")
                 + ", outside the root: skipped (links never lead out of a root)")]) == 1   # once, not per scan
+
+
+def test_listing_without_pipelining_gives_the_same(root, source_factory, monkeypatch):
+    """Where paramiko lacks the request machinery the pipelined listing uses, listings go one by one."""
+    import sync_gateway.sources.sftp as sftp_module
+
+    for i in range(30):
+        write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2)
+    (root / "p0" / "half").mkdir()
+    pipelined = source_factory(str(root))
+    expected = {r.location: pipelined.scan(r) for r in pipelined.list_runs()}
+    monkeypatch.setattr(sftp_module, "pipelined_supported", lambda sftp: False)
+    plain = source_factory(str(root))
+    assert {r.location: plain.scan(r) for r in plain.list_runs()} == expected
+    assert len(expected) == 30
+    assert {name: _stats(st) for name, st in expected.items()} == {
+        loc: local_stats(str(root), loc, recursive=False) for loc in expected}
+
+
+def test_a_stale_listing_is_not_used_for_scan(root, source_factory):
+    run_dir = write_run(str(root), "p", "r", history_rows=2)
+    src = source_factory(str(root), listing_max_age_s=0.0)
+    (run,) = list(src.list_runs())
+    append(os.path.join(run_dir, "history.jsonl"), record(2, 2, loss=0.1))
+    os.remove(os.path.join(run_dir, "output.log"))
+    assert _stats(src.scan(run)) == local_stats(str(root), run_dir, recursive=False)
