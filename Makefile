@@ -20,10 +20,10 @@ demo: venv
 	$(VENV)/bin/python scripts/demo.py
 
 test: venv
-	$(PY) -m pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 soak: venv
-	HPCSYNC_SOAK=1 $(PY) -m pytest -q -m soak $(PYTEST_ARGS)
+	HPCSYNC_SOAK=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/bench_log.py

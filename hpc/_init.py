@@ -1,0 +1,196 @@
+"""``hpc.init``: resolve settings, pick or create the run directory, resume it, start the Run."""
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+from . import _format as fmt
+from . import _run
+from ._context import RunContext, detect
+from ._names import random_id, random_name
+from ._run import DisabledRun, Run, _set_module_globals
+from ._settings import Settings
+from ._terminal import Terminal
+from ._values import plain_config
+from ._writer import Stream
+from .errors import ResumeError, UsageError
+
+__all__ = ["init", "prepare_run_dir", "Prepared"]
+
+
+def _new_meta(settings: Settings, run_id: str, name: str, group: Optional[str], job_type: Optional[str],
+              tags: List[str], notes: str, context: RunContext) -> Dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    return {
+        "format_version": fmt.FORMAT_VERSION, "id": run_id, "name": name, "project": settings.project,
+        "group": group, "job_type": job_type, "tags": tags, "notes": notes, "created_ms": now_ms,
+        "attempt": 0, "attempts": [], "user": _user(), "host": socket.gethostname(),
+        "program": _program(),
+        "argv": list(sys.argv), "python": platform.python_version(), "cwd": os.getcwd(),
+        "git": None, "slurm": context.metadata, "metrics": [],
+        "settings": {"flush_interval_s": settings.flush_interval_s,
+                     "heartbeat_interval_s": settings.heartbeat_interval_s},
+    }
+
+
+def _program() -> Optional[str]:
+    first = sys.argv[0] if sys.argv else ""
+    return os.path.abspath(first) if first and first not in ("-", "-c") else None
+
+
+def _user() -> Optional[str]:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not fmt.NAME_RE.match(value):
+        raise UsageError(f"{kind} {value!r} is not usable as a directory name: use 1 to 128 letters, digits, "
+                         "'.', '_' or '-', starting with a letter or digit")
+
+
+def init(project: Optional[str] = None, name: Optional[str] = None, group: Optional[str] = None,
+         job_type: Optional[str] = None, config: Optional[Mapping] = None, tags: Optional[List[str]] = None,
+         notes: Optional[str] = None, id: Optional[str] = None, resume: Any = None,
+         dir: Optional[str] = None, mode: Optional[str] = None,
+         settings: Optional[Mapping[str, Any]] = None) -> Any:
+    """Start (or resume) a run written offline under ``<root>/<project>/<id>/``. See docs/sdk.md."""
+    explicit = dict(settings or {})
+    for key, value in (("project", project), ("group", group), ("run_id", id), ("resume", resume),
+                       ("root", os.fspath(dir) if dir is not None else None), ("mode", mode)):
+        if value is not None:
+            explicit[key] = value
+    resolved = Settings.resolve(explicit)
+    terminal = Terminal(resolved.silent)
+    if config is not None and not isinstance(config, Mapping):
+        raise UsageError(f"config must be a dict, got {type(config).__name__}")
+    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+        raise UsageError("tags must be a list of strings")
+
+    previous = _run.active_run()
+    if previous is not None:
+        terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first")
+        previous.finish()
+    if resolved.mode == "disabled":
+        run = DisabledRun(resolved, config, name)
+        _set_module_globals(run)
+        return run
+
+    context = detect(os.environ)
+    project_name = resolved.project
+    _check_name("project", project_name)
+    run_id = resolved.run_id or context.run_id
+    resume_mode = resolved.resume or context.resume
+    root = os.path.abspath(resolved.root)
+    if run_id is not None:
+        _check_name("run id", run_id)
+    else:
+        run_id = random_id()
+        while os.path.exists(os.path.join(root, project_name, run_id)):
+            run_id = random_id()
+    run_dir = os.path.join(root, project_name, run_id)
+    meta_path = os.path.join(run_dir, fmt.RUN_JSON)
+    exists = os.path.isfile(meta_path)
+    if exists and resume_mode in (None, "never"):
+        raise ResumeError(run_dir, f"run {project_name}/{run_id} already exists in {run_dir}: pass "
+                          "resume='allow' to continue it, or use another id")
+    if not exists and resume_mode == "must":
+        raise ResumeError(run_dir, f"resume='must' but run {project_name}/{run_id} does not exist in "
+                          f"{root}: check the id, the project and HPCSYNC_DIR")
+
+    try:
+        return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, group, job_type,
+                         config, tags, notes)
+    except OSError as err:
+        # Training goes on without tracking rather than dying at start on a storage problem.
+        terminal.warn(f"cannot write the run directory {run_dir} ({err.strerror or err}): this run is NOT "
+                      "being recorded; set HPCSYNC_DIR (or dir=) to a writable directory")
+        run = DisabledRun(resolved, config, name)
+        _set_module_globals(run)
+        return run
+
+
+@dataclass
+class Prepared:
+    """A run directory ready to be written: metadata of this attempt, the opened history stream, state."""
+
+    meta: Dict[str, Any]
+    history: Stream
+    config: Dict[str, Any]
+    summary_state: Dict[str, Any]
+    resumed: bool
+
+
+def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
+                    exists: bool, name: Optional[str], group: Optional[str], job_type: Optional[str],
+                    config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Prepared:
+    """Create or resume the directory: repair the history's torn tail, start a new attempt in run.json."""
+    summary_state: Dict[str, Any] = {}
+    config_doc: Dict[str, Any] = {}
+    if exists:
+        meta = fmt.read_json(os.path.join(run_dir, fmt.RUN_JSON)) or {}
+        fmt.check_version(meta, run_dir)
+        previous = fmt.read_json(os.path.join(run_dir, fmt.SUMMARY)) or {}
+        summary_state = {"last": previous.get("last", {}), "acc": previous.get("accumulators", {}),
+                         "manual": {k: previous.get("values", {}).get(k) for k in previous.get("set_by_hand", [])}}
+        config_doc = fmt.read_json(os.path.join(run_dir, fmt.CONFIG)) or {}
+        for key, value in (("name", name), ("group", settings.group or group), ("job_type", job_type),
+                           ("notes", notes)):
+            if value is not None:
+                meta[key] = value
+        if tags is not None:
+            meta["tags"] = list(tags)
+        meta["host"] = socket.gethostname()
+        meta["argv"] = list(sys.argv)
+    else:
+        meta = _new_meta(settings, run_id, name or context.name or random_name(),
+                         settings.group or group or context.group, job_type or context.job_type,
+                         list(tags or []), notes or "", context)
+        os.makedirs(run_dir, exist_ok=True)
+    if config:
+        config_doc.update(plain_config(config))
+
+    history = Stream(os.path.join(run_dir, fmt.HISTORY), terminal)
+    cut = history.open()
+    if cut:
+        terminal.info(f"repaired the torn tail of {history.path}: cut {cut} bytes of an unfinished row")
+    meta["attempt"] = int(meta.get("attempt", 0)) + 1
+    meta.setdefault("attempts", []).append({
+        "attempt": meta["attempt"], "started_ms": int(time.time() * 1000), "host": socket.gethostname(),
+        "pid": os.getpid(), "slurm_restart_count": (context.metadata or {}).get("restart_count"),
+        "resumed_from_step": history.last_step if exists else None,
+    })
+    if context.metadata is not None:
+        meta["slurm"] = context.metadata
+    fmt.atomic_write_json(os.path.join(run_dir, fmt.RUN_JSON), meta)
+    if exists:
+        try:
+            os.unlink(os.path.join(run_dir, fmt.EXIT))  # after run.json: readers never see a stale outcome
+        except FileNotFoundError:
+            pass
+    if config or not exists:
+        fmt.atomic_write_json(os.path.join(run_dir, fmt.CONFIG), config_doc)
+    return Prepared(meta, history, config_doc, summary_state, exists)
+
+
+def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
+              exists: bool, name: Optional[str], group: Optional[str], job_type: Optional[str],
+              config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Run:
+    ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, group, job_type,
+                            config, tags, notes)
+    run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
+              context)
+    run._start_capture()
+    _run.set_active(run)
+    _set_module_globals(run)
+    verb = "resuming" if exists else "recording"
+    terminal.info(f"{verb} run {run.name} ({run.project}/{run.id}) offline in {run_dir}")
+    return run

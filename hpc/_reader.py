@@ -1,0 +1,125 @@
+"""Reading runs back on the compute side, for ``hpc runs ls/show`` and ``hpc restore``."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from . import _format as fmt
+
+__all__ = ["RunInfo", "iter_runs", "find_run", "read_history", "run_state", "DEFAULT_STALE_AFTER_S"]
+
+DEFAULT_STALE_AFTER_S = 120.0
+
+
+@dataclass
+class RunInfo:
+    path: str
+    meta: Dict[str, Any]
+    heartbeat: Optional[Dict[str, Any]]
+    exit: Optional[Dict[str, Any]]
+
+    @property
+    def id(self) -> str:
+        return str(self.meta.get("id"))
+
+    def state(self, now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
+        return run_state(self.meta, self.heartbeat, self.exit, now_s, stale_after_s)
+
+    def last_update_ms(self) -> Optional[int]:
+        stamps = [d.get("end_ms") if d is self.exit else d.get("ts_ms")
+                  for d in (self.exit, self.heartbeat) if d]
+        stamps = [s for s in stamps if isinstance(s, int)]
+        return max(stamps) if stamps else self.meta.get("created_ms")
+
+
+def run_state(meta: Dict[str, Any], heartbeat: Optional[Dict[str, Any]], exit_doc: Optional[Dict[str, Any]],
+              now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
+    """active | finished | failed | preempted | killed | crashed, per docs/run-format.md section 7."""
+    if exit_doc and exit_doc.get("attempt") == meta.get("attempt"):
+        return str(exit_doc.get("reason") or ("finished" if exit_doc.get("exit_code") == 0 else "failed"))
+    now_ms = (time.time() if now_s is None else now_s) * 1000
+    beat = (heartbeat or {}).get("ts_ms")
+    if isinstance(beat, int) and now_ms - beat <= stale_after_s * 1000:
+        return "active"
+    return "crashed"
+
+
+def load_run(path: str) -> RunInfo:
+    meta = fmt.read_json(os.path.join(path, fmt.RUN_JSON))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: run.json is not a JSON object")
+    fmt.check_version(meta, path)
+    return RunInfo(path, meta, _maybe_json(os.path.join(path, fmt.HEARTBEAT)),
+                   _maybe_json(os.path.join(path, fmt.EXIT)))
+
+
+def _maybe_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        value = fmt.read_json(path)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def iter_runs(root: str, project: Optional[str] = None) -> Iterator[Tuple[str, Any]]:
+    """Yield (path, RunInfo or the error that made it unreadable) for every run under ``root``."""
+    try:
+        projects = sorted(os.listdir(root)) if project is None else [project]
+    except FileNotFoundError:
+        return
+    for name in projects:
+        project_dir = os.path.join(root, name)
+        if not fmt.NAME_RE.match(name) or os.path.islink(project_dir) or not os.path.isdir(project_dir):
+            continue
+        for run_id in sorted(os.listdir(project_dir)):
+            path = os.path.join(project_dir, run_id)
+            if not fmt.NAME_RE.match(run_id) or os.path.islink(path):
+                continue
+            if not os.path.isfile(os.path.join(path, fmt.RUN_JSON)):
+                continue
+            try:
+                yield path, load_run(path)
+            except (OSError, ValueError) as err:  # FormatVersionError is an HpcError, below
+                yield path, err
+            except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
+                yield path, err
+
+
+def find_run(root: str, ref: str) -> str:
+    """A run directory from a path, ``project/id``, an id or a name."""
+    if os.path.isfile(os.path.join(ref, fmt.RUN_JSON)):
+        return os.path.abspath(ref)
+    candidate = os.path.join(root, ref)
+    if "/" in ref and os.path.isfile(os.path.join(candidate, fmt.RUN_JSON)):
+        return candidate
+    matches: List[str] = []
+    for path, info in iter_runs(root):
+        if isinstance(info, RunInfo) and ref in (info.id, info.meta.get("name")):
+            matches.append(path)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise LookupError(f"no run {ref!r} under {root}: see `hpc runs ls --root {root}`")
+    raise LookupError(f"{ref!r} matches {len(matches)} runs: use project/id ({', '.join(matches[:5])})")
+
+
+def read_history(path: str, name: str = fmt.HISTORY) -> Iterator[Dict[str, Any]]:
+    """Complete records of a stream; an unfinished last line is left alone, corrupt lines skipped."""
+    try:
+        f = open(os.path.join(path, name), "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                return
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("values"), dict):
+                record["values"] = fmt.decode_value(record["values"])
+                yield record
