@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _need import need  # noqa: E402
+from support import need  # noqa: E402  (tests/support.py, on the path via tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
