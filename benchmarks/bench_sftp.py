@@ -54,6 +54,12 @@ def make_runs(root: str, count: int, projects: int = 10) -> None:
                 f.write(json.dumps({"seq": s, "step": s, "ts_ms": s, "values": {"loss": 1.0 / (s + 1)}}) + "\n")
         with open(os.path.join(run_dir, "output.log"), "w") as f:
             f.write("epoch 1\n")
+        os.makedirs(os.path.join(run_dir, "files", "ckpt"))
+        with open(os.path.join(run_dir, "files", "ckpt", "model.pt"), "wb") as f:
+            f.write(b"w" * 100)
+        os.makedirs(os.path.join(run_dir, "code"))
+        with open(os.path.join(run_dir, "code", "diff.patch"), "w") as f:
+            f.write("--- a\n+++ b\n")
 
 
 def make_large_run(root: str, megabytes: int) -> int:
@@ -113,6 +119,14 @@ def no_change_pass(src: Source) -> int:
     files = 0
     for run in src.list_runs():
         files += len(src.scan(run))
+    return files
+
+
+def gateway_pass(src: Source) -> int:
+    """What the gateway's pass asks of a source for an unchanged run: scan, then walk files/ and code/."""
+    files = 0
+    for run in src.list_runs():
+        files += len(src.scan(run)) + len(src.walk(run, "files")) + len(src.walk(run, "code"))
     return files
 
 
@@ -179,13 +193,21 @@ def main(argv=None) -> int:
             no_change_pass(remote)
 
         t_cold = timed(cold, args.repeat)
-        remote.close()
         m_local, m_warm, m_cold = (statistics.median(t) for t in (t_local, t_warm, t_cold))
         print(f"\nno-change pass over {args.runs} runs (list_runs + scan each), median of {args.repeat}:")
         print(f"  local ({type(local).__name__}) {m_local * 1000:8.1f} ms")
         print(f"  sftp, warm connection   {m_warm * 1000:8.1f} ms   = {m_warm / m_local:5.1f} x local   "
               f"({m_warm / args.runs * 1e6:.0f} us per run)")
         print(f"  sftp, connect included  {m_cold * 1000:8.1f} ms   = {m_cold / m_local:5.1f} x local")
+        if LocalSource is not None:   # walk of the plain fallback is empty: compare only the real one
+            assert gateway_pass(local) == gateway_pass(remote), "the sources disagree (walk)"
+        g_local = statistics.median(timed(lambda: gateway_pass(local), args.repeat))
+        g_remote = statistics.median(timed(lambda: gateway_pass(remote), args.repeat))
+        remote.close()
+        print(f"same, as the gateway asks (+ walk files/ and code/), median of {args.repeat}:")
+        print(f"  local                   {g_local * 1000:8.1f} ms")
+        print(f"  sftp, warm connection   {g_remote * 1000:8.1f} ms   = {g_remote / g_local:5.1f} x local   "
+              f"({g_remote / args.runs * 1e6:.0f} us per run)")
 
         # -- 2. throughput of a large run
         chunk = int(args.chunk_mb * 1024 * 1024)

@@ -5,12 +5,13 @@ round trips per directory, which makes a pass over 1,000 runs cost 4,000 round t
 lets a client keep many requests in flight, answered by request id; this module sends the OPENDIR of a
 whole batch of directories at once, then their READDIRs, then their CLOSEs.
 
-It uses paramiko's request machinery (``_async_request`` / ``_read_response``, the same one its file
-prefetch uses), which is not public API: :func:`pipelined_supported` checks for it, and callers fall back to
+It uses paramiko's request machinery (request numbering, ``_expecting``, ``_read_response``: the same
+one its file prefetch uses), which is not public API: :func:`pipelined_supported` checks for it, and callers fall back to
 ``listdir_attr`` when it is missing.
 """
 from __future__ import annotations
 
+import struct
 from typing import Dict, List, Sequence, Tuple, Union
 
 import paramiko
@@ -25,7 +26,8 @@ Listing = Union[List[SFTPAttributes], IOError]
 
 
 def pipelined_supported(sftp: paramiko.SFTPClient) -> bool:
-    return all(hasattr(sftp, name) for name in ("_async_request", "_read_response", "_convert_status"))
+    return all(hasattr(sftp, name) for name in ("_lock", "_expecting", "request_number", "_write_all",
+                                                  "_read_response", "_convert_status"))
 
 
 class _Replies:
@@ -39,11 +41,27 @@ class _Replies:
 
 
 def _round(sftp: paramiko.SFTPClient, requests: Sequence[Tuple[int, int, tuple]]) -> Dict[int, Tuple[int, paramiko.Message]]:
-    """Send every (key, command, args) request, then read until each one has its answer: key -> reply."""
+    """Send every (key, command, args) request, then read until each one has its answer: key -> reply.
+
+    The requests go out in one channel write (paramiko's ``_async_request`` writes each on its own,
+    one socket send per request); numbering and framing are paramiko's, as in ``_async_request`` and
+    ``_send_packet``. Arguments are strings (paths) or bytes (handles)."""
     replies = _Replies()
     keys: Dict[int, int] = {}
-    for key, command, args in requests:
-        keys[sftp._async_request(replies, command, *args)] = key
+    frames: List[bytes] = []
+    with sftp._lock:
+        for key, command, args in requests:
+            msg = paramiko.Message()
+            msg.add_int(sftp.request_number)
+            for arg in args:
+                msg.add_string(arg)
+            num = sftp.request_number
+            sftp._expecting[num] = replies
+            sftp.request_number += 1
+            keys[num] = key
+            packet = msg.asbytes()
+            frames.append(struct.pack(">I", len(packet) + 1) + bytes((command,)) + packet)
+    sftp._write_all(b"".join(frames))
     while len(replies.got) < len(keys):
         sftp._read_response()   # one packet; raises SSHException when the link drops
     return {keys[num]: reply for num, reply in replies.got.items()}

@@ -5,9 +5,11 @@ a call that fails because the link dropped raises :class:`SshUnreachableError` (
 ``SourceError``) and the next call reconnects. Reads are stateless (offset and length come from the
 caller's cursor), so a reconnect loses or repeats nothing.
 
-Round trips are what an SFTP pass costs: ``list_runs`` is one ``READDIR`` per directory plus one ``LSTAT``
-of each ``run.json``, ``scan`` one ``READDIR`` per run, and a large ``read_range`` pipelines its 32 KiB
-reads (``readv``) instead of waiting for each.
+Round trips are what an SFTP pass costs, so requests are kept in flight together: ``list_runs`` lists the
+projects, then every run directory, then their subdirectories, each level in one pipelined round
+(``_pipeline.py``) and keeps those listings for the ``scan`` and ``walk`` that follow (for at most
+``listing_max_age_s``; any listing is a snapshot the caller's cursors treat as possibly stale). A large
+``read_range`` pipelines its 32 KiB reads (``readv``). SFTP v3 carries whole-second mtimes only.
 
 Links: the server's listing is an ``lstat`` view. A link is followed only if the server's ``realpath``
 (``sftp.normalize``) of it lies inside the root's; otherwise it is reported once and skipped.
@@ -45,6 +47,8 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, OSError)
 _READV_MIN_BYTES = 64 * 1024          # below this a plain read is one or two round trips anyway
 _PIECE_BYTES = 256 * 1024
+_PREFETCH_DEPTH = 8                   # levels below a run directory listed ahead by list_runs
+_PREFETCH_MAX_DIRS = 50_000           # directories listed ahead per list_runs (memory bound)
 
 T = TypeVar("T")
 
@@ -55,7 +59,8 @@ class SftpSource(Source):
     def __init__(self, root_url: str, *, known_hosts: Optional[str] = None, ssh_config: Optional[str] = None,
                  identity_file: Optional[str] = None, connect_timeout_s: float = 10.0,
                  keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True,
-                 listing_max_age_s: float = 10.0):
+                 listing_max_age_s: float = 10.0, retry_connect_after_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
         user, host, port, path = parse_ssh_url(root_url)
         self.options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
                                   connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s,
@@ -68,9 +73,16 @@ class SftpSource(Source):
         self._lock = threading.Lock()
         self._regular: Dict[str, Set[str]] = {}   # run location -> names a listing showed as regular files
         self._warned: Set[str] = set()
-        self._listings: Dict[str, Tuple[float, List[_Entry]]] = {}  # run location -> list_runs' listing
+        # Listings list_runs fetched, each served once: (run location, "") for scan, (location, subdir) for
+        # walk, (location, "/names") the names in the run directory (a walk of an absent subdir costs nothing).
+        self._prefetched: Dict[Tuple[str, str], Tuple[float, object]] = {}
         self.listing_max_age_s = listing_max_age_s
         self.connects = 0                         # how many connections were opened (for tests, benchmarks)
+        # After a failed connect, calls fail fast with the same error for a while: a pass over 1,000 runs
+        # of an unreachable host must not wait connect_timeout_s 1,000 times. close() forgets the failure.
+        self.retry_connect_after_s = retry_connect_after_s
+        self._clock = clock
+        self._failed: Optional[Tuple[float, GatewayError]] = None
 
     @classmethod
     def from_settings(cls, root_url: str, settings: object) -> "SftpSource":
@@ -99,7 +111,14 @@ class SftpSource(Source):
             if self._conn is not None and self._conn.active and self._conn.sftp is not None:
                 return self._conn.sftp
             self._drop()
-            conn = open_connection(self.display, self._hops, self.options)
+            if self._failed is not None and self._clock() - self._failed[0] < self.retry_connect_after_s:
+                raise self._failed[1]
+            try:
+                conn = open_connection(self.display, self._hops, self.options)
+            except GatewayError as err:
+                self._failed = (self._clock(), err)
+                raise
+            self._failed = None
             self.connects += 1
             try:
                 root_real = conn.sftp.normalize(self._root_path)
@@ -111,7 +130,7 @@ class SftpSource(Source):
                 raise SshUnreachableError(self.display, f"connection lost ({err}); the next call reconnects") from err
             self._conn, self._root_real = conn, root_real
             self._regular.clear()
-            self._listings.clear()
+            self._prefetched.clear()
             return conn.sftp
 
     def _drop(self) -> None:
@@ -122,6 +141,7 @@ class SftpSource(Source):
     def close(self) -> None:
         with self._lock:
             self._drop()
+            self._failed = None
 
     def _call(self, path: str, op: Callable[[paramiko.SFTPClient], T]) -> T:
         """Run ``op``; a dropped link closes the connection and becomes a retryable error."""
@@ -137,7 +157,8 @@ class SftpSource(Source):
             alive = self._conn is not None and self._conn.active
             if alive and isinstance(err, (IOError, EOFError)) and not isinstance(err, socket.timeout):
                 raise SourceError(self.display, path, f"{type(err).__name__}: {err}") from err
-            self.close()
+            with self._lock:
+                self._drop()
             raise SshUnreachableError(self.display, f"connection lost ({type(err).__name__}: {err}); "
                                       f"the next call reconnects", path) from err
 
@@ -217,8 +238,6 @@ class SftpSource(Source):
                                if _NAME_OK.match(e.name) and stat_mod.S_ISDIR(e.mode)]
             run_dirs = [posixpath.join(root, project, run_id) for project, run_id in candidates]
             listings = self._listdirs(sftp, run_dirs)
-            now = time.monotonic()
-            self._listings = {}
             runs: List[RunRef] = []
             for (project, run_id), run_dir in zip(candidates, run_dirs):
                 entries = listings[run_dir]
@@ -227,19 +246,51 @@ class SftpSource(Source):
                         e.name == "run.json" and stat_mod.S_ISREG(e.mode) for e in entries):
                     continue
                 runs.append(RunRef(project=project, run_id=run_id, location=run_dir))
-                self._listings[run_dir] = (now, entries)
+            self._prefetch(sftp, runs, listings)
             return runs
 
         yield from self._call(self.display, listing)
 
+    def _prefetch(self, sftp: paramiko.SFTPClient, runs: List[RunRef],
+                  listings: Dict[str, Union[List[_Entry], IOError]]) -> None:
+        """Keep the run listings, and list their real (not linked) subdirectories, for scan and walk."""
+        now = self._clock()
+        self._prefetched = {}
+        subdirs: List[Tuple[str, str]] = []
+        for run in runs:
+            entries = listings[run.location]
+            assert isinstance(entries, list)
+            self._prefetched[(run.location, "")] = (now, entries)
+            self._prefetched[(run.location, "/names")] = (now, frozenset(e.name for e in entries))
+            subdirs += [(run.location, e.name) for e in entries if stat_mod.S_ISDIR(e.mode)]
+        # Every level of every run's subdirectories in one pipelined round (bounded: files/ may be a tree).
+        level, listed_dirs = subdirs, 0
+        for _ in range(_PREFETCH_DEPTH):
+            if not level or listed_dirs >= _PREFETCH_MAX_DIRS:
+                break
+            level = level[:_PREFETCH_MAX_DIRS - listed_dirs]
+            listed_dirs += len(level)
+            below = self._listdirs(sftp, [posixpath.join(loc, rel) for loc, rel in level])
+            deeper: List[Tuple[str, str]] = []
+            for loc, rel in level:
+                listing = below[posixpath.join(loc, rel)]
+                self._prefetched[(loc, rel)] = (now, listing)
+                if isinstance(listing, list):
+                    deeper += [(loc, posixpath.join(rel, e.name)) for e in listing if stat_mod.S_ISDIR(e.mode)]
+            level = deeper
+
+    def _take(self, location: str, key: str) -> object:
+        """A prefetched listing if there is a recent one (served once), else ``None``."""
+        item = self._prefetched.pop((location, key), None)
+        if item is None or self._clock() - item[0] > self.listing_max_age_s:
+            return None
+        return item[1]
+
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
         def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
-            # The listing list_runs fetched (pipelined) serves one scan if it is recent enough; any scan is
-            # a snapshot the caller's cursors already treat as possibly stale.
-            cached = self._listings.pop(run.location, None)
-            listing = cached[1] if cached and time.monotonic() - cached[0] <= self.listing_max_age_s else None
+            listing = self._take(run.location, "")
             found: Dict[str, FileStat] = {}
-            for entry in self._entries(sftp, run.location, listing=listing):
+            for entry in self._entries(sftp, run.location, listing=listing):  # type: ignore[arg-type]
                 if entry.name.startswith(".tmp-") or not stat_mod.S_ISREG(entry.mode):
                     continue
                 found[entry.name] = entry.stat
@@ -253,34 +304,44 @@ class SftpSource(Source):
 
         def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
             found: Dict[str, FileStat] = {}
-            top = posixpath.join(run.location, subdir)
-            try:
-                real = sftp.normalize(top)   # the subdir itself may be a link: it must stay in the root
-            except IOError as err:
-                if err.errno is None:
-                    raise
-                return found
-            if not self._inside(real):
-                self._warn_once(top, f"a link to {real}, outside the root: skipped (links never lead out of a root)")
-                return found
-            pending = [subdir]
-            while pending:
-                rel_dir = pending.pop()
-                directory = posixpath.join(run.location, rel_dir)
+            level: Dict[str, object] = {subdir: self._take(run.location, subdir)}
+            if level[subdir] is None:
+                names = self._prefetched.get((run.location, "/names"))
+                if names is not None and self._clock() - names[0] <= self.listing_max_age_s \
+                        and subdir.split("/")[0] not in names[1]:  # type: ignore[operator]
+                    return found   # absent from a recent listing of the run directory
+                top = posixpath.join(run.location, subdir)
                 try:
-                    # below the top, linked directories are not entered (as os.walk), so no cycle exists
-                    entries = list(self._entries(sftp, directory, link_dirs=False))
+                    real = sftp.normalize(top)   # the subdir itself may be a link: it must stay in the root
                 except IOError as err:
                     if err.errno is None:
                         raise
-                    self._warn_once(directory, f"cannot list it ({err.strerror or err}): skipped")
-                    continue
-                for entry in entries:
-                    rel = posixpath.join(rel_dir, entry.name)
-                    if stat_mod.S_ISDIR(entry.mode):
-                        pending.append(rel)
-                    elif stat_mod.S_ISREG(entry.mode) and not entry.name.startswith(".tmp-"):
-                        found[rel] = entry.stat
+                    return found
+                if not self._inside(real):
+                    self._warn_once(top, f"a link to {real}, outside the root: skipped (links never lead out of a root)")
+                    return found
+            # Breadth first, each level's listings in one pipelined round. Linked directories are not
+            # entered below the top (as os.walk), so there is no cycle.
+            while level:
+                missing = [rel for rel, listing in level.items() if listing is None]
+                if missing:
+                    listed = self._listdirs(sftp, [posixpath.join(run.location, rel) for rel in missing])
+                    for rel in missing:
+                        level[rel] = listed[posixpath.join(run.location, rel)]
+                deeper: Dict[str, object] = {}
+                for rel_dir, listing in level.items():
+                    directory = posixpath.join(run.location, rel_dir)
+                    if isinstance(listing, IOError):
+                        if rel_dir != subdir:
+                            self._warn_once(directory, f"cannot list it ({listing}): skipped")
+                        continue
+                    for entry in self._entries(sftp, directory, link_dirs=False, listing=listing):  # type: ignore[arg-type]
+                        rel = posixpath.join(rel_dir, entry.name)
+                        if stat_mod.S_ISDIR(entry.mode):
+                            deeper[rel] = self._take(run.location, rel)
+                        elif stat_mod.S_ISREG(entry.mode) and not entry.name.startswith(".tmp-"):
+                            found[rel] = entry.stat
+                level = deeper
             self._regular.setdefault(run.location, set()).update(found)
             return found
 

@@ -138,3 +138,48 @@ def test_doctor_names_the_failing_step(sshd, root, tmp_path, no_agent):
 
     bad = check_ssh_root("ssh://host-without-path", known_hosts=sshd.known_hosts)
     assert [(c.name, c.ok) for c in bad] == [("config", False)]
+
+
+def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
+    """A pass over many runs of an unreachable host must not dial (and wait) once per run."""
+    import threading
+
+    from sync_gateway.sources.base import RunRef
+    from sync_gateway.sources.sftp import SftpSource
+
+    accepted = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def not_ssh():  # accepts and hangs up at once: every connection attempt is counted
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=not_ssh, daemon=True).start()
+    now = [1000.0]
+    src = SftpSource(f"ssh://127.0.0.1:{server.getsockname()[1]}{root}", known_hosts=os.devnull,
+                     ssh_config=os.devnull, connect_timeout_s=5, retry_connect_after_s=30, clock=lambda: now[0])
+    run = RunRef("p", "r1", os.path.join(root, "p", "r1"))
+    try:
+        with pytest.raises(SshUnreachableError, match="handshake"):
+            list(src.list_runs())
+        for _ in range(20):
+            with pytest.raises(SshUnreachableError, match="handshake"):
+                src.scan(run)
+        assert len(accepted) == 1
+        now[0] += 31
+        with pytest.raises(SshUnreachableError):
+            src.read_document(run, "run.json")
+        assert len(accepted) == 2
+        src.close()   # a new pass: try again at once
+        with pytest.raises(SshUnreachableError):
+            src.scan(run)
+        assert len(accepted) == 3
+    finally:
+        server.close()
