@@ -183,6 +183,9 @@ def _hop(config: paramiko.SSHConfig, alias: str, user: Optional[str], port: Opti
         known = [os.path.expanduser(f) for f in entry["userknownhostsfile"].split()]
     else:
         known = [os.path.expanduser("~/.ssh/known_hosts"), os.path.expanduser("~/.ssh/known_hosts2")]
+    if entry.get("stricthostkeychecking", "yes").lower() in ("no", "off", "accept-new"):
+        log.warning("ssh_config: StrictHostKeyChecking %s for %s is ignored: the gateway always verifies host "
+                    "keys against known_hosts and never adds one", entry["stricthostkeychecking"], alias)
     jumps = entry.get("proxyjump", "")
     jump_list = [] if not jumps or jumps.lower() == "none" else [j for j in jumps.split(",") if j.strip()]
     hop = SshHop(
@@ -261,8 +264,11 @@ def _verify_host_key(hop: SshHop, known: paramiko.HostKeys, server_key: paramiko
             hop.hostname, hop.port, server_key.fingerprint)
 
 
-def _candidate_keys(hop: SshHop, options: SshOptions) -> Tuple[List[Tuple[str, paramiko.PKey]], List[str]]:
-    """Usable keys (label, key) in the order tried, and why the others were not usable."""
+def _candidate_keys(hop: SshHop, options: SshOptions
+                    ) -> Tuple[List[Tuple[str, paramiko.PKey]], List[str], Optional[paramiko.Agent]]:
+    """Usable keys (label, key) in the order tried, why the others were not usable, and the agent
+    connection their signatures need (close it after authenticating)."""
+    agent: Optional[paramiko.Agent] = None
     keys: List[Tuple[str, paramiko.PKey]] = []
     problems: List[str] = []
     files = list(hop.identity_files)
@@ -289,14 +295,15 @@ def _candidate_keys(hop: SshHop, options: SshOptions) -> Tuple[List[Tuple[str, p
     if options.allow_agent and not hop.identities_only:
         if os.environ.get("SSH_AUTH_SOCK"):
             try:
-                agent_keys = paramiko.Agent().get_keys()
+                agent = paramiko.Agent()
+                agent_keys = agent.get_keys()
             except (OSError, paramiko.SSHException) as err:
                 agent_keys = ()
                 problems.append(f"ssh-agent at $SSH_AUTH_SOCK did not answer ({err})")
             keys += [(f"agent key {k.fingerprint}", k) for k in agent_keys]
         else:
             problems.append("no ssh-agent (SSH_AUTH_SOCK is not set)")
-    return keys, problems
+    return keys, problems, agent
 
 
 @dataclass
@@ -412,7 +419,16 @@ def _handshake(display: str, hop: SshHop, sock, known_hosts: paramiko.HostKeys,
 
 
 def _authenticate(display: str, hop: SshHop, transport: paramiko.Transport, options: SshOptions) -> str:
-    keys, problems = _candidate_keys(hop, options)
+    keys, problems, agent = _candidate_keys(hop, options)
+    try:
+        return _try_keys(display, hop, transport, keys, problems)
+    finally:
+        if agent is not None:
+            agent.close()
+
+
+def _try_keys(display: str, hop: SshHop, transport: paramiko.Transport, keys: List[Tuple[str, paramiko.PKey]],
+              problems: List[str]) -> str:
     refused: List[str] = []
     for label, key in keys:
         try:

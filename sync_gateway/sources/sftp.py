@@ -9,7 +9,7 @@ Round trips are what an SFTP pass costs, so requests are kept in flight together
 projects, then every run directory, then their subdirectories, each level in one pipelined round
 (``_pipeline.py``) and keeps those listings for the ``scan`` and ``walk`` that follow (for at most
 ``listing_max_age_s``; any listing is a snapshot the caller's cursors treat as possibly stale). A large
-``read_range`` pipelines its 32 KiB reads (``readv``). SFTP v3 carries whole-second mtimes only.
+``read_range`` keeps its 32 KiB reads in flight together. SFTP v3 carries whole-second mtimes only.
 
 Links: the server's listing is an ``lstat`` view. A link is followed only if the server's ``realpath``
 (``sftp.normalize``) of it lies inside the root's; otherwise it is reported once and skipped.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-import socket
 import stat as stat_mod
 import threading
 import time
@@ -31,6 +30,7 @@ import paramiko
 
 from ..errors import GatewayError, SourceError
 from ._pipeline import listdirs, pipelined_supported
+from ._pipeline import read_range as pipelined_read
 from ._ssh import (SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
                    SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
 from .base import FileStat, RunRef, Source
@@ -46,7 +46,6 @@ log.addHandler(logging.NullHandler())
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, OSError)
 _READV_MIN_BYTES = 64 * 1024          # below this a plain read is one or two round trips anyway
-_PIECE_BYTES = 256 * 1024
 _PREFETCH_DEPTH = 8                   # levels below a run directory listed ahead by list_runs
 _PREFETCH_MAX_DIRS = 50_000           # directories listed ahead per list_runs (memory bound)
 
@@ -151,11 +150,11 @@ class SftpSource(Source):
         except GatewayError:
             raise
         except _CONNECTION_ERRORS as err:
-            # An SFTP status (no such file, permission denied, failure, EOF) arrives as IOError or EOFError
-            # on a link that is still up: a problem of this path only. A timeout, or any error once the
-            # transport is down, means the link is gone: drop it so the next call reconnects.
+            # An SFTP status (no such file, permission denied, failure) arrives as an OSError on a link that
+            # is still up: a problem of this path only. EOF, a reset, a timeout or an SSH error mean the link
+            # is gone (paramiko may not have noticed yet): drop it so the next call reconnects.
             alive = self._conn is not None and self._conn.active
-            if alive and isinstance(err, (IOError, EOFError)) and not isinstance(err, socket.timeout):
+            if alive and isinstance(err, OSError) and not isinstance(err, (ConnectionError, TimeoutError)):
                 raise SourceError(self.display, path, f"{type(err).__name__}: {err}") from err
             with self._lock:
                 self._drop()
@@ -386,7 +385,7 @@ class SftpSource(Source):
                     return b""
                 size = handle.stat().st_size or 0
                 wanted = max(0, min(length, size - offset))
-                return _read_exact(handle, offset, wanted)
+                return _read_exact(sftp, handle, offset, wanted)
 
         return self._call(path, op)
 
@@ -403,7 +402,7 @@ class SftpSource(Source):
             if handle is None:
                 return None
             with handle:
-                return _read_exact(handle, 0, handle.stat().st_size or 0)
+                return _read_exact(sftp, handle, 0, handle.stat().st_size or 0)
 
         return self._call(path, op)
 
@@ -422,20 +421,16 @@ def _entry(attr: paramiko.SFTPAttributes, name: Optional[str] = None) -> _Entry:
                   FileStat(size_bytes=int(attr.st_size or 0), mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000))
 
 
-def _read_exact(handle: paramiko.SFTPFile, offset: int, length: int) -> bytes:
-    """``length`` bytes from ``offset``, the 32 KiB SFTP reads pipelined (``readv``).
-
-    The range is asked for in pieces of 256 KiB because paramiko's ``read(n)`` grows its result by
-    concatenation: one 24 MB read took 1.4 s, the same in 256 KiB pieces 0.2 s (measured here).
-    """
+def _read_exact(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer if the file shrank meanwhile), the 32 KiB SFTP reads kept in
+    flight together (``_pipeline.read_range``; paramiko's own ``readv`` runs a thread per call that
+    outlives a dropped link, and its ``read(n)`` grows the result by concatenation)."""
     if length == 0:
         return b""
-    if length < _READV_MIN_BYTES:
+    if length < _READV_MIN_BYTES or not pipelined_supported(sftp):
         handle.seek(offset)
         return handle.read(length)
-    end = offset + length
-    pieces = [(start, min(_PIECE_BYTES, end - start)) for start in range(offset, end, _PIECE_BYTES)]
-    return b"".join(handle.readv(pieces))
+    return pipelined_read(sftp, handle.handle, offset, length)
 
 
 class SshCheck(NamedTuple):

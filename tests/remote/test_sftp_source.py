@@ -106,7 +106,8 @@ def test_incremental_reads_from_a_cursor(root, source_factory):
     expected += prev_line
     size = src.scan(run)["history.jsonl"].size_bytes
     consumed += _complete_lines(src.read_range(run, "history.jsonl", cursor, size - cursor))
-    assert consumed == expected == open(history, "rb").read()
+    with open(history, "rb") as f:
+        assert consumed == expected == f.read()
     # a document replaced atomically reads as the new version
     write_document(os.path.join(run_dir, "summary.json"), {"values": {"loss": 0.01}})
     assert src.read_document(run, "summary.json") == b'{"values": {"loss": 0.01}}'

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from _runs import write_run
@@ -67,7 +68,7 @@ def test_proxyjump_through_the_bastion(sshd, root, no_agent):
         assert [r.run_id for r in src.list_runs()] == ["r1"]
         assert [h.port for h in src.hops] == [sshd.bastion_port, sshd.port]
         (run,) = list(src.list_runs())
-        assert src.read_document(run, "run.json") == open(os.path.join(run.location, "run.json"), "rb").read()
+        assert src.read_document(run, "run.json") == Path(run.location, "run.json").read_bytes()
     finally:
         src.close()
     # the bastion really forwarded the connection (direct-tcpip), once for this source
@@ -77,7 +78,7 @@ def test_proxyjump_through_the_bastion(sshd, root, no_agent):
 def test_proxyjump_with_the_bastion_refusing_to_forward(sshd, root, tmp_path, no_agent):
     # The bastion only forwards to the main sshd (PermitOpen): asking it for another port fails cleanly.
     config = tmp_path / "config"
-    config.write_text(open(sshd.ssh_config).read() + (
+    config.write_text(Path(sshd.ssh_config).read_text() + (
         f"\nHost elsewhere\n    HostName 127.0.0.1\n    Port {sshd.bastion_port}\n    User {sshd.user}\n"
         f"    IdentityFile {sshd.identity_file}\n    UserKnownHostsFile {sshd.known_hosts}\n"
         f"    ProxyJump hpc-bastion\n"))

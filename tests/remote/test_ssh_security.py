@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from _runs import write_run
@@ -49,7 +50,7 @@ def test_unknown_host_key_is_refused_and_never_added(sshd, source_factory, root,
 
 def test_changed_host_key_is_refused(sshd, source_factory, root, tmp_path):
     impostor = _keygen(tmp_path / "impostor")
-    line = open(impostor + ".pub").read().split()
+    line = Path(impostor + ".pub").read_text().split()
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {line[0]} {line[1]}\n")
     with pytest.raises(SshHostKeyError, match="CHANGED") as info:
@@ -62,7 +63,7 @@ def test_changed_host_key_is_refused(sshd, source_factory, root, tmp_path):
     # a known key of another type only is also a changed key, not an unknown one
     rsa = tmp_path / "rsa"
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
-    kind, blob = open(str(rsa) + ".pub").read().split()[:2]
+    kind, blob = Path(str(rsa) + ".pub").read_text().split()[:2]
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
     with pytest.raises(SshHostKeyError, match="CHANGED"):
         list(source_factory(root, known_hosts=str(known)).list_runs())
@@ -183,3 +184,38 @@ def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
         assert len(accepted) == 3
     finally:
         server.close()
+
+
+@pytest.fixture
+def ssh_agent(tmp_path, monkeypatch):
+    """A real ssh-agent on a socket of its own, stopped by its PID."""
+    import re
+    import signal
+
+    sock = tmp_path / "agent.sock"
+    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], check=True, capture_output=True, text=True).stdout
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    try:
+        yield str(sock)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))   # no ~/.ssh/id_* to fall back on
+    subprocess.run(["ssh-add", "-q", sshd.identity_file], check=True, capture_output=True)
+    checks = check_ssh_root(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull)
+    assert [(c.name, c.ok) for c in checks][-2:] == [("auth", True), ("path", True)]
+    assert "agent key" in checks[-2].message and _fingerprint(sshd.identity_file + ".pub") in checks[-2].message
+    from sync_gateway.sources.sftp import SftpSource
+
+    src = SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull)
+    try:
+        assert [r.run_id for r in src.list_runs()] == ["r1"]
+    finally:
+        src.close()
+    # the same without the agent: no key at all, a clear error
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    with pytest.raises(SshAuthError, match="no usable SSH key.*id_ed25519 does not exist.*no ssh-agent"):
+        list(SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull).list_runs())
