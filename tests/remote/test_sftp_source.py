@@ -233,3 +233,20 @@ def test_a_stale_listing_is_not_used_for_scan(root, source_factory):
     append(os.path.join(run_dir, "history.jsonl"), record(2, 2, loss=0.1))
     os.remove(os.path.join(run_dir, "output.log"))
     assert _stats(src.scan(run)) == local_stats(str(root), run_dir, recursive=False)
+
+
+def test_pipelined_read_stops_at_the_end_of_the_file(root, source_factory):
+    """A file that is shorter than asked (it shrank after the size was taken) reads up to its end."""
+    from sync_gateway.sources._pipeline import read_range
+
+    data = os.urandom(300_000)
+    run_dir = write_run(str(root), "p", "r", saved_files={"x.bin": data})
+    src = source_factory(str(root))
+    list(src.list_runs())
+    sftp = src._sftp()
+    with sftp.open(os.path.join(run_dir, "files", "x.bin"), "rb") as f:
+        assert read_range(sftp, f.handle, 1000, 1_000_000) == data[1000:]
+        assert read_range(sftp, f.handle, 0, 300_000, chunk_bytes=7000, in_flight=3) == data
+        assert read_range(sftp, f.handle, 300_000, 50_000) == b""
+        assert read_range(sftp, f.handle, 400_000, 50_000) == b""
+    assert not sftp._expecting   # no request left behind
