@@ -29,12 +29,13 @@ def append(path: str, data: bytes) -> None:
 
 
 def write_run(root: str, project: str, run_id: str, *, history_rows: int = 20, system_rows: int = 3,
-              finished: bool = True, saved_files: Optional[Dict[str, bytes]] = None) -> str:
+              finished: bool = True, saved_files: Optional[Dict[str, bytes]] = None, group: Optional[str] = None,
+              exit_code: int = 0) -> str:
     run_dir = os.path.join(root, project, run_id)
     os.makedirs(run_dir, exist_ok=True)
     now_ms = int(time.time() * 1000)
     write_document(os.path.join(run_dir, "run.json"), {
-        "format_version": "1.0", "id": run_id, "name": f"name-{run_id}", "project": project, "group": None,
+        "format_version": "1.0", "id": run_id, "name": f"name-{run_id}", "project": project, "group": group,
         "job_type": None, "tags": [], "notes": "", "created_ms": now_ms, "attempt": 1,
         "attempts": [{"attempt": 1, "started_ms": now_ms, "host": "node01", "pid": 1,
                       "slurm_restart_count": None, "resumed_from_step": None}],
@@ -58,7 +59,8 @@ def write_run(root: str, project: str, run_id: str, *, history_rows: int = 20, s
         f.write(b"--- a/x\n+++ b/x\n")
     if finished:
         write_document(os.path.join(run_dir, "exit.json"), {
-            "attempt": 1, "exit_code": 0, "reason": "finished", "end_ms": now_ms, "dropped_rows": 0,
+            "attempt": 1, "exit_code": exit_code, "reason": "finished" if exit_code == 0 else "failed",
+            "end_ms": now_ms, "dropped_rows": 0,
             "last_step": history_rows - 1, "history_records": history_rows})
     return run_dir
 
