@@ -48,7 +48,10 @@ def sshd(tmp_path_factory) -> Sshd:
         import paramiko  # noqa: F401
     except ImportError:
         need(False, "paramiko is missing (pip install -e '.[remote]')")
-    state = tmp_path_factory.mktemp("sshd")
+    # SSHD_STATE_DIR: use (and leave running) the sshd that scripts/sshd/start.sh started there, e.g. by
+    # .ci/run or by hand; start.sh is idempotent. Otherwise start a private one for this session.
+    shared = os.environ.get("SSHD_STATE_DIR")
+    state = Path(shared) if shared else tmp_path_factory.mktemp("sshd")
     start = subprocess.run([str(REPO / "scripts/sshd/start.sh"), str(state)], capture_output=True, text=True,
                            timeout=60)
     if start.returncode != 0:
@@ -60,7 +63,8 @@ def sshd(tmp_path_factory) -> Sshd:
                    bastion_pid=int(env["SSHD_BASTION_PID"]), known_hosts=env["SSHD_KNOWN_HOSTS"],
                    ssh_config=env["SSHD_SSH_CONFIG"], identity_file=env["SSHD_IDENTITY_FILE"])
     finally:
-        subprocess.run([str(REPO / "scripts/sshd/stop.sh"), str(state)], capture_output=True, timeout=60)
+        if not shared:
+            subprocess.run([str(REPO / "scripts/sshd/stop.sh"), str(state)], capture_output=True, timeout=60)
 
 
 @pytest.fixture
