@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -23,7 +24,7 @@ import paramiko
 from ..errors import PermanentError, SourceError
 
 __all__ = [
-    "SshOptions", "SshHop", "SshConnection", "parse_ssh_url", "resolve_hops", "open_connection",
+    "SshOptions", "SshHop", "SshConnection", "ConnectionPool", "parse_ssh_url", "resolve_hops", "open_connection",
     "SshConfigError", "SshUnreachableError", "SshHostKeyError", "SshAuthError",
 ]
 
@@ -313,6 +314,8 @@ class SshConnection:
     hops: List[SshHop]
     transports: List[paramiko.Transport] = field(default_factory=list)
     sftp: Optional[paramiko.SFTPClient] = None
+    #: Held around each SFTP exchange: paramiko's synchronous requests must not interleave across threads.
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def active(self) -> bool:
@@ -332,6 +335,57 @@ class SshConnection:
         for transport in reversed(self.transports):
             transport.close()
         self.transports = []
+
+
+class ConnectionPool:
+    """SSH connections shared by the sources of a process: several roots on one host use one connection.
+
+    Keyed by the hop chain and the options. A connection closes when the last source using it releases
+    it, or at once when one of them finds the link dead (the others reconnect on their next call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: Dict[Hashable, Tuple[SshConnection, Set[int]]] = {}
+
+    def acquire(self, key: Hashable, owner: int,
+                connect: Callable[[], SshConnection]) -> Tuple[SshConnection, bool]:
+        """The live connection for ``key`` (and whether it was opened by this call)."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None and entry[0].active:
+                entry[1].add(owner)
+                self._entries[key] = entry
+                return entry[0], False
+        if entry is not None:
+            entry[0].close()
+        conn = connect()   # outside the lock: connecting takes a while
+        with self._lock:
+            other = self._entries.get(key)
+            if other is not None and other[0].active:   # another source connected meanwhile
+                other[1].add(owner)
+                conn.close()
+                return other[0], False
+            self._entries[key] = (conn, {owner})
+            return conn, True
+
+    def release(self, key: Hashable, owner: int) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or owner not in entry[1]:
+                return
+            entry[1].discard(owner)
+            if entry[1]:
+                return
+            del self._entries[key]
+        entry[0].close()
+
+    def discard(self, key: Hashable, conn: SshConnection) -> None:
+        """The link is dead: forget and close it."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is conn:
+                del self._entries[key]
+        conn.close()
 
 
 Step = Callable[[str, SshHop, str], None]  # (step name, hop, message) after each step that succeeded

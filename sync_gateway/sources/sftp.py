@@ -1,6 +1,7 @@
 """The SFTP source: read runs under ``ssh://[user@]host[:port]/path`` as if they were local.
 
-One SSH connection (with keepalives) serves every call until :meth:`SftpSource.close` or until it drops;
+One SSH connection per host (with keepalives; sources of several roots on one host share it through a
+:class:`ConnectionPool`) serves every call until :meth:`SftpSource.close` or until it drops;
 a call that fails because the link dropped raises :class:`SshUnreachableError` (a retryable
 ``SourceError``) and the next call reconnects. Reads are stateless (offset and length come from the
 caller's cursor), so a reconnect loses or repeats nothing.
@@ -31,7 +32,7 @@ import paramiko
 from ..errors import GatewayError, SourceError
 from ._pipeline import listdirs, pipelined_supported
 from ._pipeline import read_range as pipelined_read
-from ._ssh import (SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
+from ._ssh import (ConnectionPool, SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
                    SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
 from .base import FileStat, RunRef, Source
 
@@ -51,6 +52,9 @@ _PREFETCH_MAX_DIRS = 50_000           # directories listed ahead per list_runs (
 
 T = TypeVar("T")
 
+#: Sources share SSH connections through this pool unless given their own: one connection per host.
+SHARED_CONNECTIONS = ConnectionPool()
+
 
 class SftpSource(Source):
     """Runs under one ``ssh://`` root. Not meant to be shared between threads without a lock of your own."""
@@ -59,7 +63,7 @@ class SftpSource(Source):
                  identity_file: Optional[str] = None, connect_timeout_s: float = 10.0,
                  keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True,
                  listing_max_age_s: float = 10.0, retry_connect_after_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pool: Optional[ConnectionPool] = None):
         user, host, port, path = parse_ssh_url(root_url)
         self.options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
                                   connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s,
@@ -68,6 +72,8 @@ class SftpSource(Source):
         self._root_path = path
         self._hops = resolve_hops(host, user, port, self.options)
         self._conn: Optional[SshConnection] = None
+        self._pool = pool if pool is not None else SHARED_CONNECTIONS
+        self._pool_key = (tuple(self._hops), self.options)
         self._root_real: Optional[str] = None
         self._lock = threading.Lock()
         self._regular: Dict[str, Set[str]] = {}   # run location -> names a listing showed as regular files
@@ -107,25 +113,30 @@ class SftpSource(Source):
 
     def _sftp(self) -> paramiko.SFTPClient:
         with self._lock:
-            if self._conn is not None and self._conn.active and self._conn.sftp is not None:
-                return self._conn.sftp
-            self._drop()
+            conn = self._conn
+            if conn is not None and conn.active and conn.sftp is not None:
+                return conn.sftp
+            if conn is not None:
+                self._conn = None
+                self._pool.discard(self._pool_key, conn)
             if self._failed is not None and self._clock() - self._failed[0] < self.retry_connect_after_s:
                 raise self._failed[1]
             try:
-                conn = open_connection(self.display, self._hops, self.options)
+                conn, opened = self._pool.acquire(self._pool_key, id(self),
+                                                  lambda: open_connection(self.display, self._hops, self.options))
             except GatewayError as err:
                 self._failed = (self._clock(), err)
                 raise
             self._failed = None
-            self.connects += 1
+            self.connects += opened
             try:
-                root_real = conn.sftp.normalize(self._root_path)
+                with conn.lock:
+                    root_real = conn.sftp.normalize(self._root_path)
             except IOError as err:
-                conn.close()
+                self._pool.release(self._pool_key, id(self))
                 raise SourceError(self.display, self._root_path, f"the root is not readable over SFTP ({err})") from err
             except _CONNECTION_ERRORS as err:
-                conn.close()
+                self._pool.discard(self._pool_key, conn)
                 raise SshUnreachableError(self.display, f"connection lost ({err}); the next call reconnects") from err
             self._conn, self._root_real = conn, root_real
             self._regular.clear()
@@ -133,27 +144,36 @@ class SftpSource(Source):
             return conn.sftp
 
     def _drop(self) -> None:
+        """The link is dead: forget it (for every source sharing it)."""
         if self._conn is not None:
-            self._conn.close()
+            self._pool.discard(self._pool_key, self._conn)
             self._conn = None
 
     def close(self) -> None:
+        """Release this source's use of the connection (closed when no other source of the same host and
+        options uses it); the next call reconnects."""
         with self._lock:
-            self._drop()
+            if self._conn is not None:
+                self._conn = None
+            self._pool.release(self._pool_key, id(self))
             self._failed = None
 
     def _call(self, path: str, op: Callable[[paramiko.SFTPClient], T]) -> T:
         """Run ``op``; a dropped link closes the connection and becomes a retryable error."""
         sftp = self._sftp()
+        conn = self._conn
         try:
-            return op(sftp)
+            if conn is None:   # pragma: no cover - _sftp() always sets it
+                return op(sftp)
+            with conn.lock:
+                return op(sftp)
         except GatewayError:
             raise
         except _CONNECTION_ERRORS as err:
             # An SFTP status (no such file, permission denied, failure) arrives as an OSError on a link that
             # is still up: a problem of this path only. EOF, a reset, a timeout or an SSH error mean the link
             # is gone (paramiko may not have noticed yet): drop it so the next call reconnects.
-            alive = self._conn is not None and self._conn.active
+            alive = conn is not None and conn.active
             if alive and isinstance(err, OSError) and not isinstance(err, (ConnectionError, TimeoutError)):
                 raise SourceError(self.display, path, f"{type(err).__name__}: {err}") from err
             with self._lock:

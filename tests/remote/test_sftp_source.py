@@ -250,3 +250,51 @@ def test_pipelined_read_stops_at_the_end_of_the_file(root, source_factory):
         assert read_range(sftp, f.handle, 300_000, 50_000) == b""
         assert read_range(sftp, f.handle, 400_000, 50_000) == b""
     assert not sftp._expecting   # no request left behind
+
+
+def _connections(sshd) -> int:
+    """Connections the main sshd serves now: its direct children (one per connection)."""
+    import psutil
+
+    return len([p for p in psutil.Process(sshd.pid).children() if p.status() != psutil.STATUS_ZOMBIE])
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_roots_on_one_host_share_one_connection(tmp_path, sshd, source_factory):
+    from sync_gateway.sources._ssh import ConnectionPool
+
+    pool = ConnectionPool()   # not the process-wide one: other tests' sources must not count here
+    for name in ("alice", "bob"):
+        write_run(str(tmp_path / name), "p", f"run-{name}")
+    assert _wait_for(lambda: _connections(sshd) == 0), "connections of earlier tests are still open"
+    before = 0
+    a = source_factory(str(tmp_path / "alice"), pool=pool)
+    b = source_factory(str(tmp_path / "bob"), pool=pool)
+    assert [r.run_id for r in a.list_runs()] == ["run-alice"]
+    assert [r.run_id for r in b.list_runs()] == ["run-bob"]
+    assert _wait_for(lambda: _connections(sshd) == before + 1)
+    assert a.connects + b.connects == 1
+    a.close()
+    (run,) = list(b.list_runs())          # the other root goes on over the same connection
+    assert b.read_document(run, "run.json") is not None
+    assert _connections(sshd) == before + 1   # still open: b uses it
+    b.close()                             # the last user: the connection closes
+    assert _wait_for(lambda: _connections(sshd) == before)
+    # a dead shared link: both sources reconnect, to one new connection
+    assert list(a.list_runs()) and list(b.list_runs())
+    _kill_sessions(sshd)
+    with pytest.raises(SourceError):
+        list(a.list_runs())
+    assert [r.run_id for r in b.list_runs()] == ["run-bob"]
+    assert [r.run_id for r in a.list_runs()] == ["run-alice"]
+    assert _wait_for(lambda: _connections(sshd) == before + 1)
