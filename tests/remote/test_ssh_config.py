@@ -102,3 +102,16 @@ def test_from_settings_reads_the_gateway_ssh_section(sshd, root, no_agent):
     # no ssh section at all: OpenSSH's defaults (~/.ssh/config, ~/.ssh/known_hosts)
     bare = SftpSource.from_settings(f"ssh://127.0.0.1:{sshd.port}{root}", SimpleNamespace())
     assert bare.options.known_hosts is None and bare.options.connect_timeout_s == 10.0
+
+
+def test_the_bastion_host_key_is_verified_too(sshd, root, tmp_path, no_agent):
+    from sync_gateway.sources.sftp import SshHostKeyError
+
+    only_main = tmp_path / "known_hosts"
+    only_main.write_text("".join(line + "\n" for line in Path(sshd.known_hosts).read_text().splitlines()
+                                 if line.startswith(f"[127.0.0.1]:{sshd.port} ")))
+    config = tmp_path / "config"
+    config.write_text(Path(sshd.ssh_config).read_text().replace(sshd.known_hosts, str(only_main)))
+    src = SftpSource(f"ssh://hpc-behind-bastion{root}", ssh_config=str(config))
+    with pytest.raises(SshHostKeyError, match=rf"\[127.0.0.1\]:{sshd.bastion_port} is not in"):
+        list(src.list_runs())
