@@ -30,7 +30,7 @@ def append(path: str, data: bytes) -> None:
 
 def write_run(root: str, project: str, run_id: str, *, history_rows: int = 20, system_rows: int = 3,
               finished: bool = True, saved_files: Optional[Dict[str, bytes]] = None, group: Optional[str] = None,
-              exit_code: int = 0) -> str:
+              exit_code: int = 0, pad_bytes: int = 0) -> str:
     run_dir = os.path.join(root, project, run_id)
     os.makedirs(run_dir, exist_ok=True)
     now_ms = int(time.time() * 1000)
@@ -43,7 +43,8 @@ def write_run(root: str, project: str, run_id: str, *, history_rows: int = 20, s
         "cwd": "/home/alice", "git": None, "slurm": None, "metrics": [], "settings": {}})
     write_document(os.path.join(run_dir, "config.json"), {"lr": 0.1, "model": {"depth": 50}})
     append(os.path.join(run_dir, "history.jsonl"),
-           b"".join(record(i, i, loss=1.0 / (i + 1), acc="NaN" if i == 3 else i / 100) for i in range(history_rows)))
+           b"".join(record(i, i, loss=1.0 / (i + 1), acc="NaN" if i == 3 else i / 100,
+                           **({"pad": "x" * pad_bytes} if pad_bytes else {})) for i in range(history_rows)))
     append(os.path.join(run_dir, "system.jsonl"),
            b"".join(record(i, i, **{"cpu": 12.5 + i}) for i in range(system_rows)))
     append(os.path.join(run_dir, "output.log"), b"epoch 1\nepoch 2\n")

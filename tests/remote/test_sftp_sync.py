@@ -95,21 +95,32 @@ def _server_view(sink, project: str, run_id: str) -> Dict[str, Any]:
             "tags": tags, "metrics": metrics, "artifacts": artifacts, "has_parent": parent is not None}
 
 
-def test_sync_over_sftp_equals_local_sync(sshd, mlflow_url, tmp_path, no_agent, monkeypatch):
+def _trees(tmp_path, done_rows: int = 3000, pad_bytes: int = 0):
+    """The same runs (finished, failed, active, a group) in a local root and, renamed, in a remote one."""
     tag = uuid.uuid4().hex[:8]
     lp, rp = f"L{tag}", f"R{tag}"
     local_root, remote_root = str(tmp_path / "local"), str(tmp_path / "remote")
     os.makedirs(remote_root)
-    write_run(local_root, lp, "done", history_rows=3000, system_rows=50,
+    write_run(local_root, lp, "done", history_rows=done_rows, system_rows=50, pad_bytes=pad_bytes,
               saved_files={"ckpt/model.pt": os.urandom(200_000), "notes.txt": b"n"})
     write_run(local_root, lp, "failed", history_rows=10, exit_code=3)
-    active = write_run(local_root, lp, "active", history_rows=500, finished=False)
+    write_run(local_root, lp, "active", history_rows=500, finished=False)
     for rank in range(2):
         write_run(local_root, lp, f"rank{rank}", history_rows=20, group="train-1")
     now_s = int(time.time())
     _whole_seconds(os.path.join(local_root, lp), now_s)
     _mirror(local_root, remote_root, lp, rp)
+    return local_root, remote_root, lp, rp, now_s
 
+
+def _assert_same_on_server(sink, lp: str, rp: str) -> None:
+    for run_id in ("done", "failed", "active", "rank0", "rank1"):
+        local_view, remote_view = _server_view(sink, lp, run_id), _server_view(sink, rp, run_id)
+        assert remote_view == local_view, run_id
+
+
+def test_sync_over_sftp_equals_local_sync(sshd, mlflow_url, tmp_path, no_agent, monkeypatch):
+    local_root, remote_root, lp, rp, now_s = _trees(tmp_path)
     settings = Settings(roots=[], server_url=mlflow_url, state_dir=str(tmp_path / "state"), retries=3)
     sink = make_sink(settings, environ={}, backoff_factor=0.05)
     sftp = SftpSource(sshd.url(remote_root), known_hosts=sshd.known_hosts, identity_file=sshd.identity_file,
@@ -131,13 +142,74 @@ def test_sync_over_sftp_equals_local_sync(sshd, mlflow_url, tmp_path, no_agent, 
         assert report.ok, report
         assert sftp.connects == 2   # one connection per pass
 
-    for run_id in ("done", "failed", "active", "rank0", "rank1"):
-        local_view, remote_view = _server_view(sink, lp, run_id), _server_view(sink, rp, run_id)
-        assert remote_view == local_view, run_id
+    _assert_same_on_server(sink, lp, rp)
     done = _server_view(sink, lp, "done")
     assert len(done["metrics"]["loss"]) == 3000 and done["status"] == "FINISHED"
     assert len(_server_view(sink, lp, "active")["metrics"]["loss"]) == 700
     assert _server_view(sink, lp, "rank0")["has_parent"]
+
+
+class _TrippingSink:
+    """The real MLflow sink; after its ``after``-th acknowledged batch of points it calls ``trip`` (the
+    gateway is then between two calls to its source: the link breaks mid-pass)."""
+
+    def __init__(self, sink, after: int, trip):
+        self._sink, self._left, self._trip = sink, after, trip
+
+    def __getattr__(self, name):
+        return getattr(self._sink, name)
+
+    def log_points(self, run, points):
+        self._sink.log_points(run, points)
+        self._left -= 1
+        if self._left == 0:
+            self._trip()
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_link_broken_mid_pass_then_the_next_pass_completes_it(sshd, mlflow_url, tmp_path, no_agent, how):
+    """``killed``: the sshd session dies (paramiko sees EOF; the next call reconnects, often before any
+    call fails). ``frozen``: the session stops answering, like a link that silently drops packets: the
+    call in flight times out (io_timeout_s), that run's error is recorded with its cursor at the last
+    acknowledged batch, and the next pass completes it. Either way the server ends up as after a local sync."""
+    import signal
+
+    import psutil
+
+    # history.jsonl > one 4 MiB read of the gateway, with few points (strings are not metrics)
+    local_root, remote_root, lp, rp, _ = _trees(tmp_path, done_rows=5000, pad_bytes=1000)
+    settings = Settings(roots=[], server_url=mlflow_url, state_dir=str(tmp_path / "state"), retries=3)
+    sink = make_sink(settings, environ={}, backoff_factor=0.05)
+    with Runner(settings, sink=sink, sources=[LocalSource(local_root)]) as runner:
+        assert runner.run_pass().ok
+    tripped = []
+
+    def trip():
+        for child in psutil.Process(sshd.pid).children(recursive=True):
+            child.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            tripped.append(child)
+
+    sftp = SftpSource(sshd.url(remote_root), known_hosts=sshd.known_hosts, identity_file=sshd.identity_file,
+                      ssh_config=os.devnull, io_timeout_s=3.0)
+    tripping = _TrippingSink(sink, after=2, trip=trip)
+    try:
+        with Runner(settings, sink=tripping, sources=[sftp]) as runner:
+            first = runner.run_pass()
+            assert tripped, "the link was never broken"
+            if how == "frozen":
+                assert len(first.errors) == 1 and "connection lost" in next(iter(first.errors.values())), first
+            else:
+                assert all("connection lost" in e for e in first.errors.values()), first
+            second = runner.run_pass()
+            assert second.ok, second
+    finally:
+        for process in tripped:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert sftp.connects == 3   # one per pass, and one after the break
+    _assert_same_on_server(sink, lp, rp)
 
 
 def test_open_source_builds_an_sftp_source_from_settings(sshd, tmp_path, no_agent, monkeypatch):
