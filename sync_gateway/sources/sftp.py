@@ -59,15 +59,23 @@ SHARED_CONNECTIONS = ConnectionPool()
 class SftpSource(Source):
     """Runs under one ``ssh://`` root. Not meant to be shared between threads without a lock of your own."""
 
-    def __init__(self, root_url: str, *, known_hosts: Optional[str] = None, ssh_config: Optional[str] = None,
-                 identity_file: Optional[str] = None, connect_timeout_s: float = 10.0,
-                 keepalive_s: float = 15.0, io_timeout_s: float = 60.0, allow_agent: bool = True,
+    def __init__(self, root_url: str, settings: object = None, *, known_hosts: Optional[str] = None,
+                 ssh_config: Optional[str] = None, identity_file: Optional[str] = None,
+                 connect_timeout_s: Optional[float] = None, keepalive_s: Optional[float] = None,
+                 io_timeout_s: Optional[float] = None, allow_agent: Optional[bool] = None,
                  listing_max_age_s: float = 10.0, retry_connect_after_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, pool: Optional[ConnectionPool] = None):
+        """``settings``: the gateway's Settings (as ``open_source(root, settings)`` passes them); its ``ssh``
+        section, when it has one, gives the defaults of the keyword arguments (see :meth:`from_settings`).
+        Unset: OpenSSH's defaults (~/.ssh/config, the host's UserKnownHostsFile or ~/.ssh/known_hosts,
+        IdentityFile or ~/.ssh/id_*, ssh-agent), connect 10 s, keepalive 15 s, one request 60 s."""
         user, host, port, path = parse_ssh_url(root_url)
-        self.options = SshOptions(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
-                                  connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s,
-                                  io_timeout_s=io_timeout_s, allow_agent=allow_agent)
+        given = dict(known_hosts=known_hosts, ssh_config=ssh_config, identity_file=identity_file,
+                     connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s, io_timeout_s=io_timeout_s,
+                     allow_agent=allow_agent)
+        from_config = _ssh_section(settings)
+        self.options = SshOptions(**{k: v if v is not None else from_config[k]
+                                     for k, v in given.items() if v is not None or k in from_config})
         self.display = root_url
         self._root_path = path
         self._hops = resolve_hops(host, user, port, self.options)
@@ -90,20 +98,9 @@ class SftpSource(Source):
         self._failed: Optional[Tuple[float, GatewayError]] = None
 
     @classmethod
-    def from_settings(cls, root_url: str, settings: object) -> "SftpSource":
-        """Build from the gateway's Settings: its ``ssh`` section, when present, may set ``known_hosts``,
-        ``config`` (an ssh_config file), ``identity_file``, ``connect_timeout_s``, ``keepalive_s``,
-        ``io_timeout_s`` and ``allow_agent``; whatever is absent keeps OpenSSH's defaults."""
-        ssh = getattr(settings, "ssh", None)
-        names = {"known_hosts": "known_hosts", "config": "ssh_config", "ssh_config": "ssh_config",
-                 "identity_file": "identity_file", "connect_timeout_s": "connect_timeout_s",
-                 "keepalive_s": "keepalive_s", "io_timeout_s": "io_timeout_s", "allow_agent": "allow_agent"}
-        kwargs = {}
-        for attr, arg in names.items():
-            value = ssh.get(attr) if isinstance(ssh, dict) else getattr(ssh, attr, None)
-            if value is not None:
-                kwargs[arg] = value
-        return cls(root_url, **kwargs)
+    def from_settings(cls, root_url: str, settings: object, **kwargs) -> "SftpSource":
+        """The same as ``SftpSource(root_url, settings, **kwargs)``."""
+        return cls(root_url, settings, **kwargs)
 
     # --- connection --------------------------------------------------------------------------------------
 
@@ -425,6 +422,24 @@ class SftpSource(Source):
                 return _read_exact(sftp, handle, 0, handle.stat().st_size or 0)
 
         return self._call(path, op)
+
+
+def _ssh_section(settings: object) -> Dict[str, object]:
+    """SshOptions fields from the gateway Settings' ``ssh`` section (an object or a dict), where set:
+    ``known_hosts``, ``config`` (or ``ssh_config``), ``identity_file``, ``connect_timeout_s``,
+    ``keepalive_s``, ``io_timeout_s``, ``allow_agent``."""
+    ssh = getattr(settings, "ssh", None) if settings is not None else None
+    if ssh is None:
+        return {}
+    names = {"known_hosts": "known_hosts", "config": "ssh_config", "ssh_config": "ssh_config",
+             "identity_file": "identity_file", "connect_timeout_s": "connect_timeout_s",
+             "keepalive_s": "keepalive_s", "io_timeout_s": "io_timeout_s", "allow_agent": "allow_agent"}
+    out: Dict[str, object] = {}
+    for attr, field_name in names.items():
+        value = ssh.get(attr) if isinstance(ssh, dict) else getattr(ssh, attr, None)
+        if value is not None:
+            out[field_name] = value
+    return out
 
 
 class _Entry(NamedTuple):

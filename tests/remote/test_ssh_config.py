@@ -115,3 +115,17 @@ def test_the_bastion_host_key_is_verified_too(sshd, root, tmp_path, no_agent):
     src = SftpSource(f"ssh://hpc-behind-bastion{root}", ssh_config=str(config))
     with pytest.raises(SshHostKeyError, match=rf"\[127.0.0.1\]:{sshd.bastion_port} is not in"):
         list(src.list_runs())
+
+
+def test_settings_positional_as_the_gateway_factory_passes_them(sshd, root, no_agent):
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(ssh={"known_hosts": sshd.known_hosts, "config": sshd.ssh_config,
+                                    "keepalive_s": 9.0})
+    src = SftpSource(f"ssh://hpc-login{root}", settings, keepalive_s=3.0)   # a keyword wins over settings
+    try:
+        assert (src.options.known_hosts, src.options.ssh_config, src.options.keepalive_s,
+                src.options.connect_timeout_s) == (sshd.known_hosts, sshd.ssh_config, 3.0, 10.0)
+        assert [r.run_id for r in src.list_runs()] == ["r1"]
+    finally:
+        src.close()
