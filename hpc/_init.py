@@ -21,7 +21,7 @@ from ._values import plain_config
 from ._writer import Stream
 from .errors import ResumeError, UsageError
 
-__all__ = ["init", "prepare_run_dir", "Prepared"]
+__all__ = ["init", "prepare_run_dir", "Prepared", "check_name"]
 
 
 def _new_meta(settings: Settings, run_id: str, name: str, group: Optional[str], job_type: Optional[str],
@@ -51,7 +51,7 @@ def _user() -> Optional[str]:
         return None
 
 
-def _check_name(kind: str, value: str) -> None:
+def check_name(kind: str, value: str) -> None:
     if not fmt.NAME_RE.match(value):
         raise UsageError(f"{kind} {value!r} is not usable as a directory name: use 1 to 128 letters, digits, "
                          "'.', '_' or '-', starting with a letter or digit")
@@ -86,12 +86,12 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
 
     context = detect(os.environ)
     project_name = resolved.project
-    _check_name("project", project_name)
+    check_name("project", project_name)
     run_id = resolved.run_id or context.run_id
     resume_mode = resolved.resume or context.resume
     root = os.path.abspath(resolved.root)
     if run_id is not None:
-        _check_name("run id", run_id)
+        check_name("run id", run_id)
     else:
         run_id = random_id()
         while os.path.exists(os.path.join(root, project_name, run_id)):

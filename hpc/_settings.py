@@ -100,6 +100,7 @@ _ENV: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
     "stats": ("HPCSYNC_STATS", _stats),
     "stats_sample_s": ("HPCSYNC_STATS_SAMPLE_S", _positive_float),
     "stats_average_s": ("HPCSYNC_STATS_AVERAGE_S", _positive_float),
+    "run_dir": ("HPCSYNC_RUN_DIR", _text),
 }
 
 
@@ -122,6 +123,7 @@ class Settings:
     stats: bool = True
     stats_sample_s: float = 2.0
     stats_average_s: float = 30.0
+    run_dir: Optional[str] = None  # the run that `hpc log` / `hpc run finish` write to (shell scripts)
 
     @classmethod
     def names(cls) -> Tuple[str, ...]:

@@ -10,11 +10,12 @@ import time
 from typing import Any, List, Optional, Sequence
 
 from . import _format as fmt
+from . import _shell
 from ._code import RestoreError, restore
 from ._reader import RunInfo, find_run, iter_runs, load_run, read_history
 from ._settings import Settings
 from ._smooth import debiased_ema, sparkline
-from .errors import HpcError
+from .errors import HpcError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -35,6 +36,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--root")
     show.add_argument("--metric", help="metric to draw (default: the first logged one)")
     show.add_argument("--smooth", type=float, default=0.6, help="TensorBoard smoothing weight in [0, 1)")
+
+    run = sub.add_parser("run", help="start or finish a run from a shell script (see docs/other-languages.md)")
+    run_sub = run.add_subparsers(dest="run_command", required=True)
+    start = run_sub.add_parser("start", help="create a run and print its directory")
+    start.add_argument("--project")
+    start.add_argument("--id", dest="run_id")
+    start.add_argument("--name")
+    start.add_argument("--group")
+    start.add_argument("--job-type")
+    start.add_argument("--root")
+    start.add_argument("--resume", choices=["allow", "must", "never"])
+    start.add_argument("--tag", action="append", default=[])
+    start.add_argument("--notes")
+    start.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE")
+    fin = run_sub.add_parser("finish", help="write the run's exit record")
+    fin.add_argument("--run", help="the run directory (default: $HPCSYNC_RUN_DIR)")
+    fin.add_argument("--exit-code", type=int, default=0)
+
+    log = sub.add_parser("log", help="append one row of metrics to a run started with `hpc run start`")
+    log.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    log.add_argument("--run", help="the run directory (default: $HPCSYNC_RUN_DIR)")
+    log.add_argument("--step", type=int, help="the row's step (default: one after the last row)")
 
     rest = sub.add_parser("restore", help="check out a run's commit and apply its diff.patch")
     rest.add_argument("run")
@@ -149,13 +172,43 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(args: argparse.Namespace) -> str:
+    run_dir = args.run or Settings.resolve({}).run_dir
+    if not run_dir:
+        raise UsageError("which run? pass --run DIR or set HPCSYNC_RUN_DIR to what `hpc run start` printed")
+    return run_dir
+
+
+def _run_start(args: argparse.Namespace) -> int:
+    settings = Settings.resolve({"project": args.project, "run_id": args.run_id, "group": args.group,
+                                 "root": args.root, "resume": args.resume})
+    print(_shell.start(settings, args.name, args.job_type, _shell.parse_pairs(args.config), args.tag,
+                       args.notes))
+    return 0
+
+
+def _run_finish(args: argparse.Namespace) -> int:
+    outcome = _shell.finish(_run_dir(args), args.exit_code, Settings.resolve({}))
+    print(f"{outcome.get('reason')} (exit code {outcome.get('exit_code')}, {outcome.get('history_records')} rows)")
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    _shell.log(_run_dir(args), _shell.parse_pairs(args.pairs), args.step, Settings.resolve({}))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "runs":
             return _runs_ls(args) if args.runs_command == "ls" else _runs_show(args)
+        if args.command == "run":
+            return _run_start(args) if args.run_command == "start" else _run_finish(args)
+        if args.command == "log":
+            return _log(args)
         return _restore(args)
-    except (HpcError, LookupError, RestoreError, ValueError) as err:
+    except (HpcError, LookupError, RestoreError, ValueError, OSError) as err:
         print(f"hpc: error: {err}", file=sys.stderr)
         return 2
 
