@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= test
+# Everything the tests and the demo use; a compute node installs only `pip install hpc-sync`.
+EXTRAS ?= dev
 # Tests honour CI=true (every service must be present) and PYTEST_ARGS.
 PYTEST_ARGS ?=
 

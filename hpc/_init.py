@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import _format as fmt
-from . import _run
+from . import _run, _signals
 from ._context import RunContext, detect
 from ._names import random_id, random_name
 from ._run import DisabledRun, Run, _set_module_globals
 from ._settings import Settings
+from ._stats import start_monitor
 from ._terminal import Terminal
 from ._values import plain_config
 from ._writer import Stream
@@ -63,8 +64,11 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
          dir: Optional[str] = None, mode: Optional[str] = None,
          settings: Optional[Mapping[str, Any]] = None) -> Any:
     """Start (or resume) a run written offline under ``<root>/<project>/<id>/``. See docs/sdk.md."""
+    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+        raise UsageError("tags must be a list of strings")
     explicit = dict(settings or {})
     for key, value in (("project", project), ("group", group), ("run_id", id), ("resume", resume),
+                       ("job_type", job_type), ("tags", tags),
                        ("root", os.fspath(dir) if dir is not None else None), ("mode", mode)):
         if value is not None:
             explicit[key] = value
@@ -72,8 +76,8 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     terminal = Terminal(resolved.silent)
     if config is not None and not isinstance(config, Mapping):
         raise UsageError(f"config must be a dict, got {type(config).__name__}")
-    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
-        raise UsageError("tags must be a list of strings")
+    job_type = resolved.job_type
+    tags = list(resolved.tags) if resolved.tags is not None else None
 
     previous = _run.active_run()
     if previous is not None:
@@ -88,7 +92,9 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     project_name = resolved.project
     check_name("project", project_name)
     run_id = resolved.run_id or context.run_id
-    resume_mode = resolved.resume or context.resume
+    # The context's resume="allow" belongs to the id it derived (a requeued job continues its run); an id
+    # the user chose keeps the user's resume mode.
+    resume_mode = resolved.resume or (context.resume if resolved.run_id is None else None)
     root = os.path.abspath(resolved.root)
     if run_id is not None:
         check_name("run id", run_id)
@@ -189,6 +195,9 @@ def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_d
     run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
               context)
     run._start_capture()
+    _signals.install(run)
+    run._monitor = start_monitor(run_dir, parent_pid=os.getpid(), settings=settings,
+                                 local_rank=context.local_rank, local_world_size=None)
     _run.set_active(run)
     _set_module_globals(run)
     verb = "resuming" if exists else "recording"

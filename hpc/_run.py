@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import _console
+from . import _console, _signals
 from ._context import RunContext
 from ._names import random_id
 from ._settings import Settings
@@ -25,7 +25,7 @@ _SYNC_TIMEOUT_S = 10.0
 _MAX_QUEUED_ROWS = 1_000_000
 _SUMMARY_POLICIES = ("min", "max", "mean", "last")
 _active: Optional["Run"] = None
-_active_lock = threading.Lock()
+_active_lock = threading.RLock()  # re-entrant: a signal handler may finish the run mid-finish
 
 
 class Config(dict):
@@ -172,6 +172,7 @@ class Run:
         self.summary = Summary(self)
         self._hooks = _ExitHooks()
         self._console: Optional[tuple] = None
+        self._monitor: Optional[Any] = None  # the system-metrics process (hpc._stats), started by init
         self._writer.start()
 
     def __repr__(self) -> str:
@@ -294,9 +295,13 @@ class Run:
             if _active is self:
                 _active = None
         self._hooks.uninstall()
+        _signals.uninstall(self)
         if self._console is not None:
             _console.uninstall(self._console)
             self._console = None
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:  # first: system.jsonl is complete before the writer writes exit.json
+            monitor.stop(timeout_s=2.0)
         self._queue.append((FINISH, exit_code, reason, self._dropped))
         self._writer.wake.set()
         self._writer.join(_FINISH_TIMEOUT_S)

@@ -64,6 +64,7 @@ def _resume(name: str, value: Any) -> Optional[str]:
 
 
 def _globs(name: str, value: Any) -> Tuple[str, ...]:
+    """A comma-separated string or a list (globs, tags)."""
     if isinstance(value, str):
         return tuple(g.strip() for g in value.split(",") if g.strip())
     try:
@@ -89,6 +90,8 @@ _ENV: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
     "mode": ("HPCSYNC_MODE", _mode),
     "project": ("HPCSYNC_PROJECT", _text),
     "group": ("HPCSYNC_RUN_GROUP", _text),
+    "job_type": ("HPCSYNC_JOB_TYPE", _text),
+    "tags": ("HPCSYNC_TAGS", _globs),
     "run_id": ("HPCSYNC_RUN_ID", _text),
     "resume": ("HPCSYNC_RESUME", _resume),
     "silent": ("HPCSYNC_SILENT", _bool),
@@ -112,6 +115,8 @@ class Settings:
     mode: str = "offline"
     project: str = "uncategorized"
     group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: Optional[Tuple[str, ...]] = None
     run_id: Optional[str] = None
     resume: Optional[str] = None
     silent: bool = False

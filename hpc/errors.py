@@ -5,7 +5,12 @@ and keeps training alive instead.
 """
 from __future__ import annotations
 
-__all__ = ["HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError"]
+from typing import Optional
+
+__all__ = [
+    "HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError", "MonitorError", "GpuError",
+    "JobWaitTimeout",
+]
 
 
 class HpcError(Exception):
@@ -44,3 +49,34 @@ class FormatVersionError(HpcError):
         self.path = path
         self.found = found
         self.supported = supported
+
+
+class MonitorError(HpcError):
+    """The system-metrics monitor could not start or sample; training goes on without those metrics."""
+
+
+class GpuError(MonitorError):
+    """NVML is missing, failing, or a device went away.
+
+    ``kind`` is a stable short name (``library_not_found``, ``driver_not_loaded``, ``no_permission``,
+    ``gpu_lost``, ``not_supported``, ``bad_visible_devices``, ``nvml_error``) so callers can
+    warn once per kind; ``code`` is NVML's numeric error (None when it did not come from NVML) and
+    ``device`` the CUDA ordinal concerned (None when it concerns NVML as a whole).
+    """
+
+    def __init__(self, kind: str, message: str, *, code: Optional[int] = None, device: Optional[int] = None):
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.device = device
+
+
+class JobWaitTimeout(HpcError, TimeoutError):
+    """A SLURM job (``hpc.slurm.result``) did not finish within the time the caller allowed."""
+
+    def __init__(self, job_id: str, timeout_s: float, state: str):
+        super().__init__(f"job {job_id} did not finish within {timeout_s:g} s (last state {state}): "
+                         "check squeue/sacct, or wait longer")
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.state = state
