@@ -28,6 +28,8 @@ soak: venv
 
 bench: venv
 	$(PY) benchmarks/bench_log.py
+	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_sync.py
 
 clean:
 	rm -rf $(VENV) .demo hpc-runs .pytest_cache

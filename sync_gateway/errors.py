@@ -5,7 +5,8 @@ server rejects, a configuration error), so callers can decide without parsing me
 """
 from __future__ import annotations
 
-__all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError"]
+__all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError", "ConfigError", "FormatError",
+           "ServerError", "LeaseHeld"]
 
 
 class GatewayError(Exception):
@@ -27,3 +28,24 @@ class SourceError(RetryableError):
         super().__init__(f"{root}: {path}: {message}")
         self.root = root
         self.path = path
+
+
+class ConfigError(PermanentError):
+    """The configuration is invalid; the message names the setting to fix."""
+
+
+class FormatError(PermanentError):
+    """A run does not follow docs/run-format.md (e.g. an unknown major version); that run is skipped."""
+
+
+class ServerError(GatewayError):
+    """The tracking server refused a request; ``retryable`` says whether a later pass may succeed."""
+
+    def __init__(self, message: str, status: int = 0, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class LeaseHeld(RetryableError):
+    """Another gateway holds the lease on a root; this one skips that root until the lease expires."""

@@ -1,0 +1,27 @@
+"""Sources of runs: :class:`LocalSource` for a directory, ``SftpSource`` for an ``ssh://`` root."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from .base import FileStat, RunRef, Source
+from .local import LocalSource
+
+if TYPE_CHECKING:
+    from .._settings import Settings
+
+__all__ = ["FileStat", "RunRef", "Source", "LocalSource", "open_source"]
+
+
+def open_source(root: str, settings: "Settings") -> Source:
+    """The source for one configured root: ``ssh://[user@]host[:port]/path`` or a local directory."""
+    if root.startswith("ssh://"):
+        # Imported lazily: paramiko is only needed (extra [remote]) by those who sync over SSH.
+        try:
+            from .sftp import SftpSource  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ConfigError(f"root {root}: ssh:// roots need the SFTP source and paramiko "
+                              f"(pip install 'hpc-sync[gateway,remote]'): {e}") from e
+
+        return SftpSource(root, settings)
+    return LocalSource(root)

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Gateway benchmarks, each against a baseline measured in the same run on the same machine.
+
+1. Throughput: points/s the gateway syncs into a local MLflow server (SQLite) vs that server's ceiling
+   measured with plain sequential ``runs/log-batch`` requests of 1000 points. Target >= 90 %.
+2. RSS: peak resident memory of a ``sync-gateway sync --once`` process syncing a run of --rss-points
+   points (default 5,000,000). Target <= 100 MB.
+3. No-change pass over --runs run directories (default 10,000) vs a bare scandir+stat walk of the same tree.
+   Target <= 1 s. The pass must make no request at all (checked).
+
+    python benchmarks/bench_sync.py                      # everything, full sizes (the RSS part is long)
+    python benchmarks/bench_sync.py --rss-points 500000  # a quicker RSS figure
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, REPO)
+
+import requests  # noqa: E402
+
+import mlflow_server  # noqa: E402
+from sync_gateway._runner import Runner, make_sink  # noqa: E402
+from sync_gateway._settings import Settings  # noqa: E402
+from sync_gateway.sinks.base import Sink  # noqa: E402
+
+TS0 = 1_764_150_000_000
+
+
+def write_run(root: str, project: str, run_id: str, rows: int, keys: int) -> None:
+    d = os.path.join(root, project, run_id)
+    os.makedirs(d)
+    with open(os.path.join(d, "run.json"), "w") as f:
+        json.dump({"format_version": "1.0", "id": run_id, "project": project, "name": run_id, "attempt": 1,
+                   "created_ms": TS0}, f)
+    names = [f"m{k}" for k in range(keys)]
+    with open(os.path.join(d, "history.jsonl"), "w") as f:
+        for i in range(rows):
+            vals = ",".join(f'"{n}":{(i * 7 + k) % 1000 / 7.0!r}' for k, n in enumerate(names))
+            f.write(f'{{"seq":{i},"step":{i},"ts_ms":{TS0 + i},"values":{{{vals}}}}}\n')
+    with open(os.path.join(d, "exit.json"), "w") as f:
+        json.dump({"attempt": 1, "exit_code": 0, "reason": "finished", "end_ms": TS0 + rows}, f)
+
+
+def ceiling(url: str, points: int) -> float:
+    s = requests.Session()
+    s.trust_env = False
+    api = url + "/api/2.0/mlflow"
+    eid = s.post(api + "/experiments/create", json={"name": "ceiling-" + uuid.uuid4().hex[:8]}).json()[
+        "experiment_id"]
+    rid = s.post(api + "/runs/create", json={"experiment_id": eid, "start_time": TS0}).json()["run"]["info"][
+        "run_id"]
+    t0 = time.perf_counter()
+    for b in range(points // 1000):
+        body = {"run_id": rid, "metrics": [
+            {"key": f"m{k % 10}", "value": (b * 1000 + k) / 7.0, "timestamp": TS0 + b * 100 + k // 10,
+             "step": b * 100 + k // 10} for k in range(1000)]}
+        r = s.post(api + "/runs/log-batch", json=body, timeout=60)
+        r.raise_for_status()
+    return points / (time.perf_counter() - t0)
+
+
+def gateway_throughput(url: str, tmp: str, points: int) -> float:
+    root = os.path.join(tmp, "tp-runs")
+    write_run(root, "bench-" + uuid.uuid4().hex[:8], "big", points // 10, 10)
+    settings = Settings(roots=[root], server_url=url, state_dir=os.path.join(tmp, "tp-state"))
+    with Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.points_sent == points, rep
+    return points / dt
+
+
+def rss(url: str, tmp: str, points: int) -> float:
+    root = os.path.join(tmp, "rss-runs")
+    write_run(root, "rss-" + uuid.uuid4().hex[:8], "huge", points // 10, 10)
+    cfg = os.path.join(tmp, "rss.yaml")
+    with open(cfg, "w") as f:
+        json.dump({"roots": [root], "server": {"kind": "mlflow", "url": url},
+                   "state_dir": os.path.join(tmp, "rss-state")}, f)  # JSON is YAML
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once", "--config", cfg],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"the RSS sync failed with exit status {p.returncode}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: this one
+    print(f"   ({points:,} points synced by a separate process in {dt:.1f} s: {points / dt:,.0f} points/s)")
+    return peak_kb / 1024
+
+
+class _Counting(Sink):
+    """Preparation sink for the no-change benchmark: a no-change pass must not call it at all."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _n(self, *a, **k):
+        self.calls += 1
+
+    def find_or_create(self, spec):
+        from sync_gateway.sinks.base import ServerRun
+
+        self.calls += 1
+        return ServerRun(spec.sync_id.replace("/", "_"), "0", "mlflow-artifacts:/0/x/artifacts")
+
+    log_points = set_tags = set_state = upload = _n  # type: ignore[assignment]
+
+    def log_params(self, run, params):  # type: ignore[override]
+        self.calls += 1
+        return {}
+
+    def server_version(self):
+        return "none"
+
+
+def no_change(tmp: str, runs: int) -> None:
+    root = os.path.join(tmp, "many")
+    for i in range(runs):
+        d = os.path.join(root, f"proj{i % 10}", f"run{i:05d}")
+        os.makedirs(d)
+        with open(os.path.join(d, "run.json"), "w") as f:
+            json.dump({"format_version": "1.0", "id": f"run{i:05d}", "project": f"proj{i % 10}", "attempt": 1,
+                       "created_ms": TS0}, f)
+        with open(os.path.join(d, "history.jsonl"), "w") as f:
+            f.write(f'{{"seq":0,"step":0,"ts_ms":{TS0},"values":{{"x":1}}}}\n')
+        with open(os.path.join(d, "exit.json"), "w") as f:
+            json.dump({"attempt": 1, "exit_code": 0, "reason": "finished", "end_ms": TS0}, f)
+    settings = Settings(roots=[root], server_url="http://unused.invalid", state_dir=os.path.join(tmp, "nc-st"))
+    sink = _Counting()
+    with Runner(settings, sink=sink) as r:
+        r.run_pass()
+    sink.calls = 0
+    t0 = time.perf_counter()
+    n = 0
+    for p in os.scandir(root):
+        for r_ in os.scandir(p.path):
+            for e in os.scandir(r_.path):
+                e.stat()
+                n += 1
+    base = time.perf_counter() - t0
+    with Runner(settings, sink=sink) as r:  # a fresh process-like gateway, as a cron pass would be
+        t0 = time.perf_counter()
+        rep = r.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.runs_unchanged == runs and sink.calls == 0, (rep, sink.calls)
+    print(f"3. no-change pass over {runs:,} runs: {dt:.2f} s (target <= 1 s); bare scandir+stat of the same "
+          f"{n:,} files: {base:.2f} s; ratio {dt / base:.1f}x; requests made: {sink.calls}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--points", type=int, default=100_000, help="throughput run size per round")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rss-points", type=int, default=5_000_000)
+    ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "nochange"])
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        if "nochange" not in a.skip:
+            no_change(tmp, a.runs)
+        if a.skip and set(a.skip) >= {"throughput", "rss"}:
+            return 0
+        h = mlflow_server.start(os.path.join(tmp, "mlflow"))
+        try:
+            if "throughput" not in a.skip:
+                # Interleaved rounds, medians: the machine is shared and the database grows as we go,
+                # so neither side may always go first.
+                cs, gs = [], []
+                for i in range(a.rounds):
+                    if i % 2 == 0:
+                        cs.append(ceiling(h.url, a.points))
+                    gs.append(gateway_throughput(h.url, os.path.join(tmp, f"round{i}"), a.points))
+                    if i % 2 == 1:
+                        cs.append(ceiling(h.url, a.points))
+                c, g = statistics.median(cs), statistics.median(gs)
+                print(f"1. throughput ({a.points:,} points, 10 keys, median of {a.rounds} interleaved rounds): "
+                      f"gateway {g:,.0f} points/s; server ceiling (plain log-batch x1000) {c:,.0f} points/s; "
+                      f"ratio {g / c:.0%} (target >= 90 %)\n   rounds: gateway {[round(x) for x in gs]}, "
+                      f"ceiling {[round(x) for x in cs]}")
+            if "rss" not in a.skip:
+                mb = rss(h.url, tmp, a.rss_points)
+                print(f"2. peak RSS syncing {a.rss_points:,} points: {mb:.0f} MB (target <= 100 MB)")
+        finally:
+            mlflow_server.stop(h)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""How run-format data become MLflow names and values (documented in docs/gateway.md).
+
+- Keys MLflow would reject: characters outside ``[/\\w.\\- :]`` become ``_``; empty path segments are
+  dropped, ``.``/``..`` segments become ``_``/``__`` (MLflow refuses names that normalise to another path);
+  keys are cut to 250 characters.
+- Config -> params: nested keys joined with ``.``; values over 6000 characters are cut and end with
+  ``TRUNCATION_MARKER``; the full config is also uploaded as the artifact ``hpc/config.json``.
+- System metrics -> MLflow's own ``system/...`` names (SYSTEM_METRICS, as in docs/metrics.md), so its
+  System Metrics tab shows them; any other key becomes ``system/<key with / replaced by _>``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from functools import lru_cache
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+__all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
+           "run_tags", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
+
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+TRUNCATION_MARKER = "...[truncated by hpc-sync]"
+_BAD = re.compile(r"[^/\w.\- :]")
+
+
+@lru_cache(maxsize=65536)  # a run logs the same few keys millions of times
+def metric_key(key: str) -> str:
+    """A key MLflow accepts (metrics, params and tags share the rule)."""
+    segs = []
+    for seg in _BAD.sub("_", key).split("/"):
+        if seg in (".", ".."):
+            seg = "_" * len(seg)
+        if seg:
+            segs.append(seg)
+    out = "/".join(segs)[:MAX_KEY].rstrip("/")
+    return out or "_"
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def param_value(value: Any) -> str:
+    if isinstance(value, str):
+        s = value
+    elif isinstance(value, bool) or value is None:
+        s = json.dumps(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        s = str(value)
+    else:
+        s = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+    return _cut(s, MAX_PARAM_VALUE)
+
+
+def tag_value(value: Any) -> str:
+    return _cut(value if isinstance(value, str) else json.dumps(value, default=str), MAX_TAG_VALUE)
+
+
+def flatten_config(config: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, str]]:
+    """Yield ``(param key, param value)``; nested dicts are joined with ``.``, lists kept as JSON."""
+    for k, v in config.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            yield from flatten_config(v, key)
+        else:
+            yield metric_key(key), param_value(v)
+
+
+def metric_value(v: Any) -> Optional[float]:
+    """The float MLflow stores for a logged value, or None for values that are not metrics."""
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+#: system.jsonl key -> (MLflow name, factor); ``{i}`` is a GPU ordinal. This is the table of
+#: docs/metrics.md (the monitor's documentation); tests/gateway/test_settings.py checks the two agree.
+SYSTEM_METRICS: Dict[str, Tuple[str, float]] = {
+    "cpu/system_percent": ("system/cpu_utilization_percentage", 1.0),
+    "memory/system_percent": ("system/system_memory_usage_percentage", 1.0),
+    "memory/system_used_bytes": ("system/system_memory_usage_megabytes", 1e-6),
+    "disk/usage_percent": ("system/disk_usage_percentage", 1.0),
+    "disk/used_bytes": ("system/disk_usage_megabytes", 1e-6),
+    "disk/available_bytes": ("system/disk_available_megabytes", 1e-6),
+    "network/sent_bytes": ("system/network_transmit_megabytes", 1e-6),
+    "network/received_bytes": ("system/network_receive_megabytes", 1e-6),
+    "gpu/{i}/utilization_percent": ("system/gpu_{i}_utilization_percentage", 1.0),
+    "gpu/{i}/memory_used_percent": ("system/gpu_{i}_memory_usage_percentage", 1.0),
+    "gpu/{i}/memory_used_bytes": ("system/gpu_{i}_memory_usage_megabytes", 1e-6),
+    "gpu/{i}/power_w": ("system/gpu_{i}_power_usage_watts", 1.0),
+    "gpu/{i}/power_percent": ("system/gpu_{i}_power_usage_percentage", 1.0),
+}
+_GPU = re.compile(r"^gpu/(\d+)/(.+)$")
+
+
+@lru_cache(maxsize=4096)
+def system_metric(name: str) -> Tuple[str, float]:
+    """MLflow's name and unit factor for a monitor metric; any other key: ``system/`` + key, ``/`` -> ``_``."""
+    m = _GPU.match(name)
+    hit = SYSTEM_METRICS.get(f"gpu/{{i}}/{m.group(2)}" if m else name)
+    if hit is None:
+        return metric_key("system/" + name.replace("/", "_")), 1.0
+    return (hit[0].replace("{i}", m.group(1)) if m else hit[0]), hit[1]
+
+
+def run_tags(meta: Dict[str, Any]) -> Dict[str, str]:
+    """MLflow tags for run.json: the ones the UI shows natively, then hpc.* and slurm.*."""
+    t: Dict[str, Any] = {"mlflow.runName": meta.get("name") or meta.get("id"), "mlflow.user": meta.get("user"),
+                         "mlflow.source.name": meta.get("program"), "mlflow.source.type": "LOCAL",
+                         "hpc.project": meta.get("project"), "hpc.group": meta.get("group"),
+                         "hpc.job_type": meta.get("job_type"), "hpc.host": meta.get("host"),
+                         "hpc.attempt": meta.get("attempt"), "hpc.format_version": meta.get("format_version")}
+    git = meta.get("git") or {}
+    if isinstance(git, dict):
+        t["mlflow.source.git.commit"] = git.get("commit")
+        t["mlflow.source.git.branch"] = git.get("branch")
+        t["mlflow.source.git.repoURL"] = git.get("remote")
+    if meta.get("notes"):
+        t["mlflow.note.content"] = meta["notes"]
+    if meta.get("tags"):
+        t["hpc.tags"] = ",".join(str(x) for x in meta["tags"])
+    if meta.get("argv"):
+        t["hpc.argv"] = " ".join(str(a) for a in meta["argv"])
+    for k, v in (meta.get("slurm") or {}).items() if isinstance(meta.get("slurm"), dict) else []:
+        t["slurm." + metric_key(str(k))] = v
+    return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}

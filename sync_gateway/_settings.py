@@ -1,0 +1,187 @@
+"""The gateway's one Settings object, resolved in one place: YAML config file > environment > defaults.
+
+Example config (``~/.config/hpc-sync/gateway.yaml`` by default)::
+
+    roots: [/scratch/alice/hpc-runs, "ssh://login1/scratch/bob/hpc-runs"]
+    server: {kind: mlflow, url: "https://mlflow.lab.example"}
+    tls: {ca_bundle: /etc/lab-ca.pem, client_cert: null, client_key: null, insecure: false, truststore: false}
+    auth: {token_file: ~/.config/hpc-sync/token}     # or username + password_file; mode 0600 required
+    state_dir: ~/.local/state/hpc-sync-gateway
+    interval_s: 30
+    stale_after_s: 300
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "TlsSettings", "AuthSettings", "default_config_path"]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_bundle: Optional[str] = None     # a PEM file or a c_rehash'ed directory; wins over the environment
+    client_cert: Optional[str] = None   # mTLS
+    client_key: Optional[str] = None
+    insecure: bool = False              # turns verification off; warned about on every pass
+    truststore: bool = False            # use the OS trust store (corporate CAs) via the truststore package
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    token_env: Optional[str] = None     # name of an environment variable holding a bearer token
+    token_file: Optional[str] = None    # a file (mode 0600) holding a bearer token
+    username: Optional[str] = None      # basic auth user; the password comes from password_env/file
+    password_env: Optional[str] = None
+    password_file: Optional[str] = None
+
+    def __repr__(self) -> str:  # only names of places, never secrets, but keep it short in logs
+        set_ = [f.name for f in fields(self) if getattr(self, f.name)]
+        return f"AuthSettings({', '.join(set_) or 'none'})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    roots: List[str] = field(default_factory=list)
+    server_kind: str = "mlflow"
+    server_url: Optional[str] = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    state_dir: str = "~/.local/state/hpc-sync-gateway"
+    lease_dir: Optional[str] = None     # default: state_dir; a shared directory when gateways run on 2 hosts
+    lease_ttl_s: float = 600.0
+    interval_s: float = 30.0
+    stale_after_s: float = 300.0
+    timeout_s: float = 30.0             # per HTTP request
+    retries: int = 6                    # per HTTP request, with exponential backoff and jitter
+    batch_points: int = 1000            # MLflow's own ceiling per log-batch
+
+    @property
+    def state_path(self) -> str:
+        return os.path.abspath(os.path.expanduser(self.state_dir))
+
+    @property
+    def lease_path(self) -> str:
+        return os.path.abspath(os.path.expanduser(self.lease_dir or self.state_dir))
+
+    @classmethod
+    def resolve(cls, config_path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+                overrides: Optional[Dict[str, Any]] = None) -> "Settings":
+        """Defaults, then the environment, then the YAML file, then ``overrides`` (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        s = _from_env(cls(), environ)
+        path = config_path or environ.get("HPCSYNC_GATEWAY_CONFIG")
+        explicit = path is not None
+        path = path or default_config_path(environ)
+        if os.path.exists(path):
+            s = _from_yaml(s, path)
+        elif explicit:
+            raise ConfigError(f"config file {path} does not exist; create it or drop --config")
+        if overrides:
+            s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+        return _validated(s)
+
+
+def default_config_path(environ: Mapping[str, str]) -> str:
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "hpc-sync", "gateway.yaml")
+
+
+def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
+    upd: Dict[str, Any] = {}
+    if env.get("HPCSYNC_GATEWAY_ROOTS"):
+        upd["roots"] = [r for r in env["HPCSYNC_GATEWAY_ROOTS"].split(os.pathsep) if r]
+    # MLflow's own variable names, so an existing MLflow setup needs no new configuration.
+    url = env.get("HPCSYNC_SERVER_URL") or env.get("MLFLOW_TRACKING_URI")
+    if url and url.startswith(("http://", "https://")):
+        upd["server_url"] = url
+    for name, key, conv in (("state_dir", "HPCSYNC_GATEWAY_STATE_DIR", str),
+                            ("interval_s", "HPCSYNC_GATEWAY_INTERVAL_S", float),
+                            ("stale_after_s", "HPCSYNC_GATEWAY_STALE_AFTER_S", float)):
+        if env.get(key):
+            try:
+                upd[name] = conv(env[key])
+            except ValueError:
+                raise ConfigError(f"{key}={env[key]!r} is not a valid {name}") from None
+    auth = AuthSettings(
+        token_env="MLFLOW_TRACKING_TOKEN" if env.get("MLFLOW_TRACKING_TOKEN") else None,
+        username=env.get("MLFLOW_TRACKING_USERNAME"),
+        password_env="MLFLOW_TRACKING_PASSWORD" if env.get("MLFLOW_TRACKING_PASSWORD") else None)
+    upd["auth"] = auth
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        upd["tls"] = replace(s.tls, insecure=True)
+    return replace(s, **upd)
+
+
+_TOP = ("roots", "server", "tls", "auth", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
+        "stale_after_s", "timeout_s", "retries", "batch_points")
+
+
+def _check_keys(where: str, got: Mapping[str, Any], valid) -> None:
+    unknown = sorted(set(got) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(valid)}")
+
+
+def _from_yaml(s: Settings, path: str) -> Settings:
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    _check_keys(path, doc, _TOP)
+    upd: Dict[str, Any] = {}
+    for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
+              "retries", "batch_points"):
+        if k in doc:
+            upd[k] = doc[k]
+    if "roots" in doc:
+        roots = doc["roots"]
+        if isinstance(roots, str):
+            roots = [roots]
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+            raise ConfigError(f"{path}: roots must be a list of directories")
+        upd["roots"] = roots
+    server = doc.get("server") or {}
+    _check_keys(f"{path}: server", server, ("kind", "url"))
+    if "kind" in server:
+        upd["server_kind"] = server["kind"]
+    if "url" in server:
+        upd["server_url"] = server["url"]
+    for name, cls_ in (("tls", TlsSettings), ("auth", AuthSettings)):
+        sub = doc.get(name)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{path}: {name} must be a mapping")
+        _check_keys(f"{path}: {name}", sub, [f.name for f in fields(cls_)])
+        # A config auth section replaces the environment's as a whole: mixing the two is confusing.
+        base = getattr(s, name) if name == "tls" else AuthSettings()
+        upd[name] = replace(base, **sub)
+    return replace(s, **upd)
+
+
+def _validated(s: Settings) -> Settings:
+    if s.server_kind != "mlflow":
+        raise ConfigError(f"server.kind {s.server_kind!r} is not supported; valid kinds are: mlflow")
+    if s.server_url and not s.server_url.startswith(("http://", "https://")):
+        raise ConfigError(f"server.url {s.server_url!r} must start with http:// or https://")
+    for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s"):
+        v = getattr(s, k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{k} must be a positive number of seconds, not {v!r}")
+    if not isinstance(s.batch_points, int) or not 1 <= s.batch_points <= 1000:
+        raise ConfigError(f"batch_points must be an integer from 1 to 1000 (MLflow's limit), not {s.batch_points!r}")
+    if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
+        raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
+    for k in ("insecure", "truststore"):
+        if not isinstance(getattr(s.tls, k), bool):
+            raise ConfigError(f"tls.{k} must be true or false")
+    return s

@@ -1,0 +1,185 @@
+"""``sync-gateway``: sync runs to a tracking server once (cron), as a daemon, show status, diagnose.
+
+Exit status of ``sync --once``: 0 everything synced; 1 some run or root failed (see the log and
+``status``); 2 the configuration is invalid.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import List, Optional
+
+from ._format import parse_stream
+from ._runner import Runner
+from ._settings import Settings
+from ._state import StateStore
+from .errors import ConfigError, GatewayError
+from .sources import open_source
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("sync_gateway")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def common_options(defaults: bool) -> argparse.ArgumentParser:
+        # The options work before and after the subcommand; the subcommand's copy must not reset a value
+        # given before it, hence SUPPRESS there.
+        p = argparse.ArgumentParser(add_help=False)
+        kw = {} if defaults else {"default": argparse.SUPPRESS}
+        p.add_argument("--config", help="YAML config (default: ~/.config/hpc-sync/gateway.yaml)", **kw)
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging", **kw)
+        p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar",
+                       **kw)
+        return p
+
+    common = common_options(False)
+    ap = argparse.ArgumentParser(prog="sync-gateway", description=__doc__.split("\n")[0],
+                                 parents=[common_options(True)])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sync", parents=[common], help="one pass over every root (for cron)")
+    s.add_argument("--once", action="store_true", help="one pass, then exit (the only mode of `sync`)")
+    d = sub.add_parser("daemon", parents=[common], help="a pass every --interval-s until SIGTERM")
+    d.add_argument("--interval-s", type=float, help="seconds between passes (config: interval_s)")
+    sub.add_parser("status", parents=[common], help="a table per run: state, records synced, lag, error")
+    sub.add_parser("doctor", parents=[common], help="check config, DNS, TCP, TLS, auth and the server")
+    return ap
+
+
+def _logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # urllib3 logs every retry; the gateway reports the outcome in one line (-v shows the retries).
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args.verbose, args.quiet)
+    try:
+        overrides = {"interval_s": getattr(args, "interval_s", None)}
+        settings = Settings.resolve(args.config, overrides=overrides)
+        if args.cmd == "sync":
+            return _sync(settings, args.quiet)
+        if args.cmd == "daemon":
+            return _daemon(settings)
+        if args.cmd == "status":
+            return _status(settings)
+        from ._doctor import doctor
+
+        return 0 if doctor(settings, args.config, os.environ) else 1
+    except ConfigError as e:
+        print(f"sync-gateway: configuration error: {e}", file=sys.stderr)
+        return 2
+    except GatewayError as e:
+        print(f"sync-gateway: {e}", file=sys.stderr)
+        return 1
+
+
+def _report(rep) -> int:
+    for root, why in rep.roots_skipped.items():
+        log.error("root %s not synced: %s", root, why)
+    if rep.errors:  # each was logged with its reason when it happened
+        keys = sorted(rep.errors)
+        log.error("%d run(s) not fully synced: %s%s", len(keys), ", ".join(keys[:10]),
+                  " ..." if len(keys) > 10 else "")
+    for project, url in sorted(rep.experiments.items()):
+        log.info("experiment %s: %s", project, url)
+    log.info("pass: %d runs seen, %d synced, %d unchanged, %d points sent%s", rep.runs_seen, rep.runs_synced,
+             rep.runs_unchanged, rep.points_sent, f"; aborted: {rep.aborted}" if rep.aborted else "")
+    return 0 if rep.ok else 1
+
+
+def _sync(settings: Settings, quiet: bool) -> int:
+    progress = None
+    if not quiet and sys.stderr.isatty():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                            TextColumn("{task.completed:,.0f} points"), TimeElapsedColumn(), transient=True)
+    task = None
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("syncing", total=None)
+    try:
+        with Runner(settings, on_points=(lambda n: progress.advance(task, n)) if progress else None) as runner:
+            rep = runner.run_pass()
+    finally:
+        if progress is not None:
+            progress.stop()
+    return _report(rep)
+
+
+def _daemon(settings: Settings) -> int:
+    stop = threading.Event()
+
+    def on_term(signum, frame):  # finish the batch in flight (its cursor is committed), then exit
+        log.info("signal %d: finishing the current batch, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    code = 0
+    with Runner(settings) as runner:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                code = _report(runner.run_pass(should_stop=stop.is_set))
+            except (GatewayError, OSError) as e:  # one bad pass (server, full disk) never ends the service
+                log.error("pass failed: %s", e)
+                code = 1
+            stop.wait(max(0.0, settings.interval_s - (time.monotonic() - started)))
+    return 0 if stop.is_set() else code
+
+
+def _status(settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = StateStore(settings.state_path)
+    index = store.load_index()
+    sources = {}
+    for r in settings.roots:
+        try:
+            src = open_source(r, settings)
+            for ref in src.list_runs():
+                sources[ref.key] = (src, ref)
+        except GatewayError as e:
+            log.warning("root %s: %s", r, e)
+    table = Table(title=f"sync-gateway status ({settings.server_url or 'no server'})")
+    for col in ("run", "state", "records synced / on disk", "behind", "last sync", "last error"):
+        table.add_column(col, overflow="fold")
+    now_ms = int(time.time() * 1000)
+    bad = 0
+    for key, st in store.all_run_states().items():
+        synced = sum(c.get("records", 0) for c in st.get("cursors", {}).values())
+        on_disk, behind = synced, 0
+        if key in sources:
+            src, ref = sources[key]
+            try:
+                files = src.scan(ref)
+                for name, cur in st.get("cursors", {}).items():
+                    if name in files and files[name].size_bytes > cur["offset"]:
+                        pending = files[name].size_bytes - cur["offset"]
+                        behind += pending
+                        data = src.read_range(ref, name, cur["offset"], pending)
+                        on_disk += len(parse_stream(data, cur["offset"], None).records)
+            except GatewayError as e:
+                st["last_error"] = st.get("last_error") or str(e)
+        err = st.get("last_error") or (index.get(key) or {}).get("error") or ""
+        bad += bool(err)
+        last = st.get("last_sync_ms")
+        ago = f"{(now_ms - last) / 1000:.0f} s ago" if last else "never"
+        table.add_row(key, st.get("hpc_state") or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, err[:120])
+    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""A root on a local or network-mounted file system (NFS, Lustre, GPFS).
+
+Never follows a link out of the root: every directory and file is checked with ``lstat``, and a link is
+accepted only when its ``realpath`` stays below the root's ``realpath``. A link pointing out is reported
+once (logged) and skipped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat as st
+from typing import Dict, Iterator, Optional, Set
+
+from .._format import NAME_RE
+from ..errors import SourceError
+from .base import FileStat, RunRef, Source
+
+__all__ = ["LocalSource"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+
+class LocalSource(Source):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.display = self.root
+        self._real_root = os.path.realpath(self.root)
+        self._reported: Set[str] = set()
+        #: Paths skipped because a link left the root (for ``status`` and tests).
+        self.escapes: Set[str] = set()
+
+    # -- containment -------------------------------------------------------------------------
+    def _inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == self._real_root or real.startswith(self._real_root + os.sep)
+
+    def _escape(self, path: str) -> None:
+        self.escapes.add(path)
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning("%s is a link pointing out of the root %s: skipped (links out of a root are "
+                        "never followed)", path, self.root)
+
+    def _checked(self, path: str, is_link: bool) -> bool:
+        if is_link and not self._inside(path):
+            self._escape(path)
+            return False
+        return True
+
+    # -- Source ------------------------------------------------------------------------------
+    def list_runs(self) -> Iterator[RunRef]:
+        try:
+            projects = list(os.scandir(self.root))
+        except OSError as e:
+            raise SourceError(self.display, ".", f"cannot list the root: {e.strerror}") from e
+        for p in projects:
+            if not NAME_RE.match(p.name) or not self._checked(p.path, p.is_symlink()):
+                continue
+            try:
+                if not p.is_dir():
+                    continue
+                runs = list(os.scandir(p.path))
+            except OSError:
+                continue  # vanished or unreadable: not a run directory we can sync
+            for r in runs:
+                if not NAME_RE.match(r.name) or not self._checked(r.path, r.is_symlink()):
+                    continue
+                run_json = os.path.join(r.path, "run.json")
+                try:
+                    if not r.is_dir() or not st.S_ISREG(os.lstat(run_json).st_mode):
+                        continue
+                except OSError:
+                    continue
+                yield RunRef(p.name, r.name, r.path)
+
+    def scan(self, run: RunRef) -> Dict[str, FileStat]:
+        try:
+            entries = list(os.scandir(run.location))
+        except OSError as e:
+            raise SourceError(self.display, run.key, f"cannot list the run: {e.strerror}") from e
+        out: Dict[str, FileStat] = {}
+        for e in entries:
+            if e.name.startswith(".tmp-"):
+                continue
+            s = self._stat(e.path, e.is_symlink())
+            if s is not None and st.S_ISREG(s.st_mode):
+                out[e.name] = FileStat(s.st_size, s.st_mtime_ns)
+        return out
+
+    def _stat(self, path: str, is_link: bool) -> Optional[os.stat_result]:
+        if not self._checked(path, is_link):
+            return None
+        try:
+            return os.stat(path)
+        except OSError:
+            return None
+
+    def walk(self, run: RunRef, subdir: str) -> Dict[str, FileStat]:
+        top = os.path.join(run.location, subdir)
+        out: Dict[str, FileStat] = {}
+        try:
+            top_st = os.lstat(top)  # one system call for the common case: the directory does not exist
+        except OSError:
+            return out
+        if not self._checked(top, st.S_ISLNK(top_st.st_mode)) or not os.path.isdir(top):
+            return out
+        # os.walk does not descend into linked directories (followlinks=False); linked files are checked.
+        for d, dirs, files in os.walk(top):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                path = os.path.join(d, name)
+                s = self._stat(path, os.path.islink(path))
+                if s is not None and st.S_ISREG(s.st_mode):
+                    rel = os.path.relpath(path, run.location).replace(os.sep, "/")
+                    out[rel] = FileStat(s.st_size, s.st_mtime_ns)
+            for name in list(dirs):
+                if os.path.islink(os.path.join(d, name)):
+                    dirs.remove(name)
+        return out
+
+    def _open_path(self, run: RunRef, name: str) -> Optional[str]:
+        path = os.path.join(run.location, *name.split("/"))
+        if ".." in name.split("/") or not self._inside(path):
+            self._escape(path)
+            return None
+        return path
+
+    def read_range(self, run: RunRef, name: str, offset: int, length: int) -> bytes:
+        path = self._open_path(run, name)
+        if path is None:
+            raise SourceError(self.display, f"{run.key}/{name}", "links out of the root; not read")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except OSError as e:
+            raise SourceError(self.display, f"{run.key}/{name}", e.strerror or str(e)) from e
+
+    def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
+        path = self._open_path(run, name)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SourceError(self.display, f"{run.key}/{name}", e.strerror or str(e)) from e
