@@ -30,6 +30,7 @@ bench: venv
 	$(PY) benchmarks/bench_log.py
 	$(PY) benchmarks/bench_monitor.py
 	$(PY) benchmarks/bench_sync.py
+	$(PY) benchmarks/bench_sftp.py
 
 clean:
 	rm -rf $(VENV) .demo hpc-runs .pytest_cache

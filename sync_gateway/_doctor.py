@@ -61,7 +61,15 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
     add(True, "config", f"{config_path or 'no config file'}; state_dir={settings.state_path}")
     for r in settings.roots:
         if r.startswith("ssh://"):
-            add(True, "root", f"{r} (remote: checked by the first sync)")
+            try:
+                from .sources.sftp import check_ssh_root
+            except ImportError as e:  # paramiko is the [remote] extra
+                add(False, "root", f"{r}: ssh roots need paramiko ({e}): pip install 'hpc-sync[remote]'")
+                continue
+            for c in check_ssh_root(r, known_hosts=settings.ssh.known_hosts, ssh_config=settings.ssh.config,
+                                    identity_file=settings.ssh.identity_file,
+                                    connect_timeout_s=settings.ssh.connect_timeout_s):
+                add(c.ok, f"ssh {c.name}", c.message)
         else:
             p = os.path.expanduser(r)
             add(os.path.isdir(p) and os.access(p, os.R_OK | os.X_OK), "root",

@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "TlsSettings", "AuthSettings", "default_config_path"]
+__all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,26 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SshSettings:
+    """For ``ssh://`` roots (docs/remote.md); unset fields take OpenSSH's defaults (~/.ssh/...)."""
+
+    known_hosts: Optional[str] = None   # host keys are always verified; an unknown or changed key is refused
+    config: Optional[str] = None        # an ssh_config file: Host aliases, User, Port, IdentityFile, ProxyJump
+    identity_file: Optional[str] = None
+    allow_agent: bool = True
+    connect_timeout_s: float = 10.0
+    keepalive_s: float = 30.0
+    io_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     roots: List[str] = field(default_factory=list)
     server_kind: str = "mlflow"
     server_url: Optional[str] = None
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ssh: SshSettings = field(default_factory=SshSettings)
     state_dir: str = "~/.local/state/hpc-sync-gateway"
     lease_dir: Optional[str] = None     # default: state_dir; a shared directory when gateways run on 2 hosts
     lease_ttl_s: float = 600.0
@@ -118,7 +132,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
     return replace(s, **upd)
 
 
-_TOP = ("roots", "server", "tls", "auth", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
+_TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
         "stale_after_s", "timeout_s", "retries", "batch_points")
 
 
@@ -155,7 +169,7 @@ def _from_yaml(s: Settings, path: str) -> Settings:
         upd["server_kind"] = server["kind"]
     if "url" in server:
         upd["server_url"] = server["url"]
-    for name, cls_ in (("tls", TlsSettings), ("auth", AuthSettings)):
+    for name, cls_ in (("tls", TlsSettings), ("auth", AuthSettings), ("ssh", SshSettings)):
         sub = doc.get(name)
         if sub is None:
             continue
@@ -163,7 +177,7 @@ def _from_yaml(s: Settings, path: str) -> Settings:
             raise ConfigError(f"{path}: {name} must be a mapping")
         _check_keys(f"{path}: {name}", sub, [f.name for f in fields(cls_)])
         # A config auth section replaces the environment's as a whole: mixing the two is confusing.
-        base = getattr(s, name) if name == "tls" else AuthSettings()
+        base = AuthSettings() if name == "auth" else getattr(s, name)
         upd[name] = replace(base, **sub)
     return replace(s, **upd)
 

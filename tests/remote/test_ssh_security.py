@@ -219,3 +219,28 @@ def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK")
     with pytest.raises(SshAuthError, match="no usable SSH key.*id_ed25519 does not exist.*no ssh-agent"):
         list(SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull).list_runs())
+
+
+def test_gateway_doctor_checks_ssh_roots_with_the_configs_ssh_section(sshd, root, tmp_path, no_agent, capsys):
+    import yaml
+
+    from sync_gateway.cli import main as gateway_main
+
+    config = tmp_path / "gateway.yaml"
+
+    def doctor(known_hosts):
+        config.write_text(yaml.safe_dump({
+            "roots": [sshd.url(root)], "server": {"kind": "mlflow", "url": "http://127.0.0.1:9"},
+            "state_dir": str(tmp_path / "state"),
+            "ssh": {"known_hosts": known_hosts, "config": os.devnull, "identity_file": sshd.identity_file,
+                    "connect_timeout_s": 5}}))
+        gateway_main(["doctor", "--config", str(config)])  # the server part fails: nothing listens on :9
+        return capsys.readouterr().out
+
+    out = doctor(sshd.known_hosts)
+    for step in ("reachable", "host key", "auth", "path"):
+        assert f"[ok] ssh {step}" in out, out
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    out = doctor(str(empty))
+    assert "[FAIL] ssh host key" in out and "ssh-keyscan" in out and "[ok] ssh auth" not in out
