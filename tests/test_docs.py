@@ -1,6 +1,6 @@
 """Every command shown in README.md and docs/ is executed by a test, so the docs cannot rot.
 
-Each fenced block in bash, sh or python is preceded by a directive comment:
+Every fenced block names its language. Each block in bash, sh or python is preceded by a directive comment:
 
     <!-- test: run -->                         this test runs the block (bash with `set -euo pipefail` in a
                                                scratch directory with HPCSYNC_DIR set; python in a fresh
@@ -39,7 +39,7 @@ def blocks():
         text = open(path, encoding="utf-8").read()
         for match in FENCE.finditer(text):
             language = (match.group(1) or "").lower()
-            if language not in COMMAND_LANGUAGES:
+            if language not in COMMAND_LANGUAGES and language:
                 continue
             before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
             line = text[: match.start()].count("\n") + 1
@@ -77,6 +77,7 @@ def test_doc_commands(path, tmp_path):
         if block_path != path:
             continue
         where = f"{os.path.relpath(path, REPO)}:{line}"
+        assert language, f"{where}: a code block without a language: tag it (text, bash, python, yaml, ...)"
         assert directive, (f"{where}: a {language} block without a `<!-- test: run -->` or "
                            "`<!-- test: covered-by PATH -->` comment right above it")
         kind, argument = directive.group(1), directive.group(2)
