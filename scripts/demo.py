@@ -146,7 +146,8 @@ def main(argv=None) -> int:
         with open(config, "w") as f:
             json.dump({"roots": [root], "server": {"kind": "mlflow", "url": url},
                        "state_dir": os.path.join(DEMO, "gateway-state")}, f)  # JSON is YAML
-        print("== 3. sync-gateway sync --once", flush=True)
+        print("== 3. sync-gateway doctor, then sync --once", flush=True)
+        subprocess.run([os.path.join(bindir, "sync-gateway"), "doctor", "--config", config], check=True)
         done = subprocess.run([os.path.join(bindir, "sync-gateway"), "sync", "--once", "--config", config])
         if done.returncode != 0:
             print(f"sync-gateway exited with {done.returncode}", file=sys.stderr)
