@@ -52,17 +52,7 @@ chmod 0755 "$STATE" "$RUN" "$LOG"
 chmod 0700 "$ETC" "$DB"
 export SLURM_CONF="$ETC/slurm.conf"
 
-# ---- process helpers: a PID counts only when it is alive, not a zombie, and runs the expected program.
-alive() {  # alive NAME -> 0 when $RUN/NAME.pid names a live NAME process
-    local name="$1" pid stat
-    [ -s "$RUN/$name.pid" ] || return 1
-    pid="$(tr -dc 0-9 < "$RUN/$name.pid")"
-    [ -n "$pid" ] || return 1
-    stat="$(ps -o stat= -p "$pid" 2>/dev/null | tr -d ' ')" || return 1
-    [ -n "$stat" ] || return 1
-    case "$stat" in Z*) return 1 ;; esac
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]
-}
+. "$(dirname "$0")/_common.sh"  # pid_of, alive
 
 wait_for() {  # wait_for WHAT COMMAND... : retry COMMAND every 0.2 s for at most WAIT_S seconds
     local what="$1"; shift
