@@ -22,13 +22,11 @@ from _runs import append, record, write_document, write_run
 
 from support import need
 
-pytest.importorskip("sync_gateway._runner", reason="the gateway (issue 5) is not on this branch yet")
-
-from sync_gateway._runner import Runner, make_sink  # noqa: E402
-from sync_gateway._settings import Settings  # noqa: E402
-from sync_gateway.sources import open_source  # noqa: E402
-from sync_gateway.sources.local import LocalSource  # noqa: E402
-from sync_gateway.sources.sftp import SftpSource  # noqa: E402
+from sync_gateway._runner import Runner, make_sink
+from sync_gateway._settings import Settings
+from sync_gateway.sources import open_source
+from sync_gateway.sources.local import LocalSource
+from sync_gateway.sources.sftp import SftpSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
