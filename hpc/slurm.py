@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _format as fmt
+from ._settings import Settings
 from .errors import JobWaitTimeout, UsageError
 
 __all__ = ["slurm_job", "SlurmFunction", "result", "valid_parameters", "TRACKING_PARAMETERS"]
@@ -36,9 +37,8 @@ __all__ = ["slurm_job", "SlurmFunction", "result", "valid_parameters", "TRACKING
 TRACKING_PARAMETERS = ("project", "group", "job_type", "tags", "root")
 _EXECUTOR_PARAMETERS = ("folder", "max_num_timeout")
 _DEFAULT_FOLDER = os.path.join("hpc-submitit", "%j")
-# Tracking parameter -> environment variable read by hpc.init (hpc/_settings.py resolves them).
-_ENV = {"project": "HPCSYNC_PROJECT", "group": "HPCSYNC_RUN_GROUP", "job_type": "HPCSYNC_JOB_TYPE",
-        "tags": "HPCSYNC_TAGS", "root": "HPCSYNC_DIR"}
+# Tracking parameter -> the environment variable hpc.init reads for it, named in one place (Settings).
+_ENV = {name: Settings.env_var(name) for name in TRACKING_PARAMETERS}
 
 
 def _submitit() -> Any:
