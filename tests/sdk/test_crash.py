@@ -19,7 +19,8 @@ from support import soak_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLUSH_INTERVAL_S = 0.2
-MARGIN_S = 1.0  # the writer polls every 0.1 s; a loaded 2-core machine can delay a thread further
+MARGIN_S = 1.0
+KILLS = soak_count(20, 200)  # the writer polls every 0.1 s; a loaded 2-core machine can delay a thread further
 
 CHILD = f"""
 import sys, time, hpc
@@ -41,7 +42,7 @@ def read_lines(path):
 
 @pytest.mark.faults
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-    kills = soak_count(20, 200)
+    kills = KILLS
     rng = random.Random(1234)
     env = {**os.environ, "PYTHONPATH": REPO, "HPCSYNC_DIR": str(tmp_path), "HPCSYNC_CONSOLE": "off",
            "HPCSYNC_STATS": "off"}
