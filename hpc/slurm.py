@@ -32,7 +32,7 @@ from . import _format as fmt
 from ._settings import Settings
 from .errors import JobWaitTimeout, UsageError
 
-__all__ = ["slurm_job", "SlurmFunction", "result", "valid_parameters", "TRACKING_PARAMETERS"]
+__all__ = ["slurm_job", "SlurmFunction", "result", "results", "valid_parameters", "TRACKING_PARAMETERS"]
 
 TRACKING_PARAMETERS = ("project", "group", "job_type", "tags", "root")
 _EXECUTOR_PARAMETERS = ("folder", "max_num_timeout")
@@ -246,9 +246,21 @@ def result(job: Any, timeout_s: float, poll_s: float = 1.0, sleep: Callable[[flo
            clock: Callable[[], float] = time.monotonic) -> Any:
     """``job.result()`` with a bound: submitit's own ``result()`` waits forever (for example on a job that
     died without a result file while ``sacct`` cannot answer). Raises :class:`hpc.errors.JobWaitTimeout`."""
+    _wait(job, timeout_s, poll_s, sleep, clock)
+    return job.result()
+
+
+def results(job: Any, timeout_s: float, poll_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+            clock: Callable[[], float] = time.monotonic) -> List[Any]:
+    """``job.results()`` with a bound: one result per task of a multi-task job (``tasks_per_node > 1``)."""
+    _wait(job, timeout_s, poll_s, sleep, clock)
+    return job.results()
+
+
+def _wait(job: Any, timeout_s: float, poll_s: float, sleep: Callable[[float], None],
+          clock: Callable[[], float]) -> None:
     deadline = clock() + timeout_s
     while not job.done():
         if clock() >= deadline:
             raise JobWaitTimeout(str(job.job_id), timeout_s, str(getattr(job, "state", "unknown")))
         sleep(poll_s)
-    return job.result()

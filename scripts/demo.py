@@ -74,7 +74,7 @@ def slurm_node_cpus() -> int:
 
 
 def run_experiment(root: str, ranks: int, steps: int, force_local: bool) -> str:
-    from hpc.slurm import result, slurm_job
+    from hpc.slurm import results, slurm_job
 
     on_slurm = not force_local and slurm_available()
     if on_slurm:
@@ -88,7 +88,7 @@ def run_experiment(root: str, ranks: int, steps: int, force_local: bool) -> str:
     print(f"== 2. a {ranks}-rank experiment on {'SLURM' if on_slurm else 'submitit local executor'}, "
           f"logging offline to {root}", flush=True)
     job = job_fn.submit(steps) if on_slurm else job_fn.local(steps)
-    ids = job.results() if hasattr(job, "results") else [result(job, timeout_s=300)]
+    ids = results(job, timeout_s=300)  # one run id per rank
     print(f"   job {job.job_id} finished: runs {', '.join(ids)}")
     return str(job.job_id)
 

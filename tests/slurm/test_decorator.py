@@ -157,6 +157,9 @@ class FakeJob:
     def result(self):
         return "ok"
 
+    def results(self):
+        return ["ok", "ok too"]
+
 
 def test_result_is_bounded():
     from hpc.slurm import result
@@ -171,3 +174,16 @@ def test_result_is_bounded():
     with pytest.raises(JobWaitTimeout, match="job 42 did not finish within 5 s .*RUNNING"):
         result(FakeJob(done_after=100), timeout_s=5, sleep=sleep, clock=clock)
     assert isinstance(JobWaitTimeout("1", 1, "x"), TimeoutError)
+
+
+def test_results_of_a_multi_task_job_are_bounded_too():
+    from hpc.slurm import results
+
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    assert results(FakeJob(done_after=2), timeout_s=10, sleep=sleep, clock=lambda: now[0]) == ["ok", "ok too"]
+    with pytest.raises(JobWaitTimeout):
+        results(FakeJob(done_after=100), timeout_s=5, sleep=sleep, clock=lambda: now[0])
