@@ -22,7 +22,7 @@ from ._values import plain_config
 from ._writer import Stream
 from .errors import ResumeError, UsageError
 
-__all__ = ["init", "prepare_run_dir", "Prepared", "check_name"]
+__all__ = ["init", "prepare_run_dir", "Prepared", "check_name", "check_resume", "load_summary_state"]
 
 
 def _new_meta(settings: Settings, run_id: str, name: str, group: Optional[str], job_type: Optional[str],
@@ -103,14 +103,7 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
         while os.path.exists(os.path.join(root, project_name, run_id)):
             run_id = random_id()
     run_dir = os.path.join(root, project_name, run_id)
-    meta_path = os.path.join(run_dir, fmt.RUN_JSON)
-    exists = os.path.isfile(meta_path)
-    if exists and resume_mode in (None, "never"):
-        raise ResumeError(run_dir, f"run {project_name}/{run_id} already exists in {run_dir}: pass "
-                          "resume='allow' to continue it, or use another id")
-    if not exists and resume_mode == "must":
-        raise ResumeError(run_dir, f"resume='must' but run {project_name}/{run_id} does not exist in "
-                          f"{root}: check the id, the project and HPCSYNC_DIR")
+    exists = check_resume(run_dir, resume_mode)
 
     try:
         return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, group, job_type,
@@ -122,6 +115,26 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
         run = DisabledRun(resolved, config, name)
         _set_module_globals(run)
         return run
+
+
+def check_resume(run_dir: str, resume_mode: Optional[str]) -> bool:
+    """Whether the run exists; ResumeError when that contradicts the resume mode."""
+    exists = os.path.isfile(os.path.join(run_dir, fmt.RUN_JSON))
+    project_and_id = "/".join(run_dir.rstrip(os.sep).split(os.sep)[-2:])
+    if exists and resume_mode in (None, "never"):
+        raise ResumeError(run_dir, f"run {project_and_id} already exists in {run_dir}: pass "
+                          "resume='allow' to continue it, or use another id")
+    if not exists and resume_mode == "must":
+        raise ResumeError(run_dir, f"resume='must' but run {project_and_id} does not exist in "
+                          f"{os.path.dirname(os.path.dirname(run_dir))}: check the id, the project and HPCSYNC_DIR")
+    return exists
+
+
+def load_summary_state(run_dir: str) -> Dict[str, Any]:
+    """What the writer needs to continue a run's summary: last values, accumulators, values set by hand."""
+    previous = fmt.read_json(os.path.join(run_dir, fmt.SUMMARY)) or {}
+    return {"last": previous.get("last", {}), "acc": previous.get("accumulators", {}),
+            "manual": {k: previous.get("values", {}).get(k) for k in previous.get("set_by_hand", [])}}
 
 
 @dataclass
@@ -144,9 +157,7 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
     if exists:
         meta = fmt.read_json(os.path.join(run_dir, fmt.RUN_JSON)) or {}
         fmt.check_version(meta, run_dir)
-        previous = fmt.read_json(os.path.join(run_dir, fmt.SUMMARY)) or {}
-        summary_state = {"last": previous.get("last", {}), "acc": previous.get("accumulators", {}),
-                         "manual": {k: previous.get("values", {}).get(k) for k in previous.get("set_by_hand", [])}}
+        summary_state = load_summary_state(run_dir)
         config_doc = fmt.read_json(os.path.join(run_dir, fmt.CONFIG)) or {}
         for key, value in (("name", name), ("group", settings.group or group), ("job_type", job_type),
                            ("notes", notes)):

@@ -13,15 +13,14 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _format as fmt
-from ._code import capture_git
 from ._context import detect
-from ._init import check_name, prepare_run_dir
+from ._init import check_name, check_resume, load_summary_state, prepare_run_dir
 from ._names import random_id
 from ._settings import Settings
 from ._terminal import Terminal
 from ._values import key_problem
 from ._writer import ROW, Stream, Writer
-from .errors import ResumeError, UsageError
+from .errors import UsageError
 
 __all__ = ["start", "log", "finish", "parse_pairs"]
 
@@ -60,9 +59,7 @@ def _writer_for(run_dir: str, settings: Settings, terminal: Terminal) -> Writer:
     exit_doc = fmt.read_json(os.path.join(run_dir, fmt.EXIT))
     if exit_doc and exit_doc.get("attempt") == meta.get("attempt"):
         raise UsageError(f"run {meta.get('id')} is finished: start a new one with `hpc run start`")
-    previous = fmt.read_json(os.path.join(run_dir, fmt.SUMMARY)) or {}
-    summary_state = {"last": previous.get("last", {}), "acc": previous.get("accumulators", {}),
-                     "manual": {k: previous.get("values", {}).get(k) for k in previous.get("set_by_hand", [])}}
+    summary_state = load_summary_state(run_dir)
     history = Stream(os.path.join(run_dir, fmt.HISTORY), terminal)
     history.open()
     config = fmt.read_json(os.path.join(run_dir, fmt.CONFIG)) or {}
@@ -78,26 +75,14 @@ def start(settings: Settings, name: Optional[str], job_type: Optional[str], conf
     check_name("project", settings.project)
     check_name("run id", run_id)
     run_dir = os.path.join(os.path.abspath(settings.root), settings.project, run_id)
-    exists = os.path.isfile(os.path.join(run_dir, fmt.RUN_JSON))
-    resume = settings.resume or context.resume
-    if exists and resume in (None, "never"):
-        raise ResumeError(run_dir, f"run {settings.project}/{run_id} already exists: pass --resume allow")
-    if not exists and resume == "must":
-        raise ResumeError(run_dir, f"run {settings.project}/{run_id} does not exist in {settings.root}")
+    exists = check_resume(run_dir, settings.resume or (context.resume if settings.run_id is None else None))
     ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, settings.group,
                             job_type, config, tags, notes)
     ready.history.close()
     writer = Writer(run_dir, ready.meta, ready.history, settings, terminal, ready.summary_state, ready.config,
                     capture_code=False)
     if not settings.disable_code:
-        git, diff = capture_git(os.getcwd(), settings.ignore_globs)
-        if git is not None:
-            ready.meta["git"] = git
-            fmt.atomic_write_json(os.path.join(run_dir, fmt.RUN_JSON), ready.meta)
-            if diff:
-                os.makedirs(os.path.join(run_dir, fmt.CODE_DIR), exist_ok=True)
-                with open(os.path.join(run_dir, fmt.CODE_DIR, "diff.patch"), "w", encoding="utf-8") as f:
-                    f.write(diff)
+        writer._capture()  # the SDK's own code capture, here synchronously
     writer._heartbeat()
     return run_dir
 
