@@ -11,9 +11,9 @@ from typing import Any, Callable, Dict
 __all__ = ["MAX_KEY_CHARS", "flatten_row", "key_problem", "plain_config"]
 
 MAX_KEY_CHARS = 250
-_SCALARS = (int, float, bool, str)
+_SCALARS = (bool, int, float, str)  # bool first: it is a subclass of int
 _NOT_CONVERTIBLE = object()
-_FAST = frozenset((int, float, bool, str))
+_FAST = frozenset(_SCALARS)
 
 
 def key_problem(key: Any) -> str:
@@ -29,12 +29,11 @@ def key_problem(key: Any) -> str:
 
 def _convert(value: Any) -> Any:
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in _FAST:
         return value
-    if isinstance(value, _SCALARS):  # subclasses: numpy.float64 is a float, IntEnum an int
-        return bool(value) if isinstance(value, bool) else (
-            float(value) if isinstance(value, float) else (int(value) if isinstance(value, int) else str(value))
-        )
+    for base in _SCALARS:  # subclasses: numpy.float64 is a float, an IntEnum an int
+        if isinstance(value, base):
+            return base(value)
     if isinstance(value, (list, tuple)):
         items = [_convert(v) for v in value]
         if all(type(v) in (int, float) for v in items):
@@ -49,7 +48,7 @@ def _convert(value: Any) -> Any:
             converted = item()  # numpy scalars, 0-d arrays, one-element tensors
         except (ValueError, TypeError, RuntimeError):
             return _NOT_CONVERTIBLE
-        if type(converted) in _SCALARS:
+        if type(converted) in _FAST:
             return converted
     return _NOT_CONVERTIBLE
 
@@ -62,14 +61,8 @@ def flatten_row(
         if not prefix and type(value) in _FAST:  # the common row: flat numbers, checked in log()
             out[key] = value
             continue
-        if prefix:
-            problem = key_problem(key) if not isinstance(key, str) or not key else ""
-            full = f"{prefix}{key}"
-            if not problem and len(full) > MAX_KEY_CHARS:
-                problem = key_problem(full)
-        else:
-            full = key
-            problem = ""
+        full = f"{prefix}{key}" if prefix else key
+        problem = (key_problem(key) or key_problem(full)) if prefix else ""  # top-level keys: log() checked
         if problem:
             reject(str(full), problem)
             continue
@@ -90,7 +83,7 @@ def plain_config(value: Any) -> Any:
         return {str(k): plain_config(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain_config(v) for v in value]
-    if value is None or type(value) in _SCALARS:
+    if value is None or type(value) in _FAST:
         return value
     converted = _convert(value)
     if converted is not _NOT_CONVERTIBLE:
