@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import _format as fmt
+from .errors import HpcError
 
 __all__ = ["RunInfo", "iter_runs", "find_run", "read_history", "run_state", "DEFAULT_STALE_AFTER_S"]
 
@@ -82,9 +83,7 @@ def iter_runs(root: str, project: Optional[str] = None) -> Iterator[Tuple[str, A
                 continue
             try:
                 yield path, load_run(path)
-            except (OSError, ValueError) as err:  # FormatVersionError is an HpcError, below
-                yield path, err
-            except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
+            except (OSError, ValueError, HpcError) as err:  # one bad run must not hide the others
                 yield path, err
 
 
