@@ -106,7 +106,7 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     exists = check_resume(run_dir, resume_mode)
 
     try:
-        return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, group, job_type,
+        return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, job_type,
                          config, tags, notes)
     except OSError as err:
         # Training goes on without tracking rather than dying at start on a storage problem.
@@ -149,7 +149,7 @@ class Prepared:
 
 
 def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
-                    exists: bool, name: Optional[str], group: Optional[str], job_type: Optional[str],
+                    exists: bool, name: Optional[str], job_type: Optional[str],
                     config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Prepared:
     """Create or resume the directory: repair the history's torn tail, start a new attempt in run.json."""
     summary_state: Dict[str, Any] = {}
@@ -159,7 +159,7 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
         fmt.check_version(meta, run_dir)
         summary_state = load_summary_state(run_dir)
         config_doc = fmt.read_json(os.path.join(run_dir, fmt.CONFIG)) or {}
-        for key, value in (("name", name), ("group", settings.group or group), ("job_type", job_type),
+        for key, value in (("name", name), ("group", settings.group), ("job_type", job_type),
                            ("notes", notes)):
             if value is not None:
                 meta[key] = value
@@ -169,7 +169,7 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
         meta["argv"] = list(sys.argv)
     else:
         meta = _new_meta(settings, run_id, name or context.name or random_name(),
-                         settings.group or group or context.group, job_type or context.job_type,
+                         settings.group or context.group, job_type or context.job_type,
                          list(tags or []), notes or "", context)
         os.makedirs(run_dir, exist_ok=True)
     if config:
@@ -199,9 +199,9 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
 
 
 def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
-              exists: bool, name: Optional[str], group: Optional[str], job_type: Optional[str],
+              exists: bool, name: Optional[str], job_type: Optional[str],
               config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Run:
-    ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, group, job_type,
+    ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, job_type,
                             config, tags, notes)
     run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
               context)

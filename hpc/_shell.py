@@ -76,7 +76,7 @@ def start(settings: Settings, name: Optional[str], job_type: Optional[str], conf
     check_name("run id", run_id)
     run_dir = os.path.join(os.path.abspath(settings.root), settings.project, run_id)
     exists = check_resume(run_dir, settings.resume or (context.resume if settings.run_id is None else None))
-    ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, settings.group,
+    ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name,
                             job_type, config, tags, notes)
     ready.history.close()
     writer = Writer(run_dir, ready.meta, ready.history, settings, terminal, ready.summary_state, ready.config,
