@@ -66,12 +66,17 @@ def test_array_of_three_tasks_is_three_runs_in_one_group(workdir):
     assert {m["slurm"]["array_job_id"] for m in metas} == {job}
 
 
-def test_requeue_continues_the_same_run(workdir):
-    env = job_env(workdir, STEPS="40", SLEEP_S="0.25")
-    job = sbatch(workdir, "preemptible.sh", env, "--job-name", HOSTILE_JOB_NAME)
+def start_preemptible(workdir, steps, logged, extra=()):
+    """Submit slurm_examples/preemptible.sh; return (job id, root, run dir) once it has logged some rows."""
+    job = sbatch(workdir, "preemptible.sh", job_env(workdir, STEPS=str(steps), SLEEP_S="0.25"), *extra)
     root = workdir / "runs root"
     run_dir = wait_until(lambda: next(iter(runs(root).values()), None), WAIT_S, "the run to appear")
-    wait_until(lambda: len(history(run_dir)) >= 5, WAIT_S, "five logged steps")
+    wait_until(lambda: len(history(run_dir)) >= logged, WAIT_S, f"{logged} logged steps")
+    return job, root, run_dir
+
+
+def test_requeue_continues_the_same_run(workdir):
+    job, root, run_dir = start_preemptible(workdir, steps=40, logged=5, extra=("--job-name", HOSTILE_JOB_NAME))
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
     assert wait_job(job) == {job: "COMPLETED"}, job_output(workdir)
 
@@ -92,11 +97,7 @@ def test_requeue_continues_the_same_run(workdir):
 
 def test_requeue_closes_the_first_attempt_as_preempted(workdir):
     """Between the SIGTERM of `scontrol requeue` and the restart (10-12 s here), exit.json says preempted."""
-    env = job_env(workdir, STEPS="60", SLEEP_S="0.25")
-    job = sbatch(workdir, "preemptible.sh", env)
-    root = workdir / "runs root"
-    run_dir = wait_until(lambda: next(iter(runs(root).values()), None), WAIT_S, "the run to appear")
-    wait_until(lambda: len(history(run_dir)) >= 3, WAIT_S, "three logged steps")
+    job, root, run_dir = start_preemptible(workdir, steps=60, logged=3)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
 
     def first_exit():
@@ -117,11 +118,7 @@ def test_requeue_closes_the_first_attempt_as_preempted(workdir):
 
 
 def test_usr1_from_sbatch_signal_requeues_through_the_users_handler(workdir):
-    env = job_env(workdir, STEPS="40", SLEEP_S="0.25")
-    job = sbatch(workdir, "preemptible.sh", env)
-    root = workdir / "runs root"
-    run_dir = wait_until(lambda: next(iter(runs(root).values()), None), WAIT_S, "the run to appear")
-    wait_until(lambda: len(history(run_dir)) >= 3, WAIT_S, "three logged steps")
+    job, root, run_dir = start_preemptible(workdir, steps=40, logged=3)
     # What --signal=USR1@60 sends to the step 60 s before the time limit.
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=60)
     assert wait_job(job) == {job: "COMPLETED"}, job_output(workdir)
