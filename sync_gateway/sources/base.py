@@ -6,8 +6,20 @@ from an SSH server. All paths given to a source are relative to one run director
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
+
+__all__ = ["FileStat", "RunRef", "Source", "is_run_name"]
+
+# docs/run-format.md section 1: the names of project and run directories. fullmatch, not match + "$":
+# "$" also matches before a trailing newline, which would accept a directory named "run\n".
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_run_name(name: str) -> bool:
+    """Whether ``name`` may be a project or run directory of a root (anything else is not a run)."""
+    return _NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ import os
 import stat as st
 from typing import Dict, Iterator, Optional, Set
 
-from .._format import NAME_RE
 from ..errors import SourceError
-from .base import FileStat, RunRef, Source
+from .base import FileStat, RunRef, Source, is_run_name
 
 __all__ = ["LocalSource"]
 
@@ -55,7 +54,7 @@ class LocalSource(Source):
         except OSError as e:
             raise SourceError(self.display, ".", f"cannot list the root: {e.strerror}") from e
         for p in projects:
-            if not NAME_RE.match(p.name) or not self._checked(p.path, p.is_symlink()):
+            if not is_run_name(p.name) or not self._checked(p.path, p.is_symlink()):
                 continue
             try:
                 if not p.is_dir():
@@ -64,7 +63,7 @@ class LocalSource(Source):
             except OSError:
                 continue  # vanished or unreadable: not a run directory we can sync
             for r in runs:
-                if not NAME_RE.match(r.name) or not self._checked(r.path, r.is_symlink()):
+                if not is_run_name(r.name) or not self._checked(r.path, r.is_symlink()):
                     continue
                 run_json = os.path.join(r.path, "run.json")
                 try:

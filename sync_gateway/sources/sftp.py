@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import re
 import stat as stat_mod
 import threading
 import time
@@ -34,7 +33,7 @@ from ._pipeline import listdirs, pipelined_supported
 from ._pipeline import read_range as pipelined_read
 from ._ssh import (ConnectionPool, SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
                    SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
-from .base import FileStat, RunRef, Source
+from .base import FileStat, RunRef, Source, is_run_name
 
 __all__ = [
     "SftpSource", "check_ssh_root", "SshCheck",
@@ -44,7 +43,6 @@ __all__ = [
 log = logging.getLogger("sync_gateway.sources.sftp")
 log.addHandler(logging.NullHandler())
 
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, OSError)
 _READV_MIN_BYTES = 64 * 1024          # below this a plain read is one or two round trips anyway
 _PREFETCH_DEPTH = 8                   # levels below a run directory listed ahead by list_runs
@@ -243,7 +241,7 @@ class SftpSource(Source):
         def listing(sftp: paramiko.SFTPClient) -> List[RunRef]:
             root = self._root_real or self._root_path
             projects = [posixpath.join(root, e.name) for e in self._entries(sftp, root)
-                        if _NAME_OK.match(e.name) and stat_mod.S_ISDIR(e.mode)]
+                        if is_run_name(e.name) and stat_mod.S_ISDIR(e.mode)]
             candidates: List[Tuple[str, str]] = []
             for project_dir, children in self._listdirs(sftp, projects).items():
                 if isinstance(children, IOError):
@@ -251,7 +249,7 @@ class SftpSource(Source):
                     continue
                 candidates += [(posixpath.basename(project_dir), e.name)
                                for e in self._entries(sftp, project_dir, listing=children)
-                               if _NAME_OK.match(e.name) and stat_mod.S_ISDIR(e.mode)]
+                               if is_run_name(e.name) and stat_mod.S_ISDIR(e.mode)]
             run_dirs = [posixpath.join(root, project, run_id) for project, run_id in candidates]
             listings = self._listdirs(sftp, run_dirs)
             runs: List[RunRef] = []
