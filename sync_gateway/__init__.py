@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["Settings", "Runner", "PassReport", "GatewayError", "errors"]
 
-_LAZY = {"Settings": "._settings", "Runner": "._runner", "PassReport": "._sync", "GatewayError": ".errors"}
+_LAZY = {"Settings": "._settings", "Runner": "._runner", "PassReport": "._engine", "GatewayError": ".errors"}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,9 +8,10 @@ import ssl
 from typing import Callable, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ._http import HttpClient, resolve_auth, resolve_tls
+from ._http import resolve_auth, resolve_tls
 from ._settings import Settings
 from .errors import GatewayError
+from .sinks import make_sink
 
 __all__ = ["doctor"]
 
@@ -96,14 +97,11 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
             return False
     try:
         resolve_auth(settings.auth, environ)
-        http = HttpClient(settings, environ)
-        r = http.request("GET", "/version")
-        add(r.ok, "server", f"MLflow {r.text.strip()}" if r.ok else f"GET /version -> HTTP {r.status_code}")
-        r = http.request("POST", "/api/2.0/mlflow/experiments/search", json={"max_results": 1})
-        if r.status_code in (401, 403):
-            add(False, "auth", f"HTTP {r.status_code}: the server refused the credentials from {settings.auth!r}")
-        else:
-            add(r.ok, "auth", f"{settings.auth!r} accepted" if r.ok else f"HTTP {r.status_code}: {r.text[:200]}")
+        sink = make_sink(settings, environ)
+        try:
+            sink.doctor(add)  # the server's own checks (version, auth): the sink knows its endpoints
+        finally:
+            sink.close()
     except (GatewayError, OSError) as e:
         add(False, "server", str(e))
     except Exception as e:  # noqa: BLE001 - doctor reports whatever a request raised, as one line

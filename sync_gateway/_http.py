@@ -146,6 +146,7 @@ class HttpClient:
         self.base_url = settings.server_url.rstrip("/")
         self.tls = resolve_tls(settings.tls, environ)
         self.auth = resolve_auth(settings.auth, environ)
+        self.auth_desc = repr(settings.auth)  # names the places credentials come from, never a secret
         self.timeout_s = settings.timeout_s
         self.retries = settings.retries
         self.session = session or build_session(settings, backoff_factor)

@@ -4,16 +4,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Optional
 
-from ._http import HttpClient
+from ._engine import Gateway, PassReport
 from ._lease import Lease
 from ._settings import Settings
 from ._state import StateStore
-from ._sync import Gateway, PassReport
 from .errors import ConfigError
+from .sinks import make_sink
 from .sinks.base import Sink
-from .sinks.mlflow import MlflowSink
 from .sources import open_source
 from .sources.base import Source
 
@@ -21,12 +20,6 @@ __all__ = ["Runner", "make_sink"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
-
-
-def make_sink(settings: Settings, environ: Optional[Mapping[str, str]] = None, **http_kw) -> Sink:
-    if settings.server_kind != "mlflow":
-        raise ConfigError(f"server.kind {settings.server_kind!r} is not supported; valid kinds are: mlflow")
-    return MlflowSink(HttpClient(settings, environ, **http_kw))
 
 
 class Runner:

@@ -63,6 +63,7 @@ class Settings:
     roots: List[str] = field(default_factory=list)
     server_kind: str = "mlflow"
     server_url: Optional[str] = None
+    server_options: Dict[str, Any] = field(default_factory=dict)  # the sink's own keys of `server:`
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ssh: SshSettings = field(default_factory=SshSettings)
@@ -73,7 +74,7 @@ class Settings:
     stale_after_s: float = 300.0
     timeout_s: float = 30.0             # per HTTP request
     retries: int = 6                    # per HTTP request, with exponential backoff and jitter
-    batch_points: int = 1000            # MLflow's own ceiling per log-batch
+    batch_points: int = 1000            # most points per request; a sink caps it at its server's limit
 
     @property
     def state_path(self) -> str:
@@ -86,19 +87,32 @@ class Settings:
     @classmethod
     def resolve(cls, config_path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
                 overrides: Optional[Dict[str, Any]] = None) -> "Settings":
-        """Defaults, then the environment, then the YAML file, then ``overrides`` (CLI flags)."""
+        """Defaults, then the environment (the generic HPCSYNC_* variables, then the sink's own, such as
+        MLFLOW_TRACKING_URI), then the YAML file, then ``overrides`` (CLI flags)."""
+        from .sinks import sink_class  # the sink decides about its own keys and variables
+
         environ = os.environ if environ is None else environ
-        s = _from_env(cls(), environ)
         path = config_path or environ.get("HPCSYNC_GATEWAY_CONFIG")
         explicit = path is not None
         path = path or default_config_path(environ)
+        doc = None
         if os.path.exists(path):
-            s = _from_yaml(s, path)
+            doc = _load_yaml(path)
         elif explicit:
             raise ConfigError(f"config file {path} does not exist; create it or drop --config")
+        s = _from_env(cls(), environ)
+        kind = ((doc or {}).get("server") or {}).get("kind") if isinstance((doc or {}).get("server"), dict) else None
+        sink = sink_class(str(kind or s.server_kind))
+        s = sink.settings_from_environ(s, environ)
+        if doc is not None:
+            s = _from_yaml(s, path, doc)
         if overrides:
             s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
-        return _validated(s)
+        s = _validated(s)
+        _check_keys("server", s.server_options, sink.options,
+                    f"valid keys for server.kind {s.server_kind} are: {', '.join(('kind', 'url') + tuple(sink.options))}")
+        sink.validate(s)
+        return s
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -110,8 +124,9 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
     upd: Dict[str, Any] = {}
     if env.get("HPCSYNC_GATEWAY_ROOTS"):
         upd["roots"] = [r for r in env["HPCSYNC_GATEWAY_ROOTS"].split(os.pathsep) if r]
-    # MLflow's own variable names, so an existing MLflow setup needs no new configuration.
-    url = env.get("HPCSYNC_SERVER_URL") or env.get("MLFLOW_TRACKING_URI")
+    if env.get("HPCSYNC_SERVER_KIND"):
+        upd["server_kind"] = env["HPCSYNC_SERVER_KIND"]
+    url = env.get("HPCSYNC_SERVER_URL")
     if url and url.startswith(("http://", "https://")):
         upd["server_url"] = url
     for name, key, conv in (("state_dir", "HPCSYNC_GATEWAY_STATE_DIR", str),
@@ -122,13 +137,6 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
                 upd[name] = conv(env[key])
             except ValueError:
                 raise ConfigError(f"{key}={env[key]!r} is not a valid {name}") from None
-    auth = AuthSettings(
-        token_env="MLFLOW_TRACKING_TOKEN" if env.get("MLFLOW_TRACKING_TOKEN") else None,
-        username=env.get("MLFLOW_TRACKING_USERNAME"),
-        password_env="MLFLOW_TRACKING_PASSWORD" if env.get("MLFLOW_TRACKING_PASSWORD") else None)
-    upd["auth"] = auth
-    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        upd["tls"] = replace(s.tls, insecure=True)
     return replace(s, **upd)
 
 
@@ -136,13 +144,14 @@ _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "leas
         "stale_after_s", "timeout_s", "retries", "batch_points")
 
 
-def _check_keys(where: str, got: Mapping[str, Any], valid) -> None:
+def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
     unknown = sorted(set(got) - set(valid))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(valid)}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"{hint or 'valid keys are: ' + ', '.join(valid)}")
 
 
-def _from_yaml(s: Settings, path: str) -> Settings:
+def _load_yaml(path: str) -> Dict[str, Any]:
     try:
         with open(path) as f:
             doc = yaml.safe_load(f) or {}
@@ -150,6 +159,10 @@ def _from_yaml(s: Settings, path: str) -> Settings:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    return doc
+
+
+def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     _check_keys(path, doc, _TOP)
     upd: Dict[str, Any] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
@@ -164,11 +177,14 @@ def _from_yaml(s: Settings, path: str) -> Settings:
             raise ConfigError(f"{path}: roots must be a list of directories")
         upd["roots"] = roots
     server = doc.get("server") or {}
-    _check_keys(f"{path}: server", server, ("kind", "url"))
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: server must be a mapping (kind, url, and the sink's own keys)")
     if "kind" in server:
         upd["server_kind"] = server["kind"]
     if "url" in server:
         upd["server_url"] = server["url"]
+    # The sink's own keys: checked by the sink (Settings.resolve), which knows them.
+    upd["server_options"] = {k: v for k, v in server.items() if k not in ("kind", "url")}
     for name, cls_ in (("tls", TlsSettings), ("auth", AuthSettings), ("ssh", SshSettings)):
         sub = doc.get(name)
         if sub is None:
@@ -183,16 +199,14 @@ def _from_yaml(s: Settings, path: str) -> Settings:
 
 
 def _validated(s: Settings) -> Settings:
-    if s.server_kind != "mlflow":
-        raise ConfigError(f"server.kind {s.server_kind!r} is not supported; valid kinds are: mlflow")
     if s.server_url and not s.server_url.startswith(("http://", "https://")):
         raise ConfigError(f"server.url {s.server_url!r} must start with http:// or https://")
     for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s"):
         v = getattr(s, k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"{k} must be a positive number of seconds, not {v!r}")
-    if not isinstance(s.batch_points, int) or not 1 <= s.batch_points <= 1000:
-        raise ConfigError(f"batch_points must be an integer from 1 to 1000 (MLflow's limit), not {s.batch_points!r}")
+    if not isinstance(s.batch_points, int) or isinstance(s.batch_points, bool) or s.batch_points < 1:
+        raise ConfigError(f"batch_points must be a positive integer, not {s.batch_points!r}")
     if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
         raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
     for k in ("insecure", "truststore"):

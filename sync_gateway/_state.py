@@ -1,27 +1,119 @@
 """The gateway's durable state, in its own directory (local to the gateway host, never in the runs).
 
-- ``runs/<project>/<run_id>.json``: one document per run (server ids, per-file cursors, what was sent),
-  replaced atomically (temp file, rename) after each acknowledged batch: a cursor never points past what
-  the server holds.
-- ``groups/<sha1>.json``: the same for a group's parent run.
-- ``index.json``: per run the signature of its files at the last complete sync, so a pass over unchanged
-  runs costs a scan and no reads. Losing it (or any file here) only costs re-sending, never duplicates.
+- ``runs/<project>/<run_id>.json``: one :class:`RunState` per run (the sink's own identifiers, per-stream
+  cursors, which document versions were delivered), replaced atomically (temp file, rename) after each
+  acknowledged batch: a cursor never points past what the server holds.
+- ``groups/<sha1>.json``: a :class:`GroupState` per group (what its sink keeps for it).
+- ``index.json``: an :class:`IndexEntry` per run: the signature of its files at the last complete sync, so
+  a pass over unchanged runs costs a scan and no reads.
+
+Every document carries ``state_version``. Version 1 (hpc-sync 0.1, MLflow-shaped, untyped) is migrated
+on load, so an upgraded gateway goes on where the old one stopped without re-sending anything. Losing
+any file here only costs re-sending (which the server stores once) and finding server runs again by tag.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from typing import Any, Dict
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["StateStore", "new_run_state"]
+__all__ = ["StateStore", "RunState", "Cursor", "IndexEntry", "GroupState", "STATE_VERSION"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+STATE_VERSION = 2
+_V1_STREAMS = {"history.jsonl": "history", "system.jsonl": "system"}
+_V1_DOCS = {"tags_sig": "metadata", "config_sig": "config", "summary_sig": "summary"}
 
 
-def new_run_state() -> Dict[str, Any]:
-    return {"server": None, "cursors": {}, "params": {}, "tags_sig": None, "config_sig": None,
-            "summary_sig": None, "artifacts": {}, "state": None, "hpc_state": None, "last_error": None,
-            "last_sync_ms": None, "corrupt_lines": 0, "skipped_values": 0, "refused_params": []}
+@dataclass
+class Cursor:
+    """How far one stream is delivered: everything before ``offset`` was acknowledged by the server."""
+
+    offset: int = 0
+    seq: Optional[int] = None
+    records: int = 0
+
+
+@dataclass
+class RunState:
+    sink_kind: Optional[str] = None
+    sink: Dict[str, Any] = field(default_factory=dict)     # the sink's own identifiers and memory
+    reader: str = "hpc"
+    cursors: Dict[str, Cursor] = field(default_factory=dict)
+    documents: Dict[str, Optional[List[int]]] = field(default_factory=dict)  # metadata/config/summary versions
+    artifacts: Dict[str, List[int]] = field(default_factory=dict)           # file -> [size, mtime_ns] sent
+    state: Optional[str] = None            # the run state last delivered (docs/run-format.md section 7)
+    last_error: Optional[str] = None
+    last_sync_ms: Optional[int] = None
+    corrupt_lines: int = 0
+    refused_config: List[str] = field(default_factory=list)
+    state_version: int = STATE_VERSION
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "RunState":
+        if doc.get("state_version") is None:
+            doc = _migrate_run_v1(doc)
+        known = {f.name for f in fields(cls)}
+        st = cls(**{k: v for k, v in doc.items() if k in known})
+        st.cursors = {name: c if isinstance(c, Cursor) else Cursor(**c) for name, c in st.cursors.items()}
+        return st
+
+
+@dataclass
+class IndexEntry:
+    sig: Optional[str] = None              # the run's file signature at its last complete sync
+    state: Optional[str] = None
+    error: Optional[str] = None
+    alive_ms: int = 0                      # the run's last sign of life, to notice it going stale
+    start_ms: int = 0
+    end_ms: Optional[int] = None
+    group: Optional[Tuple[str, str]] = None   # (project, group name)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "IndexEntry":
+        if "hb_ms" in doc or "hpc_state" in doc:   # version 1
+            return cls(sig=doc.get("sig"), state=doc.get("hpc_state"), error=doc.get("error"),
+                       alive_ms=int(doc.get("hb_ms") or 0),
+                       group=tuple(doc["group"]) if doc.get("group") else None)  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}
+        e = cls(**{k: v for k, v in doc.items() if k in known})
+        e.group = tuple(e.group) if e.group else None  # type: ignore[assignment]
+        return e
+
+
+@dataclass
+class GroupState:
+    project: str
+    group: str
+    sink: Dict[str, Any] = field(default_factory=dict)
+    state_version: int = STATE_VERSION
+
+
+def _migrate_run_v1(doc: Mapping[str, Any]) -> Dict[str, Any]:
+    """Version 1 (MLflow-shaped): server ids, params and MLflow statuses at the top level."""
+    server = doc.get("server") or {}
+    sink: Dict[str, Any] = {}
+    if server:
+        sink = {"run_id": server.get("run_id"), "experiment_id": server.get("experiment_id"),
+                "artifact_uri": server.get("artifact_uri", ""), "params": dict(doc.get("params") or {}),
+                "refused_params": list(doc.get("refused_params") or []),
+                "skipped_values": int(doc.get("skipped_values") or 0)}
+    return {"sink_kind": "mlflow" if server else None, "sink": sink, "reader": "hpc",
+            "cursors": {_V1_STREAMS.get(n, n): c for n, c in (doc.get("cursors") or {}).items()},
+            "documents": {new: doc.get(old) for old, new in _V1_DOCS.items() if doc.get(old) is not None},
+            "artifacts": dict(doc.get("artifacts") or {}), "state": doc.get("hpc_state"),
+            "last_error": doc.get("last_error"), "last_sync_ms": doc.get("last_sync_ms"),
+            "corrupt_lines": int(doc.get("corrupt_lines") or 0),
+            "refused_config": list(doc.get("refused_params") or []), "state_version": STATE_VERSION}
 
 
 def _atomic_write(path: str, obj: Any, durable: bool = True) -> None:
@@ -43,6 +135,18 @@ def _atomic_write(path: str, obj: Any, durable: bool = True) -> None:
         raise
 
 
+def _read(path: str) -> Optional[Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        # Edited by hand, or emptied by a power loss: start over; the server stores re-sent points once.
+        log.warning("%s is not valid JSON: starting that state over (nothing is sent twice)", path)
+        return None
+
+
 class StateStore:
     def __init__(self, state_dir: str):
         self.dir = os.path.abspath(os.path.expanduser(state_dir))
@@ -52,49 +156,32 @@ class StateStore:
         project, run_id = key.split("/", 1)  # both match the format's name rule: safe as path parts
         return os.path.join(self.dir, "runs", project, run_id + ".json")
 
-    def group_key(self, project: str, group: str) -> str:
-        return "group:" + hashlib.sha1(f"{project}/{group}".encode()).hexdigest()
+    @staticmethod
+    def group_key(project: str, group: str) -> str:
+        return hashlib.sha1(f"{project}/{group}".encode()).hexdigest()
 
-    def _path(self, key: str) -> str:
-        if key.startswith("group:"):
-            return os.path.join(self.dir, "groups", key[6:] + ".json")
-        return self._run_path(key)
-
-    def load(self, key: str) -> Dict[str, Any]:
+    # -- runs ---------------------------------------------------------------------------------
+    def load(self, key: str) -> RunState:
+        doc = _read(self._run_path(key))
+        if not isinstance(doc, dict):
+            return RunState()
         try:
-            with open(self._path(key)) as f:
-                st = json.load(f)
-        except FileNotFoundError:
-            return new_run_state()
-        except ValueError:
-            # Edited by hand, or emptied by a power loss: start over; the server stores re-sent points once.
-            return new_run_state()
-        base = new_run_state()
-        base.update(st)
-        return base
+            return RunState.from_json(doc)
+        except (TypeError, ValueError) as e:
+            log.warning("%s: state of an unknown shape (%s): starting it over", key, e)
+            return RunState()
 
-    def save(self, key: str, state: Dict[str, Any]) -> None:
+    def save(self, key: str, state: RunState) -> None:
         # Atomic (rename) but not fsynced: correctness never depends on this file surviving a crash.
         # A lost or empty state only means re-sending, which the server stores once, and re-finding the
-        # server run by its hpc.run_id tag; the rename guarantees a cursor never points past an ack.
-        _atomic_write(self._path(key), state, durable=False)
+        # server run by its tag; the rename guarantees a cursor never points past an ack.
+        _atomic_write(self._run_path(key), state.to_json(), durable=False)
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self._path(key))
+        return os.path.exists(self._run_path(key))
 
-    def load_index(self) -> Dict[str, Any]:
-        try:
-            with open(os.path.join(self.dir, "index.json")) as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def save_index(self, index: Dict[str, Any]) -> None:
-        # Not fsynced: a stale index only makes the next pass look at more runs.
-        _atomic_write(os.path.join(self.dir, "index.json"), index, durable=False)
-
-    def all_run_states(self) -> Dict[str, Dict[str, Any]]:
-        out: Dict[str, Dict[str, Any]] = {}
+    def all_run_states(self) -> Dict[str, RunState]:
+        out: Dict[str, RunState] = {}
         base = os.path.join(self.dir, "runs")
         if not os.path.isdir(base):
             return out
@@ -105,4 +192,40 @@ class StateStore:
                     out[key] = self.load(key)
         return out
 
+    # -- groups -------------------------------------------------------------------------------
+    def _group_path(self, project: str, group: str) -> str:
+        return os.path.join(self.dir, "groups", self.group_key(project, group) + ".json")
 
+    def load_group(self, project: str, group: str) -> GroupState:
+        doc = _read(self._group_path(project, group))
+        if not isinstance(doc, dict):
+            return GroupState(project, group)
+        if doc.get("state_version") is None:  # version 1: MLflow ids at the top level
+            server = doc.get("server") or {}
+            sink = {"run_id": server.get("run_id"), "parent": dict(server), "members": [],
+                    "status": doc.get("state"), "end_ms": None} if server.get("run_id") else {}
+            return GroupState(project, group, sink)
+        return GroupState(project, group, dict(doc.get("sink") or {}))
+
+    def save_group(self, state: GroupState) -> None:
+        _atomic_write(self._group_path(state.project, state.group), asdict(state), durable=False)
+
+    # -- index --------------------------------------------------------------------------------
+    def load_index(self) -> Dict[str, IndexEntry]:
+        doc = _read(os.path.join(self.dir, "index.json"))
+        if not isinstance(doc, dict):
+            return {}
+        runs = doc.get("runs") if doc.get("state_version") else doc
+        out: Dict[str, IndexEntry] = {}
+        for key, ent in (runs or {}).items():
+            try:
+                out[key] = IndexEntry.from_json(ent)
+            except (TypeError, ValueError):
+                continue  # a damaged entry only makes the next pass look at that run again
+        return out
+
+    def save_index(self, index: Mapping[str, IndexEntry]) -> None:
+        # Not fsynced: a stale index only makes the next pass look at more runs.
+        _atomic_write(os.path.join(self.dir, "index.json"),
+                      {"state_version": STATE_VERSION, "runs": {k: asdict(e) for k, e in index.items()}},
+                      durable=False)

@@ -56,3 +56,36 @@ def test_modules_stay_small(package):
     sizes = {p: sum(1 for _ in open(p, encoding="utf-8")) for p in modules(package)}
     big = {os.path.relpath(p, REPO): n for p, n in sizes.items() if n > 600}
     assert not big, f"split these modules (the rule is about 500 lines): {big}"
+
+
+def _gateway_imports(path):
+    """The sync_gateway submodules a module imports (relative imports resolved)."""
+    rel = os.path.relpath(path, os.path.join(REPO, "sync_gateway")).replace(os.sep, "/")
+    package = ["sync_gateway"] + rel.split("/")[:-1]
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                yield ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("sync_gateway"):
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("sync_gateway"))
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("sources", ("sync_gateway.readers", "sync_gateway.sinks", "sync_gateway._engine")),
+    ("readers", ("sync_gateway.sinks", "sync_gateway._engine", "sync_gateway.sources.local",
+                 "sync_gateway.sources.sftp")),
+    ("sinks", ("sync_gateway.sources", "sync_gateway._engine", "sync_gateway.readers.hpc",
+               "sync_gateway.readers._hpc_format")),
+])
+def test_gateway_layers_depend_one_way(layer, forbidden):
+    """sources -> readers -> sinks: a source knows no format, a reader no server, a sink no file."""
+    offenders = {}
+    for path in modules(os.path.join("sync_gateway", layer)):
+        bad = [m for m in _gateway_imports(path) if m.startswith(forbidden)]
+        if bad:
+            offenders[os.path.relpath(path, REPO)] = bad
+    assert not offenders, offenders

@@ -1,4 +1,4 @@
-"""The gateway's own reader of docs/run-format.md (it never imports ``hpc``).
+"""Parsing the hpc run format (docs/run-format.md); the gateway never imports ``hpc``.
 
 Streams are parsed from a byte cursor: only complete lines (ending in ``\\n``) are consumed; a complete
 line that is not a valid record is reported and skipped; the strings ``"NaN"``, ``"Infinity"`` and
@@ -12,13 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["SUPPORTED_MAJOR", "Record", "ParsedChunk", "parse_stream", "decode_value", "parse_run_json",
-           "parse_document", "NAME_RE"]
+           "parse_document"]
 
 SUPPORTED_MAJOR = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 

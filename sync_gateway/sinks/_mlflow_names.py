@@ -1,4 +1,5 @@
-"""How run-format data become MLflow names and values (documented in docs/gateway.md).
+"""MLflow's names, characters, lengths and units: how neutral records become MLflow keys, params and tags
+(the MLflow sink's rules, documented in docs/gateway.md).
 
 - Keys MLflow would reject: characters outside ``[/\\w.\\- :]`` become ``_``; empty path segments are
   dropped, ``.``/``..`` segments become ``_``/``__`` (MLflow refuses names that normalise to another path);
@@ -15,6 +16,8 @@ import math
 import re
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Tuple
+
+from ..readers.base import RunInfo
 
 __all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
            "run_tags", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
@@ -108,24 +111,22 @@ def system_metric(name: str) -> Tuple[str, float]:
     return (hit[0].replace("{i}", m.group(1)) if m else hit[0]), hit[1]
 
 
-def run_tags(meta: Dict[str, Any]) -> Dict[str, str]:
-    """MLflow tags for run.json: the ones the UI shows natively, then hpc.* and slurm.*."""
-    t: Dict[str, Any] = {"mlflow.runName": meta.get("name") or meta.get("id"), "mlflow.user": meta.get("user"),
-                         "mlflow.source.name": meta.get("program"), "mlflow.source.type": "LOCAL",
-                         "hpc.project": meta.get("project"), "hpc.group": meta.get("group"),
-                         "hpc.job_type": meta.get("job_type"), "hpc.host": meta.get("host"),
-                         "hpc.attempt": meta.get("attempt"), "hpc.format_version": meta.get("format_version")}
-    git = meta.get("git") or {}
-    if isinstance(git, dict):
-        t["mlflow.source.git.commit"] = git.get("commit")
-        t["mlflow.source.git.branch"] = git.get("branch")
-        t["mlflow.source.git.repoURL"] = git.get("remote")
-    if meta.get("notes"):
-        t["mlflow.note.content"] = meta["notes"]
-    if meta.get("tags"):
-        t["hpc.tags"] = ",".join(str(x) for x in meta["tags"])
-    if meta.get("argv"):
-        t["hpc.argv"] = " ".join(str(a) for a in meta["argv"])
-    for k, v in (meta.get("slurm") or {}).items() if isinstance(meta.get("slurm"), dict) else []:
+def run_tags(info: RunInfo) -> Dict[str, str]:
+    """MLflow tags for a run's metadata: the ones the UI shows natively, then hpc.* and slurm.*."""
+    t: Dict[str, Any] = {"mlflow.runName": info.name, "mlflow.user": info.user,
+                         "mlflow.source.name": info.program, "mlflow.source.type": "LOCAL",
+                         "hpc.project": info.project, "hpc.group": info.group, "hpc.job_type": info.job_type,
+                         "hpc.host": info.host, "hpc.attempt": info.attempt,
+                         "hpc.format_version": info.format_version or None}
+    t["mlflow.source.git.commit"] = info.git.get("commit")
+    t["mlflow.source.git.branch"] = info.git.get("branch")
+    t["mlflow.source.git.repoURL"] = info.git.get("remote")
+    if info.notes:
+        t["mlflow.note.content"] = info.notes
+    if info.tags:
+        t["hpc.tags"] = ",".join(info.tags)
+    if info.argv:
+        t["hpc.argv"] = " ".join(info.argv)
+    for k, v in info.scheduler.items():
         t["slurm." + metric_key(str(k))] = v
     return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}

@@ -1,76 +1,150 @@
-"""The small interface a tracking-server backend implements (MLflow now, W&B later)."""
+"""The interface every tracking-server backend implements (MLflow now; W&B and bundles next).
+
+A sink owns every rule of its server: key character sets and lengths, units, limits, what a summary, a
+group, a config change or a run state becomes, and its own identifiers, which it keeps in the small
+JSON-able per-run state the engine stores for it (:meth:`SinkRun.to_state`). The engine only moves
+cursors after a sink acknowledged (``send`` returned).
+
+To add a sink: subclass :class:`Sink` in ``sinks/<kind>.py``, register it in ``sinks/__init__.py`` and
+make it pass ``tests/gateway/test_sink_contract.py`` (docs/gateway.md, "Adding a sink").
+"""
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
-__all__ = ["Sink", "ServerRun", "RunSpec", "Point"]
+from ..readers.base import RunInfo, RunStatus, Row, Summary
 
+if TYPE_CHECKING:
+    from .._settings import Settings
 
-@dataclass(frozen=True)
-class Point:
-    key: str
-    value: float
-    step: int
-    ts_ms: int
+__all__ = ["Sink", "SinkRun", "RunSpec", "GroupMember", "GroupView", "Check"]
+
+#: one doctor line: (ok, name, detail)
+Check = Tuple[bool, str, str]
 
 
 @dataclass
 class RunSpec:
-    """What the sink needs to find or create the server-side run of one hpc-sync run."""
+    """What a sink needs to find or create the server-side run of one run."""
 
-    project: str
-    sync_id: str                 # unique per run (or per group parent): the value of the server tag
-    name: str
-    start_ms: int
-    tags: Dict[str, str] = field(default_factory=dict)
-    parent: Optional["ServerRun"] = None
+    sync_id: str           # unique per run ("<project>/<run_id>"): found again by it after a state loss
+    info: RunInfo
+
+
+class SinkRun(abc.ABC):
+    """A sink's handle on one server-side run; its state is stored by the engine between passes."""
+
+    @abc.abstractmethod
+    def to_state(self) -> Dict[str, Any]:
+        """A JSON-able dict that :meth:`Sink.restore` turns back into this handle."""
 
 
 @dataclass(frozen=True)
-class ServerRun:
-    run_id: str
-    experiment_id: str
-    artifact_uri: str = ""
+class GroupMember:
+    key: str                     # "<project>/<run_id>"
+    state: str                   # one of readers.base.RUN_STATES
+    start_ms: int
+    end_ms: Optional[int]
+    run: SinkRun
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group (a job's ranks, an array, a sweep) and what is known of its members after a pass."""
+
+    project: str
+    name: str
+    members: Sequence[GroupMember] = field(default_factory=tuple)
 
 
 class Sink(abc.ABC):
-    #: the most points one :meth:`log_points` call may carry
-    max_points: int = 1000
+    #: the ``server.kind`` that selects this sink
+    kind: ClassVar[str]
+    #: keys of the config's ``server:`` section this sink accepts besides ``kind`` and ``url``
+    options: ClassVar[Sequence[str]] = ()
+    #: what happened to config keys that :meth:`set_config` reported as not changed (for the warning)
+    config_change_note: ClassVar[str] = "the server keeps their first values"
+
+    # -- configuration ------------------------------------------------------------------------
+    @classmethod
+    def settings_from_environ(cls, settings: "Settings", environ: Mapping[str, str]) -> "Settings":
+        """Apply this server's own environment variables (below the config file in precedence)."""
+        return settings
+
+    @classmethod
+    def validate(cls, settings: "Settings") -> None:
+        """Raise ConfigError for a setting this sink cannot work with (unknown option, bad value)."""
+
+    # -- runs ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> SinkRun:
+        """The server run of ``spec``: from ``saved`` (this sink's stored state), else found again by
+        ``spec.sync_id`` (the state was lost), else created. MUST never create a second server run for
+        a sync_id that already has one."""
 
     @abc.abstractmethod
-    def find_or_create(self, spec: RunSpec) -> ServerRun:
-        """Find the run tagged with ``spec.sync_id`` (state may have been lost) or create it."""
+    def restore(self, saved: Mapping[str, Any]) -> SinkRun:
+        """The handle whose :meth:`SinkRun.to_state` gave ``saved``."""
 
     @abc.abstractmethod
-    def log_points(self, run: ServerRun, points: List[Point]) -> None:
-        """Store points; sending the same point again MUST NOT store a second copy."""
+    def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
+        """Store (or update) the run's metadata: name, user, tags, notes, source, scheduler fields."""
 
     @abc.abstractmethod
-    def log_params(self, run: ServerRun, params: Dict[str, str]) -> Dict[str, str]:
-        """Store params; return those the server refused to change (``key -> value it keeps``)."""
+    def set_config(self, run: SinkRun, config: Mapping[str, Any]) -> List[str]:
+        """Store the run's configuration (the whole, current document); return the keys the server
+        could not change (they are reported, never silently lost)."""
 
     @abc.abstractmethod
-    def set_tags(self, run: ServerRun, tags: Dict[str, str]) -> None:
-        """Set (or overwrite) tags."""
+    def batches(self, run: SinkRun, stream: str, rows: Sequence[Row],
+                metrics: Sequence[Any] = ()) -> Iterator[Tuple[int, Any]]:
+        """Split ``rows`` of ``stream`` (``history`` or ``system``) into requests: yields ``(n, payload)``
+        where the first ``n`` rows are fully covered once this payload and the ones before it are sent.
+        Pure (no I/O): the engine prepares the next batch while the previous one is in flight.
+        ``metrics`` are the run's define_metric declarations."""
 
     @abc.abstractmethod
-    def set_state(self, run: ServerRun, state: str, end_ms: Optional[int]) -> None:
-        """``state``: RUNNING, FINISHED, FAILED or KILLED."""
+    def send(self, run: SinkRun, payload: Any) -> int:
+        """Send one payload from :meth:`batches`; return how many points it carried. Sending the same
+        payload again MUST NOT store a second copy."""
 
     @abc.abstractmethod
-    def upload(self, run: ServerRun, path: str, data: bytes) -> None:
-        """Store (or replace) the artifact ``path`` of the run."""
+    def set_summary(self, run: SinkRun, summary: Summary) -> None:
+        """Store the summary (only what differs from the last logged values matters)."""
 
+    @abc.abstractmethod
+    def upload(self, run: SinkRun, path: str, data: bytes) -> None:
+        """Store (or replace) the file ``path`` of the run."""
+
+    @abc.abstractmethod
+    def set_state(self, run: SinkRun, status: RunStatus) -> None:
+        """Record the run's state (``active``, ``finished``, ``failed``, ``preempted``, ``killed``,
+        ``crashed``) and, for an ended run, its end time."""
+
+    @abc.abstractmethod
+    def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        """Make the server show ``group`` (called after each pass with every member known so far);
+        return this sink's state for the group (given back as ``saved`` next time)."""
+
+    # -- diagnostics and links ----------------------------------------------------------------
     @abc.abstractmethod
     def server_version(self) -> str:
-        """The server's version string (for ``doctor``)."""
+        """The server's version string."""
 
-    def run_url(self, run: ServerRun) -> str:
+    def doctor(self, add: Callable[[bool, str, str], None]) -> None:
+        """``sync-gateway doctor``'s checks of the server itself (version, auth), one ``add`` each."""
+        try:
+            add(True, "server", self.server_version())
+        except Exception as e:  # noqa: BLE001 - doctor reports whatever the check raised, as one line
+            add(False, "server", f"{e.__class__.__name__}: {e}")
+
+    def run_url(self, run: SinkRun) -> str:
         return ""
 
-    def experiment_url(self, run: ServerRun) -> str:
+    def experiment_url(self, run: SinkRun) -> str:
         return ""
 
     def close(self) -> None:

@@ -25,11 +25,11 @@ if _MISSING and not IN_CI:
     def pytest_report_header(config):
         return f"tests/gateway skipped: {', '.join(_MISSING)} missing (pip install -e '.[gateway,server,gateway-test]')"
 
-    Runner = make_sink = Settings = ServerRun = MlflowSink = None  # type: ignore  # noqa: N816
+    Runner = make_sink = Settings = MlflowRun = MlflowSink = None  # type: ignore  # noqa: N816
 else:
     from sync_gateway._runner import Runner, make_sink  # noqa: E402
     from sync_gateway._settings import Settings  # noqa: E402
-    from sync_gateway.sinks.base import ServerRun  # noqa: E402
+    from sync_gateway.sinks.mlflow import MlflowRun  # noqa: E402
     from sync_gateway.sinks.mlflow import MlflowSink  # noqa: E402
 
 
@@ -83,18 +83,18 @@ def sink_for(settings: Settings) -> MlflowSink:
     return make_sink(replace(settings), environ={}, backoff_factor=0.05)
 
 
-def server_run(sink: MlflowSink, project: str, run_id: str) -> ServerRun:
+def server_run(sink: MlflowSink, project: str, run_id: str) -> MlflowRun:
     eid = sink.experiment_id(project)
     run = sink.find(eid, f"{project}/{run_id}")
     assert run is not None, f"no MLflow run tagged hpc.run_id={project}/{run_id}"
     return run
 
 
-def run_info(sink: MlflowSink, run: ServerRun) -> Dict[str, Any]:
+def run_info(sink: MlflowSink, run: MlflowRun) -> Dict[str, Any]:
     return sink._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
 
 
-def history(sink: MlflowSink, run: ServerRun, key: str) -> List[Tuple[int, int, float]]:
+def history(sink: MlflowSink, run: MlflowRun, key: str) -> List[Tuple[int, int, float]]:
     pts = sink.get_history(run, key)
     return sorted((int(p.get("step", 0)), int(p["timestamp"]), _val(p["value"])) for p in pts)
 

@@ -68,7 +68,7 @@ def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tm
     while time.monotonic() < deadline:  # wait for the first acknowledged batch
         try:
             with open(state) as f:
-                if json.load(f)["cursors"].get("history.jsonl", {}).get("offset", 0) > 0:
+                if json.load(f)["cursors"].get("history", {}).get("offset", 0) > 0:
                     break
         except (OSError, ValueError):
             pass
@@ -76,7 +76,7 @@ def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tm
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     with open(state) as f:
-        cur = json.load(f)["cursors"]["history.jsonl"]
+        cur = json.load(f)["cursors"]["history"]
     with open(w.path("history.jsonl"), "rb") as f:
         data = f.read()
     assert cur["offset"] < len(data), "SIGTERM should stop the pass early, not after the whole run"

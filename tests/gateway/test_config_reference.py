@@ -7,6 +7,7 @@ import os
 import yaml
 
 from sync_gateway._settings import AuthSettings, Settings, SshSettings, TlsSettings, _TOP
+from sync_gateway.sinks import sink_class
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "deploy", "gateway.yaml")
 
@@ -14,7 +15,7 @@ REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "deploy"
 def test_reference_lists_every_key_and_nothing_else():
     doc = yaml.safe_load(open(REFERENCE))
     assert set(doc) == set(_TOP)
-    assert set(doc["server"]) == {"kind", "url"}
+    assert set(doc["server"]) == {"kind", "url", *sink_class(doc["server"]["kind"]).options}
     for name, cls in (("tls", TlsSettings), ("ssh", SshSettings)):
         assert set(doc[name]) == {f.name for f in dataclasses.fields(cls)}, name
     text = open(REFERENCE).read()

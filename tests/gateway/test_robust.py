@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from _memsink import MemorySink
+from sync_gateway.sinks.memory import MemorySink
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
-from sync_gateway._format import parse_run_json, parse_stream
+from sync_gateway.readers._hpc_format import parse_run_json, parse_stream
 from sync_gateway._runner import Runner
 from sync_gateway._settings import Settings
 from sync_gateway.errors import FormatError
@@ -207,7 +207,9 @@ def test_a_line_longer_than_the_read_chunk_is_read_whole(tmp_path):
     with Runner(settings, sink=sink) as r:
         rep = r.run_pass()
     assert rep.ok, rep
-    assert sorted(sink.points[sink.runs["p/long"].run_id]) == [("x", 1.0, 0, 1), ("x", 2.0, 1, 2)]
+    points = sink.stored("p/long").points
+    assert sorted(p for p in points if p[1] == "x") == [("history", "x", 0, 1, 1.0), ("history", "x", 1, 2, 2.0)]
+    assert ("history", "blob", 0, 1, "b" * (3 << 20)) in points
 
 
 def test_a_garbage_lease_file_expires_instead_of_blocking_forever(tmp_path):

@@ -1,0 +1,180 @@
+"""What a reader turns a run directory into: neutral records that know nothing of any server.
+
+A reader (one per run format: the hpc format of docs/run-format.md today) reads a run through a
+:class:`~sync_gateway.sources.base.Source` and returns these records with their original keys, values,
+steps and timestamps. A sink (one per server kind) turns them into its server's names, units and limits.
+Nothing here imports a source implementation or a sink.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
+
+from ..sources.base import FileStat, RunRef, Source
+
+__all__ = ["RUN_STATES", "ENDED_STATES", "MetricDef", "RunInfo", "Row", "StreamChunk", "Summary", "FileEntry",
+           "RunStatus", "Snapshot", "Reader", "Position"]
+
+#: Every state a reader may report (docs/run-format.md section 7). A sink decides what each becomes.
+RUN_STATES = ("active", "finished", "failed", "preempted", "killed", "crashed")
+ENDED_STATES = frozenset(RUN_STATES) - {"active"}
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A ``define_metric`` declaration: keys matching ``pattern`` (fnmatch) use ``step_metric`` as x-axis."""
+
+    pattern: str
+    step_metric: Optional[str] = None
+    summary: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run's identity and metadata, as the run recorded them."""
+
+    project: str
+    run_id: str
+    name: str
+    created_ms: int
+    attempt: int = 1
+    group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: Tuple[str, ...] = ()
+    notes: Optional[str] = None
+    user: Optional[str] = None
+    host: Optional[str] = None
+    program: Optional[str] = None
+    argv: Tuple[str, ...] = ()
+    git: Mapping[str, Any] = field(default_factory=dict)          # commit, branch, remote, dirty
+    scheduler: Mapping[str, Any] = field(default_factory=dict)    # SLURM fields (job_id, partition, ...)
+    metrics: Tuple[MetricDef, ...] = ()
+    format: str = "hpc"
+    format_version: str = ""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stream's reading stands: the byte offset after the last consumed line and the next seq."""
+
+    offset: int = 0
+    seq: Optional[int] = None
+
+
+@dataclass
+class Row:
+    """One record of a stream: a history row, or a system sample (keys named as in docs/metrics.md, the
+    unit in the key's last part: ``_bytes``, ``_percent``, ``_w``, ``_c``)."""
+
+    step: int
+    ts_ms: int
+    values: Dict[str, Any]
+    end: Position           # the stream's position just after this record
+
+
+@dataclass
+class StreamChunk:
+    rows: List[Row] = field(default_factory=list)
+    end: Position = field(default_factory=Position)   # after every complete line read, corrupt ones included
+    corrupt: List[Tuple[int, str]] = field(default_factory=list)   # (byte offset, why)
+    problems: List[str] = field(default_factory=list)              # e.g. sequence gaps (data still sent)
+    at_end: bool = True     # False when more complete lines may follow (read again from ``end``)
+
+
+@dataclass(frozen=True)
+class Summary:
+    values: Mapping[str, Any]
+    set_by_hand: frozenset = frozenset()
+    policies: Mapping[str, str] = field(default_factory=dict)
+    version_ms: int = 0     # stable while the summary is unchanged: re-sending it changes nothing
+
+    @property
+    def special(self) -> List[str]:
+        """Keys whose summary differs from the last logged value (set by hand, or min/max/mean)."""
+        return sorted(k for k in set(self.set_by_hand) | set(self.policies) if k in self.values)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the run to store as an artifact: ``source_path`` in the run directory, ``dest`` the
+    run-relative path it is shown under (``files/ckpt.pt``, ``output.log``, ``hpc/run.json``)."""
+
+    source_path: str
+    dest: str
+    stat: FileStat
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    state: str                          # one of RUN_STATES
+    end_ms: Optional[int] = None        # for an ended run: when it ended (the exit record, or its last sign)
+    alive_ms: int = 0                   # the run's last sign of life (heartbeat, else creation)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The stats of a run's files at one moment; ``signature`` changes whenever any of them changes."""
+
+    files: Mapping[str, FileStat]
+
+    @property
+    def signature(self) -> str:
+        return "|".join(f"{n}:{s.size_bytes}:{s.mtime_ns}" for n, s in sorted(self.files.items()))
+
+    def version(self, name: str) -> Optional[List[int]]:
+        s = self.files.get(name)
+        return None if s is None else [s.size_bytes, s.mtime_ns]
+
+
+class Reader(abc.ABC):
+    """Reads one run directory of one format. Cheap to construct; every method reads through ``source``.
+
+    A reader raises :class:`~sync_gateway.errors.FormatError` for a run it cannot read, and
+    :class:`~sync_gateway.errors.SourceError` when the source fails; the engine records either on the run.
+    """
+
+    #: the format's name, e.g. ``"hpc"`` (shown by ``status``, stored in the state)
+    format: ClassVar[str]
+    #: the documents whose changes the engine tracks: ``metadata``, ``config``, ``summary`` -> file name
+    documents: ClassVar[Mapping[str, str]]
+
+    def __init__(self, source: Source, ref: RunRef):
+        self.source = source
+        self.ref = ref
+
+    @abc.abstractmethod
+    def snapshot(self) -> Snapshot:
+        """Stat every file of the run (stat only, no reads): the engine skips an unchanged run."""
+
+    @abc.abstractmethod
+    def info(self) -> RunInfo:
+        """The run's identity and metadata."""
+
+    @abc.abstractmethod
+    def config(self) -> Optional[Dict[str, Any]]:
+        """The run's configuration (nested), or None when it has none."""
+
+    @abc.abstractmethod
+    def streams(self, snap: Snapshot) -> List[Tuple[str, int]]:
+        """``(stream name, size in bytes)`` of each record stream present: ``history``, ``system``."""
+
+    @abc.abstractmethod
+    def read(self, stream: str, start: Position, stop: int, max_bytes: int) -> StreamChunk:
+        """The complete records between ``start`` and the byte offset ``stop`` (the size seen by
+        :meth:`streams`), reading about ``max_bytes``; never a partial record (it may be being written)."""
+
+    @abc.abstractmethod
+    def summary(self, snap: Snapshot) -> Optional[Summary]:
+        """The run's summary, or None."""
+
+    @abc.abstractmethod
+    def files(self, snap: Snapshot) -> List[FileEntry]:
+        """Files to store as artifacts."""
+
+    @abc.abstractmethod
+    def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
+        """The run's state by docs/run-format.md section 7."""
+
+    def read_file(self, entry: FileEntry) -> bytes:
+        return self.source.read_range(self.ref, entry.source_path, 0, entry.stat.size_bytes)

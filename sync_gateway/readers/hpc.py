@@ -1,0 +1,165 @@
+"""The reader of hpc-sync's own run format (docs/run-format.md): run.json, the two JSONL streams,
+config/summary documents, heartbeat and exit records, files/ and code/.
+
+Run state follows the table in docs/run-format.md section 7 (:func:`derive_state`); ``hpc runs ls`` on the
+compute side implements the same table, and both are tested against it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ..errors import FormatError
+from ..sources.base import RunRef, Source
+from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
+from .base import MetricDef, Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, Summary, FileEntry, Row
+
+__all__ = ["HpcReader", "derive_state", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+DEFAULT_STALE_AFTER_S = 300.0
+#: stream name -> file
+STREAMS = {"history": "history.jsonl", "system": "system.jsonl"}
+MAX_LINE_BYTES = 64 << 20  # a longer line is refused as corrupt-by-size
+_REASONS = ("finished", "failed", "preempted", "killed")
+#: top-level documents stored as artifacts -> where they are shown
+_ARTIFACTS = {"output.log": "output.log", "hardware.json": "hpc/hardware.json", "run.json": "hpc/run.json",
+              "config.json": "hpc/config.json", "summary.json": "hpc/summary.json"}
+_SUBDIRS = ("files", "code")
+
+
+def _int(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def derive_state(meta: Mapping[str, Any], exit_doc: Optional[Mapping[str, Any]],
+                 heartbeat: Optional[Mapping[str, Any]], now_ms: int, stale_after_s: float) -> RunStatus:
+    """The run's state, by the table of docs/run-format.md section 7.
+
+    - A missing ``attempt`` (in run.json or exit.json) is attempt 1.
+    - An exit.json counts when its attempt equals run.json's; its ``reason`` if it is one of the four
+      known reasons, else ``finished`` for exit code 0 and ``failed`` otherwise.
+    - Otherwise the last sign of life is the heartbeat's ``ts_ms``, or run.json's ``created_ms`` when there
+      is no heartbeat yet (a run just created is alive); ``active`` while younger than ``stale_after_s``,
+      else ``crashed`` (presumed dead, until it resumes).
+    """
+    attempt = _int(meta.get("attempt")) or 1
+    alive = _int((heartbeat or {}).get("ts_ms")) or _int(meta.get("created_ms")) or 0
+    if exit_doc is not None and (_int(exit_doc.get("attempt")) or 1) == attempt:
+        reason = exit_doc.get("reason")
+        if reason not in _REASONS:
+            reason = "finished" if exit_doc.get("exit_code") == 0 else "failed"
+        end = _int(exit_doc.get("end_ms"))
+        return RunStatus(str(reason), end if end is not None else alive, alive)
+    if now_ms - alive < stale_after_s * 1000:
+        return RunStatus("active", None, alive)
+    return RunStatus("crashed", alive, alive)
+
+
+def _strs(v: Any) -> Tuple[str, ...]:
+    return tuple(str(x) for x in v) if isinstance(v, list) else ()
+
+
+def _opt_str(v: Any) -> Optional[str]:
+    return None if v is None or v == "" else str(v)
+
+
+class HpcReader(Reader):
+    format = "hpc"
+    documents = {"metadata": "run.json", "config": "config.json", "summary": "summary.json"}
+
+    def __init__(self, source: Source, ref: RunRef):
+        super().__init__(source, ref)
+        self._meta: Optional[Dict[str, Any]] = None
+
+    # -- documents ----------------------------------------------------------------------------
+    def _document(self, name: str) -> Optional[Dict[str, Any]]:
+        raw = self.source.read_document(self.ref, name)
+        return None if raw is None else parse_document(raw, name)
+
+    def _soft_document(self, name: str) -> Optional[Dict[str, Any]]:
+        """heartbeat/exit: a corrupt one is ignored (with a warning) until it is rewritten."""
+        try:
+            return self._document(name)
+        except FormatError as e:
+            log.warning("%s: %s (ignored until it is rewritten)", self.ref.key, e)
+            return None
+
+    def meta(self) -> Dict[str, Any]:
+        if self._meta is None:
+            raw = self.source.read_document(self.ref, "run.json")
+            if raw is None:
+                raise FormatError("run.json vanished")
+            self._meta = parse_run_json(raw)
+        return self._meta
+
+    # -- Reader -------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        files = dict(self.source.scan(self.ref))
+        for sub in _SUBDIRS:
+            files.update(self.source.walk(self.ref, sub))
+        return Snapshot(files)
+
+    def info(self) -> RunInfo:
+        m = self.meta()
+        metrics = tuple(MetricDef(str(d.get("name", "")), _opt_str(d.get("step_metric")), _opt_str(d.get("summary")))
+                        for d in (m.get("metrics") or []) if isinstance(d, dict))
+        git = m.get("git") if isinstance(m.get("git"), dict) else {}
+        slurm = m.get("slurm") if isinstance(m.get("slurm"), dict) else {}
+        argv = m.get("argv")
+        return RunInfo(
+            project=self.ref.project, run_id=self.ref.run_id,
+            name=_opt_str(m.get("name")) or self.ref.run_id, created_ms=_int(m.get("created_ms")) or 0,
+            attempt=_int(m.get("attempt")) or 1, group=_opt_str(m.get("group")),
+            job_type=_opt_str(m.get("job_type")), tags=_strs(m.get("tags")), notes=_opt_str(m.get("notes")),
+            user=_opt_str(m.get("user")), host=_opt_str(m.get("host")), program=_opt_str(m.get("program")),
+            argv=_strs(argv), git=git or {}, scheduler=slurm or {}, metrics=metrics,
+            format=self.format, format_version=str(m.get("format_version", "")))
+
+    def config(self) -> Optional[Dict[str, Any]]:
+        return self._document("config.json")
+
+    def streams(self, snap: Snapshot) -> List[Tuple[str, int]]:
+        return [(name, snap.files[f].size_bytes) for name, f in STREAMS.items() if f in snap.files]
+
+    def read(self, stream: str, start: Position, stop: int, max_bytes: int) -> StreamChunk:
+        name = STREAMS[stream]
+        want = max_bytes
+        while True:
+            data = self.source.read_range(self.ref, name, start.offset, min(want, stop - start.offset))
+            parsed = parse_stream(data, start.offset, start.seq)
+            if parsed.consumed == 0 and len(data) >= want:
+                if want >= MAX_LINE_BYTES:
+                    raise FormatError(f"{name}: a line longer than {MAX_LINE_BYTES} bytes at byte {start.offset}")
+                want *= 2  # one long line: read more of it
+                continue
+            end = Position(start.offset + parsed.consumed, parsed.next_seq)
+            rows = [Row(r.step, r.ts_ms, r.values, Position(r.end_offset, r.seq + 1)) for r in parsed.records]
+            # at_end: nothing complete is left before ``stop`` (at most a line still being written)
+            return StreamChunk(rows, end, parsed.corrupt, parsed.seq_problems,
+                               at_end=parsed.consumed == 0 or end.offset >= stop)
+
+    def summary(self, snap: Snapshot) -> Optional[Summary]:
+        if "summary.json" not in snap.files:
+            return None
+        doc = self._document("summary.json")
+        if doc is None:
+            return None
+        values = doc.get("values") if isinstance(doc.get("values"), dict) else {}
+        policies = doc.get("policies") if isinstance(doc.get("policies"), dict) else {}
+        return Summary({str(k): decode_value(v) for k, v in values.items()},
+                       frozenset(_strs(doc.get("set_by_hand"))), {str(k): str(v) for k, v in policies.items()},
+                       snap.files["summary.json"].mtime_ns // 1_000_000)
+
+    def files(self, snap: Snapshot) -> List[FileEntry]:
+        out = [FileEntry(name, dest, snap.files[name]) for name, dest in _ARTIFACTS.items() if name in snap.files]
+        out += [FileEntry(name, name, s) for name, s in snap.files.items() if name.split("/", 1)[0] in _SUBDIRS
+                and "/" in name]
+        return sorted(out, key=lambda e: e.source_path)
+
+    def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
+        exit_doc = self._soft_document("exit.json") if "exit.json" in snap.files else None
+        hb = self._soft_document("heartbeat.json") if "heartbeat.json" in snap.files else None
+        return derive_state(self.meta(), exit_doc, hb, now_ms, stale_after_s)

@@ -1,0 +1,138 @@
+"""The reference sink: keeps everything in memory, with the same exactly-once rules a real server has.
+
+It is what the sink contract tests (tests/gateway/test_sink_contract.py) hold every sink to, and what
+the engine's scale tests use when the server is not what is measured. Not selectable in a config: a
+gateway whose server forgets everything at exit would be no use.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from ..readers.base import ENDED_STATES, MetricDef, RunInfo, RunStatus, Row, Summary
+from .base import GroupView, RunSpec, Sink, SinkRun
+
+__all__ = ["MemorySink", "MemoryRun", "StoredRun"]
+
+
+@dataclass
+class MemoryRun(SinkRun):
+    run_id: str
+
+    def to_state(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StoredRun:
+    """What the memory server holds for one run."""
+
+    sync_id: str
+    info: Optional[RunInfo] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    #: (stream, key, step, ts_ms, value) once each: re-sending a point stores nothing new
+    points: Set[Tuple[str, str, int, int, Any]] = field(default_factory=set)
+    summary: Optional[Summary] = None
+    files: Dict[str, bytes] = field(default_factory=dict)
+    state: Optional[str] = None
+    end_ms: Optional[int] = None
+    parent: Optional[str] = None         # the group run it nests under
+    start_ms: int = 0
+
+
+class MemorySink(Sink):
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()
+        self.runs: Dict[str, StoredRun] = {}          # server run id -> run
+        self.by_sync_id: Dict[str, str] = {}
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_settings(cls, settings: Any = None, environ: Optional[Mapping[str, str]] = None,
+                      **kw: Any) -> "MemorySink":
+        return cls()
+
+    def _run(self, run: SinkRun) -> StoredRun:
+        assert isinstance(run, MemoryRun)
+        return self.runs[run.run_id]
+
+    def _find_or_create(self, sync_id: str, start_ms: int) -> MemoryRun:
+        if sync_id not in self.by_sync_id:
+            rid = f"r{next(self._ids)}"
+            self.runs[rid] = StoredRun(sync_id, start_ms=start_ms)
+            self.by_sync_id[sync_id] = rid
+        return MemoryRun(self.by_sync_id[sync_id])
+
+    def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> SinkRun:
+        self.calls["open_run"] += 1
+        if saved and saved.get("run_id") in self.runs:
+            return self.restore(saved)
+        self.calls["find_or_create"] += 1
+        return self._find_or_create(spec.sync_id, spec.info.created_ms)
+
+    def restore(self, saved: Mapping[str, Any]) -> SinkRun:
+        return MemoryRun(str(saved["run_id"]))
+
+    def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
+        self.calls["set_metadata"] += 1
+        self._run(run).info = info
+
+    def set_config(self, run: SinkRun, config: Mapping[str, Any]) -> List[str]:
+        self.calls["set_config"] += 1
+        self._run(run).config = dict(config)
+        return []
+
+    def batches(self, run: SinkRun, stream: str, rows: Sequence[Row],
+                metrics: Sequence[MetricDef] = ()) -> Iterator[Tuple[int, Any]]:
+        # One row per payload: the smallest batches exercise the engine's cursor handling hardest.
+        for i, row in enumerate(rows):
+            yield i + 1, [(stream, k, row.step, row.ts_ms, v) for k, v in row.values.items()]
+
+    def send(self, run: SinkRun, payload: Any) -> int:
+        self.calls["send"] += 1
+        self._run(run).points.update((s, k, step, ts, _hashable(v)) for s, k, step, ts, v in payload)
+        return len(payload)
+
+    def set_summary(self, run: SinkRun, summary: Summary) -> None:
+        self.calls["set_summary"] += 1
+        self._run(run).summary = summary
+
+    def upload(self, run: SinkRun, path: str, data: bytes) -> None:
+        self.calls["upload"] += 1
+        self._run(run).files[path] = bytes(data)
+
+    def set_state(self, run: SinkRun, status: RunStatus) -> None:
+        self.calls["set_state"] += 1
+        stored = self._run(run)
+        stored.state, stored.end_ms = status.state, status.end_ms
+
+    def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        self.calls["sync_group"] += 1
+        if not group.members:
+            return dict(saved or {})
+        parent = self._find_or_create(f"group:{group.project}/{group.name}", min(m.start_ms for m in group.members))
+        stored = self.runs[parent.run_id]
+        stored.start_ms = min(m.start_ms for m in group.members)
+        ended = all(m.state in ENDED_STATES for m in group.members)
+        stored.state = "finished" if ended else "active"
+        stored.end_ms = max(m.end_ms or 0 for m in group.members) if ended else None
+        for m in group.members:
+            self._run(m.run).parent = parent.run_id
+        return {"run_id": parent.run_id}
+
+    def server_version(self) -> str:
+        return "memory"
+
+    # -- for tests ----------------------------------------------------------------------------
+    def stored(self, sync_id: str) -> StoredRun:
+        return self.runs[self.by_sync_id[sync_id]]
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, float) and v != v:
+        return "NaN"  # NaN != NaN: a set would keep every re-sent copy
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
