@@ -12,7 +12,7 @@ from .errors import HpcError
 
 __all__ = ["RunInfo", "iter_runs", "find_run", "read_history", "run_state", "DEFAULT_STALE_AFTER_S"]
 
-DEFAULT_STALE_AFTER_S = 120.0
+DEFAULT_STALE_AFTER_S = 300.0  # docs/run-format.md section 7: the same default as the gateway's
 
 
 @dataclass
@@ -36,16 +36,26 @@ class RunInfo:
         return max(stamps) if stamps else self.meta.get("created_ms")
 
 
+_REASONS = ("finished", "failed", "preempted", "killed")
+
+
+def _int(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 def run_state(meta: Dict[str, Any], heartbeat: Optional[Dict[str, Any]], exit_doc: Optional[Dict[str, Any]],
               now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
-    """active | finished | failed | preempted | killed | crashed, per docs/run-format.md section 7."""
-    if exit_doc and exit_doc.get("attempt") == meta.get("attempt"):
-        return str(exit_doc.get("reason") or ("finished" if exit_doc.get("exit_code") == 0 else "failed"))
+    """active | finished | failed | preempted | killed | crashed, by the table of docs/run-format.md
+    section 7 (the gateway implements the same table; tests/test_run_state_spec.py holds both to it)."""
+    attempt = _int(meta.get("attempt")) or 1
+    if exit_doc is not None and (_int(exit_doc.get("attempt")) or 1) == attempt:
+        reason = exit_doc.get("reason")
+        if reason in _REASONS:
+            return str(reason)
+        return "finished" if exit_doc.get("exit_code") == 0 else "failed"
     now_ms = (time.time() if now_s is None else now_s) * 1000
-    beat = (heartbeat or {}).get("ts_ms")
-    if isinstance(beat, int) and now_ms - beat <= stale_after_s * 1000:
-        return "active"
-    return "crashed"
+    alive = _int((heartbeat or {}).get("ts_ms")) or _int(meta.get("created_ms")) or 0
+    return "active" if now_ms - alive < stale_after_s * 1000 else "crashed"
 
 
 def load_run(path: str) -> RunInfo:

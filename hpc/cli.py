@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence
 from . import _format as fmt
 from . import _shell
 from ._code import RestoreError, restore
-from ._reader import RunInfo, find_run, iter_runs, load_run, read_history
+from ._reader import DEFAULT_STALE_AFTER_S, RunInfo, find_run, iter_runs, load_run, read_history
 from ._settings import Settings
 from ._smooth import debiased_ema, sparkline
 from .errors import HpcError, UsageError
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = runs.add_parser("ls", help="a table of runs")
     ls.add_argument("--root", help="the runs root (default: $HPCSYNC_DIR or ./hpc-runs)")
     ls.add_argument("--project", help="only this project")
-    ls.add_argument("--stale-after-s", type=float, default=120.0,
+    ls.add_argument("--stale-after-s", type=float, default=DEFAULT_STALE_AFTER_S,
                     help="a run without exit record and no heartbeat for this long is 'crashed'")
 
     show = runs.add_parser("show", help="metadata, config, summary and a metric sparkline")
