@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from conftest import sink_for
 from sync_gateway.readers.base import RUN_STATES, MetricDef, Position, Row, RunInfo, RunStatus, Summary
 from sync_gateway.sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
 from sync_gateway.sinks.memory import MemorySink
@@ -83,8 +84,6 @@ def sink_and_view(request):
         yield sink, MemoryView(sink)
         return
     request.getfixturevalue("mlflow_server")
-    from conftest import sink_for
-
     sink = sink_for(request.getfixturevalue("settings"))
     yield sink, MlflowView(sink)
     sink.close()
