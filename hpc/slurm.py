@@ -49,12 +49,29 @@ def _submitit() -> Any:
     return submitit
 
 
-def _submitit_names() -> Tuple[Dict[str, Any], frozenset]:
-    """(shared parameter -> expected type, SLURM executor parameter names), taken from submitit itself."""
-    submitit = _submitit()
-    from submitit.slurm.slurm import SlurmExecutor
+# submitit's shared parameters as documented for 1.5, used when its own table cannot be read.
+_SHARED_FALLBACK: Dict[str, Any] = {"name": str, "timeout_min": int, "mem_gb": float, "nodes": int,
+                                    "cpus_per_task": int, "gpus_per_node": int, "tasks_per_node": int,
+                                    "stderr_to_stdout": bool}
 
-    return dict(submitit.AutoExecutor._typed_parameters()), frozenset(SlurmExecutor._valid_parameters())
+
+def _submitit_names() -> Tuple[Dict[str, Any], frozenset]:
+    """(shared parameter -> expected type, SLURM executor parameter names), taken from submitit itself.
+
+    The two tables come from submitit's private ``_typed_parameters``/``_valid_parameters`` (no public API
+    lists them). If a submitit release drops or changes them, the shared names fall back to the documented
+    table and ``slurm_*`` names are passed through for submitit to check itself (empty SLURM set)."""
+    submitit = _submitit()
+    try:
+        from submitit.slurm.slurm import SlurmExecutor
+
+        shared = dict(submitit.AutoExecutor._typed_parameters())
+        slurm = frozenset(SlurmExecutor._valid_parameters())
+        if shared and all(isinstance(k, str) and isinstance(t, type) for k, t in shared.items()):
+            return shared, slurm
+    except (ImportError, AttributeError, TypeError):
+        pass
+    return dict(_SHARED_FALLBACK), frozenset()
 
 
 def valid_parameters() -> List[str]:
@@ -82,8 +99,8 @@ def _split(params: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any], D
             submitit_params[key] = value
         elif key in slurm:
             submitit_params["slurm_" + key] = value  # AutoExecutor wants SLURM-only names prefixed
-        elif key.startswith("slurm_") and (key[6:] in slurm or key[6:] in shared):
-            submitit_params[key] = value
+        elif key.startswith("slurm_") and (key[6:] in slurm or key[6:] in shared or not slurm):
+            submitit_params[key] = value  # (not slurm: submitit's table is unreadable; it checks the name)
         else:
             unknown.append(key)
     if unknown:

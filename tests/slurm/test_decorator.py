@@ -187,3 +187,19 @@ def test_results_of_a_multi_task_job_are_bounded_too():
     assert results(FakeJob(done_after=2), timeout_s=10, sleep=sleep, clock=lambda: now[0]) == ["ok", "ok too"]
     with pytest.raises(JobWaitTimeout):
         results(FakeJob(done_after=100), timeout_s=5, sleep=sleep, clock=lambda: now[0])
+
+
+def test_a_submitit_without_its_private_parameter_tables_still_works(monkeypatch):
+    """hpc.slurm reads submitit's private _typed_parameters/_valid_parameters; a release without them
+    must not break decoration: shared names fall back to the documented table, slurm_* pass through."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.delattr(submitit.AutoExecutor, "_typed_parameters")
+    monkeypatch.delattr(SlurmExecutor, "_valid_parameters")
+    fn = slurm_job(slurm_partition="gpu", timeout_min=5, project="p")(lambda: None)
+    assert fn._submitit_params == {"slurm_partition": "gpu", "timeout_min": 5}
+    with pytest.raises(UsageError) as err:
+        slurm_job(timeout_min="2h")
+    assert "must be of type int" in str(err.value)
+    with pytest.raises(UsageError):
+        slurm_job(partitio="gpu")  # an unprefixed unknown name is still refused
