@@ -7,7 +7,7 @@ EXTRAS ?= dev
 # Tests honour CI=true (every service must be present) and PYTEST_ARGS.
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test soak bench clean
+.PHONY: venv demo test test-fast soak bench clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+# Unit tier: no servers, no process-and-wait tests (under a minute); `make test` runs everything.
+test-fast: venv
+	$(PY) -m pytest -q -m "not (mlflow or postgres or slurm or sshd or faults or gpu or slow)" $(PYTEST_ARGS)
 
 soak: venv
 	HPCSYNC_SOAK=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS)

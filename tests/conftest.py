@@ -7,6 +7,19 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/support.py for every test directory
 
+# A test that uses one of these fixtures starts (or needs) that service: it gets the marker, so the tiers
+# of the Makefile can select by what a test starts (`make test-fast` runs none of them).
+_SERVICE_FIXTURES = {"mlflow_server": "mlflow", "mlflow_url": "mlflow", "sshd": "sshd",
+                     "slurm_cluster": "slurm", "pg_server": "postgres"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _SERVICE_FIXTURES.items():
+            if fixture in used:
+                item.add_marker(getattr(pytest.mark, marker))
+
 
 @pytest.fixture(autouse=True)
 def _clean_hpc_environment(monkeypatch):

@@ -45,6 +45,7 @@ def test_no_retry_on_other_4xx(settings, root, project):
 
 
 @pytest.mark.faults
+@pytest.mark.mlflow  # it starts a server of its own
 def test_server_restarted_in_the_middle_of_a_sync(root, project, tmp_path):
     import mlflow_server as ms
 

@@ -135,6 +135,7 @@ def test_links_out_of_the_root_are_never_followed(settings, root, project, tmp_p
     assert sink.find(sink.experiment_id(project), f"{project}/linked") is None
 
 
+@pytest.mark.slow  # builds 10,000 run directories
 def test_ten_thousand_run_dirs_second_pass_touches_nothing(tmp_path):
     root = tmp_path / "runs"
     n = int(os.environ.get("HPCSYNC_TEST_RUNS", "10000"))

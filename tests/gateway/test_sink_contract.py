@@ -77,7 +77,7 @@ class MlflowView:
         return found.run_id, int(info["start_time"]), int(end) if end is not None else None
 
 
-@pytest.fixture(params=["memory", "mlflow"])
+@pytest.fixture(params=["memory", pytest.param("mlflow", marks=pytest.mark.mlflow)])
 def sink_and_view(request):
     if request.param == "memory":
         sink = MemorySink()

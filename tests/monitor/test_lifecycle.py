@@ -17,6 +17,8 @@ from monitor_helpers import FAKE_DIR, gpu, read_records
 
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer.py")
 
+pytestmark = pytest.mark.slow  # every test runs a monitor process and waits for its samples
+
 
 def gone(pid: int) -> bool:
     try:

@@ -168,6 +168,7 @@ def _run_monitor(tmp_path, env, seconds=1.6, args=()):
     return read_records(tmp_path / "system.jsonl"), json.loads((tmp_path / "hardware.json").read_text()), stderr
 
 
+@pytest.mark.slow  # a monitor process, waited for
 def test_monitor_process_records_only_the_jobs_gpus(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"devices": [gpu(u) for u in UUIDS]}, CUDA_VISIBLE_DEVICES="GPU-2233,GPU-4444")
     records, hardware, stderr = _run_monitor(tmp_path, env)
@@ -180,6 +181,7 @@ def test_monitor_process_records_only_the_jobs_gpus(tmp_path, fake_nvml_env):
     assert stderr == ""
 
 
+@pytest.mark.slow  # a monitor process, waited for
 def test_monitor_process_survives_a_gpu_falling_off_the_bus(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"devices": [gpu(UUIDS[0], lost_after=3)]})
     records, _, stderr = _run_monitor(tmp_path, env, seconds=2.0)
@@ -189,6 +191,7 @@ def test_monitor_process_survives_a_gpu_falling_off_the_bus(tmp_path, fake_nvml_
     assert len(stderr.strip().splitlines()) == 1 and "GPU 0" in stderr, stderr
 
 
+@pytest.mark.slow  # a monitor process, waited for
 def test_monitor_process_without_a_driver_says_so_once_and_records_cpu(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"init_error": 12, "devices": []})
     records, hardware, stderr = _run_monitor(tmp_path, env)
@@ -197,6 +200,7 @@ def test_monitor_process_without_a_driver_says_so_once_and_records_cpu(tmp_path,
     assert len(stderr.strip().splitlines()) == 1 and "no NVIDIA driver" in stderr
 
 
+@pytest.mark.slow  # a monitor process, waited for
 def test_local_rank_records_its_own_gpu_and_no_host_metrics(tmp_path, fake_nvml_env):
     env = fake_nvml_env({"devices": [gpu(u) for u in UUIDS]})
     records, hardware, _ = _run_monitor(tmp_path, env, args=("--local-rank", "2", "--local-world-size", "4"))

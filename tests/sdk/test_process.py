@@ -15,6 +15,8 @@ from hpc.cli import main as hpc_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+pytestmark = pytest.mark.slow  # each test runs a training script in a process of its own
+
 
 def run_script(body: str, root: str, cwd: str = None, env: dict = None) -> subprocess.CompletedProcess:
     code = "import hpc, sys, os\n" + textwrap.dedent(body)
