@@ -6,7 +6,7 @@ TLS trust, first match wins (``resolve_tls``):
   3. ``tls.truststore: true`` -> the operating system's trust store (corporate CAs);
   4. ``REQUESTS_CA_BUNDLE``, then ``SSL_CERT_FILE``, then ``CURL_CA_BUNDLE`` from the environment;
   5. requests' default store (certifi).
-requests lets ``REQUESTS_CA_BUNDLE`` silently override ``Session.verify`` (see FACTS), so the session has
+requests lets ``REQUESTS_CA_BUNDLE`` silently override ``Session.verify`` (docs/facts.md), so the session has
 ``trust_env = False``, proxies are resolved here from ``HTTPS_PROXY``/``NO_PROXY``, and ``verify`` is passed
 on every request.
 """

@@ -21,7 +21,7 @@ if [ "$need_apt" = 1 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -q
-    # The full mariadb-server pulls 23 packages and upgrades perl: the cores are enough (FACTS.md).
+    # The full mariadb-server pulls 23 packages and upgrades perl: the cores are enough (docs/facts.md).
     apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
         slurm-wlm munge slurmdbd mariadb-server-core mariadb-client-core
 fi

@@ -5,7 +5,7 @@ config as immutable params, the summary as ``summary/<key>`` points at step 0, a
 RUNNING/FINISHED/FAILED/KILLED, a group as a parent run whose members nest under it, and its identifiers
 (run id, experiment id, artifact URI) in the state the engine keeps for it.
 
-Exactly once rests on two server facts (docs/gateway.md, "Exactly once"): an identical metric point (key,
+Exactly once rests on two server facts (docs/facts.md): an identical metric point (key,
 value, step, timestamp) is stored once, and an identical param value is accepted again. A server run is
 found again by its tag ``hpc.run_id`` when the gateway's own state is lost.
 """

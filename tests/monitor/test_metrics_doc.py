@@ -7,7 +7,7 @@ import re
 from hpc._sampling import CUMULATIVE, METRICS
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "metrics.md")
-# MLflow's own system-metric names, from /work/shared/FACTS.md (checked against MLflow 3.17).
+# MLflow's own system-metric names, as docs/facts.md lists them (checked against MLflow 3.17).
 MLFLOW_NATIVE = {
     "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
     "system/system_memory_usage_percentage", "system/gpu_{i}_utilization_percentage",
