@@ -30,4 +30,4 @@ def sink_class(kind: str) -> Type[Sink]:
 
 def make_sink(settings: "Settings", environ: Optional[Mapping[str, str]] = None, **kw: Any) -> Sink:
     """The sink for ``settings.server_kind``, built from the settings (``kw`` goes to its constructor)."""
-    return sink_class(settings.server_kind).from_settings(settings, environ, **kw)  # type: ignore[attr-defined]
+    return sink_class(settings.server_kind).from_settings(settings, environ, **kw)

@@ -70,6 +70,12 @@ class Sink(abc.ABC):
 
     # -- configuration ------------------------------------------------------------------------
     @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: "Settings", environ: Optional[Mapping[str, str]] = None,
+                      **kw: Any) -> "Sink":
+        """The sink for resolved settings; ``environ`` defaults to ``os.environ``."""
+
+    @classmethod
     def settings_from_environ(cls, settings: "Settings", environ: Mapping[str, str]) -> "Settings":
         """Apply this server's own environment variables (below the config file in precedence)."""
         return settings

@@ -52,7 +52,7 @@ class MemorySink(Sink):
         self._ids = itertools.count()
 
     @classmethod
-    def from_settings(cls, settings: Any = None, environ: Optional[Mapping[str, str]] = None,
+    def from_settings(cls, settings: Any = None, environ: Optional[Mapping[str, str]] = None,  # noqa: ARG003
                       **kw: Any) -> "MemorySink":
         return cls()
 
