@@ -83,6 +83,22 @@ def test_sample_converts_units(fake_pynvml):
     assert (s.ecc_corrected_count, s.ecc_uncorrected_count) == (7, 1)
 
 
+def test_memory_in_use_excludes_the_drivers_reserved_memory_as_nvidia_smi_does(fake_pynvml):
+    """Driver R510+: the v1 memory query counts reserved memory as used (615 MiB on an idle H200, where
+    nvidia-smi shows 0: seen with benchmarks/gpu_check.py); the v2 query is what nvidia-smi reports."""
+    fake_pynvml.configure({"devices": [gpu(UUIDS[0], used=0, reserved=615 * 2**20, total=4 * 2**30),
+                                       gpu(UUIDS[1], used=2**30, reserved=615 * 2**20, total=4 * 2**30,
+                                           no_v2=True)]})
+    nvml = Nvml(fake_pynvml)
+    nvml.open(None)
+    assert nvml.sample(0).memory_used_bytes == 0
+    # an older driver without v2: v1's figure (reserved included) rather than nothing, and v2 not asked again
+    assert nvml.sample(1).memory_used_bytes == 2**30 + 615 * 2**20
+    asked = sum(1 for name, _ in fake_pynvml.calls if name == "memory")
+    nvml.sample(1)
+    assert sum(1 for name, _ in fake_pynvml.calls if name == "memory") == asked + 1
+
+
 def test_unsupported_ecc_is_left_out_and_not_asked_again(fake_pynvml):
     fake_pynvml.configure({"devices": [gpu(UUIDS[0], ecc=None)]})
     nvml = Nvml(fake_pynvml)

@@ -94,9 +94,20 @@ def nvmlDeviceGetName(handle):
     return _dev(handle, "name")["name"]
 
 
-def nvmlDeviceGetMemoryInfo(handle):
+nvmlMemory_v2 = 0x02000028
+
+
+def nvmlDeviceGetMemoryInfo(handle, version=None):
+    """Like the real bindings: v1 (no version) counts the driver's reserved memory as used, v2 reports
+    it apart; a device with "no_v2" answers v2 with NOT_SUPPORTED, as an old driver does."""
     d = _dev(handle, "memory")
-    return SimpleNamespace(total=d["total"], used=d["used"], free=d["total"] - d["used"])
+    reserved = d.get("reserved", 0)
+    if version is None:
+        return SimpleNamespace(total=d["total"], used=d["used"] + reserved, free=d["total"] - d["used"] - reserved)
+    if d.get("no_v2"):
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return SimpleNamespace(version=version, total=d["total"], reserved=reserved, used=d["used"],
+                           free=d["total"] - d["used"] - reserved)
 
 
 def nvmlDeviceGetUtilizationRates(handle):
