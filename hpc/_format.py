@@ -34,6 +34,7 @@ OUTPUT = "output.log"
 FILES_DIR = "files"
 CODE_DIR = "code"
 TMP_PREFIX = ".tmp-"
+_INT_FLOAT_LIMIT = 2 ** 1024 - 2 ** 970  # float(n) overflows from here on (run-format.md section 3)
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 # One encoder, built once: json.dumps() and JSONEncoder.encode() build a new C encoder on every call, which
@@ -57,6 +58,8 @@ except ImportError:  # pragma: no cover - not CPython
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is int and not -_INT_FLOAT_LIMIT < value < _INT_FLOAT_LIMIT:
+        return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -65,10 +68,12 @@ def _finite(value: Any) -> Any:
 
 
 def encode_values(obj: Any) -> str:
-    """Compact JSON with NaN/inf written as the strings the format specifies.
+    """Compact JSON with NaN/inf (and integers beyond the float range) written as the strings the format
+    specifies.
 
     The common case (all finite) takes the C encoder's fast path; only a row holding a non-finite number
-    pays for the rewrite.
+    pays for the rewrite. Logged values are already converted (hpc._values); the integer rule here covers
+    documents, and integers over Python's 4300-digit str() limit, which raise ValueError too.
     """
     try:
         if _C_ENCODE is not None:
