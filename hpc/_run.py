@@ -69,6 +69,7 @@ class Run:
         self._queued_bytes = 0  # estimated bytes ever put on the queue; the writer counts what it took off
         self._budget_bytes = settings.queue_max_bytes
         self._queue_limit = self._budget_bytes
+        self._full_warned: set = set()
         self._logged_rows = 0
         self._dropped_rows = 0
         self._dropped_output_bytes = 0
@@ -179,10 +180,13 @@ class Run:
         self._queue_full("rows are dropped and counted in exit.json (dropped_rows)")
 
     def _queue_full(self, what: str) -> None:
-        if not self._writer.wake.is_set():
-            self._writer.wake.set()
+        # The first drop wakes the writer and warns; the next ones (a flood drops thousands a second) only count.
+        if what in self._full_warned:
+            return
+        self._full_warned.add(what)
+        self._writer.wake.set()
         self._terminal.warn_once(
-            "queue-full", f"the writer is {_size(self._budget_bytes)} behind (logging faster than "
+            f"queue-full-{what}", f"the writer is {_size(self._budget_bytes)} behind (logging faster than "
             f"storage takes it, or storage stalled): {what} until it catches up; raise queue_max_bytes "
             "(HPCSYNC_QUEUE_MAX_BYTES) to keep more in memory")
 
