@@ -15,11 +15,11 @@ from .errors import FormatVersionError
 
 __all__ = [
     "FORMAT_VERSION", "NAME_RE", "atomic_write_json", "read_json", "check_version", "encode_values",
-    "decode_value", "repair_torn_tail", "RUN_JSON", "HISTORY", "SYSTEM", "SUMMARY", "CONFIG",
+    "decode_value", "repair_torn_tail", "reserve_document", "write_reserved", "RUN_JSON", "HISTORY", "SYSTEM", "SUMMARY", "CONFIG",
     "HEARTBEAT", "EXIT", "OUTPUT", "FILES_DIR", "CODE_DIR",
 ]
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -34,6 +34,8 @@ OUTPUT = "output.log"
 FILES_DIR = "files"
 CODE_DIR = "code"
 TMP_PREFIX = ".tmp-"
+RESERVE_BYTES = 4096  # one block: exit.json is a few hundred bytes
+_INT_FLOAT_LIMIT = 2 ** 1024 - 2 ** 970  # float(n) overflows from here on (run-format.md section 3)
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 # One encoder, built once: json.dumps() and JSONEncoder.encode() build a new C encoder on every call, which
@@ -57,6 +59,8 @@ except ImportError:  # pragma: no cover - not CPython
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is int and not -_INT_FLOAT_LIMIT < value < _INT_FLOAT_LIMIT:
+        return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -65,10 +69,12 @@ def _finite(value: Any) -> Any:
 
 
 def encode_values(obj: Any) -> str:
-    """Compact JSON with NaN/inf written as the strings the format specifies.
+    """Compact JSON with NaN/inf (and integers beyond the float range) written as the strings the format
+    specifies.
 
     The common case (all finite) takes the C encoder's fast path; only a row holding a non-finite number
-    pays for the rewrite.
+    pays for the rewrite. Logged values are already converted (hpc._values); the integer rule here covers
+    documents, and integers over Python's 4300-digit str() limit, which raise ValueError too.
     """
     try:
         if _C_ENCODE is not None:
@@ -106,6 +112,58 @@ def atomic_write_json(path: str, obj: Any, fsync: bool = True) -> None:
         except OSError:
             pass
         raise
+
+
+def _reserve_path(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f"{TMP_PREFIX}{name}.reserved")
+
+
+def reserve_document(path: str, size_bytes: int = RESERVE_BYTES) -> None:
+    """Claim disk space now for a document written at the end (exit.json), so that a disk the run fills
+    later still has room for it. A temporary name: readers ignore it."""
+    fd = os.open(_reserve_path(path), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        _write_all(fd, b" " * size_bytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_reserved(path: str, obj: Any) -> None:
+    """Write a document into the space :func:`reserve_document` claimed and rename it into place.
+
+    Overwriting blocks a file already owns needs no free space on the file systems runs live on (tmpfs, ext4,
+    XFS, Lustre, GPFS, NFS); JSON allows the trailing blanks should the truncation fail. Without a reserve, or
+    when the document outgrew it, this is :func:`atomic_write_json`.
+    """
+    data = encode_values(obj).encode("utf-8")
+    reserved = _reserve_path(path)
+    try:
+        fd = os.open(reserved, os.O_WRONLY)
+    except FileNotFoundError:
+        atomic_write_json(path, obj)
+        return
+    try:
+        if os.fstat(fd).st_size < len(data):
+            os.close(fd)
+            fd = -1
+            atomic_write_json(path, obj)
+            return
+        _write_all(fd, data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    os.replace(reserved, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
 
 
 def read_json(path: str) -> Optional[Any]:

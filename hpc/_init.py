@@ -19,7 +19,7 @@ from ._settings import Settings
 from ._stats import start_monitor
 from ._terminal import Terminal
 from ._values import plain_config
-from ._writer import Stream
+from ._stream import Stream
 from .errors import ResumeError, UsageError
 
 __all__ = ["init", "prepare_run_dir", "Prepared", "check_name", "check_resume", "load_summary_state"]
@@ -81,8 +81,9 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
 
     previous = _run.active_run()
     if previous is not None:
-        terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first")
-        previous.finish()
+        if previous.recorded_here:
+            terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first")
+        previous.finish()  # in a forked child, this only lets go of the parent's run
     if resolved.mode == "disabled":
         run = DisabledRun(resolved, config, name)
         _set_module_globals(run)
@@ -183,7 +184,7 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
     meta.setdefault("attempts", []).append({
         "attempt": meta["attempt"], "started_ms": int(time.time() * 1000), "host": socket.gethostname(),
         "pid": os.getpid(), "slurm_restart_count": (context.metadata or {}).get("restart_count"),
-        "resumed_from_step": history.last_step if exists else None,
+        "resumed_from_step": history.last_step if exists else None, "first_seq": history.next_seq,
     })
     if context.metadata is not None:
         meta["slurm"] = context.metadata

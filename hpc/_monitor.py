@@ -44,6 +44,9 @@ _PR_SET_PDEATHSIG = 1
 # The signal the kernel sends when the parent dies. Not SIGTERM: the parent *thread* that started us exiting
 # also fires it, so on SIGHUP we check the parent really is gone before stopping.
 _DEATH_SIGNAL = signal.SIGHUP
+# The start record: one sample this long after the monitor starts (or at the first grid point, if sooner).
+# Long enough for the primed CPU percentages to mean something, short enough for a run of a few seconds.
+FIRST_SAMPLE_S = 0.5
 
 
 # -- files ------------------------------------------------------------------------------------------------
@@ -129,17 +132,25 @@ class Monitor:
     """Sample on a fixed grid of ``sample_s``; after the last sample of each ``average_s`` window, emit its
     average. Windows are ``(k*average_s, (k+1)*average_s]`` from the start; a sample at ``t`` belongs to the
     window holding ``t``. Late wake-ups skip missed grid points rather than bunching samples; empty windows
-    are not emitted. ``stop()`` (or ``alive()`` turning False) ends the loop after emitting the partial window.
+    are not emitted.
+
+    Short runs still get a start and an end: with ``first_sample_s``, one sample taken that long after the
+    start is emitted at once as a record of its own (the grid then goes on after it); on ``stop()`` (or the
+    wait reporting a stop request) with ``sample_at_stop``, one last sample joins the partial window, which
+    is emitted. When ``alive()`` turns False (the training process is gone) the partial window is emitted
+    without a last sample: there is no process left to measure.
     """
 
     def __init__(self, sample: Callable[[], Dict[str, float]], emit: Callable[[int, Dict[str, float]], None], *,
                  sample_s: float, average_s: float, cumulative: Callable[[str], bool] = lambda key: False,
                  clock: Callable[[], float] = time.monotonic,
                  wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-                 wait: Optional[Callable[[float], bool]] = None, alive: Callable[[], bool] = lambda: True):
+                 wait: Optional[Callable[[float], bool]] = None, alive: Callable[[], bool] = lambda: True,
+                 first_sample_s: Optional[float] = None, sample_at_stop: bool = True):
         self._sample, self._emit = sample, emit
         self._sample_s, self._average_s = sample_s, average_s
         self._clock, self._wall_ms, self._alive = clock, wall_ms, alive
+        self._first_sample_s, self._sample_at_stop = first_sample_s, sample_at_stop
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         self._avg = Averager(cumulative)
@@ -153,11 +164,22 @@ class Monitor:
     def run(self) -> None:
         start = self._clock()
         k = 1  # grid index of the next sample
+        parent_gone = False
         try:
+            if self._first_sample_s is not None:
+                if self._wait(self._first_sample_s) or self._stop.is_set():
+                    return
+                if not self._alive():
+                    parent_gone = True
+                    return
+                self._avg.add(self._sample())
+                self._emit(self._wall_ms(), self._avg.flush())
+                k = math.floor(round(self._first_sample_s / self._sample_s, 9)) + 1
             while not self._stop.is_set():
                 if self._wait(max(0.0, start + k * self._sample_s - self._clock())) or self._stop.is_set():
                     break
                 if not self._alive():
+                    parent_gone = True
                     break
                 self._avg.add(self._sample())
                 t = k * self._sample_s
@@ -166,6 +188,8 @@ class Monitor:
                 if self._window(k * self._sample_s) != self._window(t):
                     self._emit(self._wall_ms(), self._avg.flush())
         finally:
+            if self._sample_at_stop and not parent_gone and self._alive():
+                self._avg.add(self._sample())
             if self._avg.samples:
                 self._emit(self._wall_ms(), self._avg.flush())
 
@@ -359,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
     sampler.prime()
     monitor = Monitor(sampler.sample, stream.append, sample_s=args.sample_s, average_s=args.average_s,
                       cumulative=lambda key: bool(CUMULATIVE.match(key)),
-                      wait=_signal_wait(alive), alive=lambda: not sampler.parent_gone and alive())
+                      wait=_signal_wait(alive), alive=lambda: not sampler.parent_gone and alive(),
+                      first_sample_s=min(args.sample_s, FIRST_SAMPLE_S))
     try:
         monitor.run()
     finally:

@@ -6,139 +6,34 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Dict, Iterator, List, Optional
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional
 
 from . import _console, _signals
+from ._config import Config, Summary
 from ._context import RunContext
 from ._names import random_id
 from ._settings import Settings
 from ._terminal import Terminal
+from ._stream import Stream
 from ._values import MAX_KEY_CHARS, key_problem
-from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SUMMARY_DEL, SUMMARY_SET, SYNC, TEXT, Stream, Writer
+from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SYNC, TEXT, Writer
 from .errors import UsageError
 
 __all__ = ["Run", "DisabledRun", "Config", "Summary", "active_run", "set_active"]
 
 _FINISH_TIMEOUT_S = 60.0  # bounded: a hung file system must not keep a finished job alive forever
 _SYNC_TIMEOUT_S = 10.0
-_MAX_QUEUED_ROWS = 1_000_000
+_MAX_STEP = 2 ** 63 - 1  # steps are int64 downstream (MLflow stores a larger one as 0)
+# What a queued row costs in memory, estimated from its number of keys (measured with tracemalloc on
+# CPython 3.11: the row tuple, the copied dict, its float values, the deque slot). Console text: its length.
+_ROW_BYTES = 320
+_KEY_BYTES = 52
+_TEXT_BYTES = 80
+_time = time.time
 _SUMMARY_POLICIES = ("min", "max", "mean", "last")
 _active: Optional["Run"] = None
 _active_lock = threading.RLock()  # re-entrant: a signal handler may finish the run mid-finish
-
-
-class Config(dict):
-    """``run.config``: a dict with attribute access; every change is written to config.json."""
-
-    def __init__(self, data: Optional[Mapping] = None, on_change: Any = None):
-        super().__init__(data or {})
-        object.__setattr__(self, "_on_change", on_change)
-
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(dict(self))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"config has no key {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._changed()
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self._changed()
-
-    def update(self, *args: Any, allow_val_change: bool = True, **kwargs: Any) -> None:  # type: ignore[override]
-        super().update(*args, **kwargs)
-        self._changed()
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self)
-
-
-class Summary(MutableMapping):
-    """``run.summary``: last logged value per key (or its min/max/mean policy); a value set by hand wins."""
-
-    def __init__(self, run: "Run"):
-        self._run = run
-
-    def _values(self) -> Dict[str, Any]:
-        self._run._sync()
-        return self._run._writer.summary_values()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        problem = key_problem(key)
-        if problem:
-            raise UsageError(problem)
-        self._run._enqueue((SUMMARY_SET, key, value))
-
-    def __delitem__(self, key: str) -> None:
-        if key not in self._values():
-            raise KeyError(key)
-        self._run._enqueue((SUMMARY_DEL, key))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values())
-
-    def __len__(self) -> int:
-        return len(self._values())
-
-    def __repr__(self) -> str:
-        return f"Summary({self._values()!r})"
-
-
-class _ExitHooks:
-    """Learn how the process ends (sys.exit code, uncaught exception), as W&B does, to fill exit.json."""
-
-    def __init__(self) -> None:
-        self.exit_code: Any = None
-        self.exception: Optional[type] = None
-        self._orig_exit = None
-        self._orig_hook = None
-
-    def install(self) -> None:
-        self._orig_exit, self._orig_hook = sys.exit, sys.excepthook
-        sys.exit, sys.excepthook = self._exit, self._excepthook
-
-    def uninstall(self) -> None:
-        if sys.exit == self._exit:
-            sys.exit = self._orig_exit
-        if sys.excepthook == self._excepthook:
-            sys.excepthook = self._orig_hook
-
-    def _exit(self, code: Any = 0) -> None:
-        self.exit_code = code
-        self._orig_exit(code)
-
-    def _excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
-        self.exception = kind
-        self._orig_hook(kind, value, tb)
-
-    def outcome(self) -> tuple:
-        if self.exception is not None:
-            if issubclass(self.exception, KeyboardInterrupt):
-                return 130, "killed"
-            return 1, "failed"
-        code = self.exit_code
-        if code is None or code == 0:
-            return 0, "finished"
-        return (code if isinstance(code, int) else 1), "failed"
 
 
 class Run:
@@ -160,17 +55,31 @@ class Run:
         self.resumed = meta["attempt"] > 1
         self._terminal = terminal
         self._finished = False
-        self._dropped = 0
+        self._closed = False  # finished, or this process is a fork of the one that records the run
+        self._owner_pid = os.getpid()
         self._refused_steps = 0
         self._keys: set = set()
         self._metric_names: set = set()
+        # Everything below is guarded by _lock: threads that log concurrently get steps in queue order.
+        # Re-entrant, because a warning printed under it comes back through the console tee.
+        self._lock = threading.RLock()
+        self._pending: Optional[Dict[str, Any]] = None  # the open row (commit=False, or step= not yet closed)
+        self._pending_step = 0
+        self._pending_ts_ms = 0
+        self._queued_bytes = 0  # estimated bytes ever put on the queue; the writer counts what it took off
+        self._budget_bytes = settings.queue_max_bytes
+        self._queue_limit = self._budget_bytes
+        self._full_warned: set = set()
+        self._logged_rows = 0
+        self._dropped_rows = 0
+        self._dropped_output_bytes = 0
         self.step = history.last_step + 1 if history.last_step is not None else 0
         self._writer = Writer(run_dir, meta, history, settings, terminal, summary_state, config,
                               capture_code=not settings.disable_code)
         self._queue = self._writer.queue
         self.config = Config(config, on_change=lambda snapshot: self._enqueue((CONFIG, snapshot)))
         self.summary = Summary(self)
-        self._hooks = _ExitHooks()
+        self._hooks = _signals.ExitHooks()
         self._console: Optional[tuple] = None
         self._monitor: Optional[Any] = None  # the system-metrics process (hpc._stats), started by init
         self._writer.start()
@@ -184,34 +93,117 @@ class Run:
         (``commit=False`` merges into the current row); with ``step`` the row is written when the step
         changes, or now with ``commit=True``. A ``step`` below the current one is refused with a warning.
         """
-        if self._finished:
-            raise UsageError(f"log() after finish() of run {self.id}: call hpc.init() to start a new run")
         if type(data) is not dict:
             if not isinstance(data, Mapping):
                 raise UsageError(f"log() takes a dict of metrics, got {type(data).__name__}")
             data = dict(data)
         if not self._keys.issuperset(data):
             self._check_keys(data)
-        if step is None:
-            step = self._step_now
-            do_commit = commit is None or bool(commit)
-        else:
-            if type(step) is not int or step < 0:
-                step = self._coerce_step(step)
-            if step < self._step_now:
+        if step is not None and (type(step) is not int or not 0 <= step <= _MAX_STEP):
+            step = self._coerce_step(step)
+        # The lock keeps step order and queue order the same whatever the threading. Explicit acquire and
+        # release: a `with` block costs twice as much here, and this is the training loop's hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:  # checked under the lock: a row either precedes finish's last one, or is refused
+                self._closed_call("log()")
+                return
+            if step is None:
+                step = self._step_now
+                if self._pending is None and (commit is None or commit):
+                    # The common row: one call at the next step, committed at once. This is _push inlined
+                    # (a method call is a tenth of what log() costs); keep the two in step.
+                    self._step_now = step + 1
+                    if not data:
+                        return
+                    row = dict(data)  # a copy: the caller may reuse its dict
+                    cost = _ROW_BYTES + _KEY_BYTES * len(row)
+                    self._logged_rows += 1
+                    queued = self._queued_bytes + cost
+                    if queued > self._queue_limit and not self._room_for(queued):
+                        self._drop_row()
+                        return
+                    self._queued_bytes = queued
+                    self._queue.append((ROW, step, int(_time() * 1000), row, cost))
+                    return
+                do_commit = commit is None or bool(commit)
+            elif step < self._step_now:
                 self._refuse_step(step)
                 return
-            self._step_now = step
-            do_commit = bool(commit)
-        queue = self._queue
-        if len(queue) >= _MAX_QUEUED_ROWS:
-            self._dropped += 1
-            self._terminal.warn_once("queue-full", f"the writer is {_MAX_QUEUED_ROWS} rows behind (slow "
-                                     "storage?); rows are dropped and counted in exit.json")
-            return
-        queue.append((ROW, step, int(time.time() * 1000), dict(data), do_commit))
+            else:
+                do_commit = bool(commit)
+            self._log_into_row(data, step, do_commit)
+        finally:
+            lock.release()
+
+    def _log_into_row(self, data: Dict[str, Any], step: int, do_commit: bool) -> None:  # under _lock
+        pending = self._pending
+        if pending is None:
+            row = dict(data)
+        elif step == self._pending_step:
+            row = _merged(pending, data)
+            self._pending = None
+        else:
+            self._pending = None
+            self._push(self._pending_step, self._pending_ts_ms, pending)
+            row = dict(data)
+        ts_ms = int(_time() * 1000)
         if do_commit:
             self._step_now = step + 1
+            if row:
+                self._push(step, ts_ms, row)
+        else:
+            self._pending, self._pending_step, self._pending_ts_ms = row, step, ts_ms
+            self._step_now = step
+
+    def _push(self, step: int, ts_ms: int, row: Dict[str, Any]) -> None:
+        """Queue one complete row, or drop and count it when the queue holds ``queue_max_bytes`` already.
+        Dropping the new row never waits; the writer catches up and later rows get in again."""
+        cost = _ROW_BYTES + _KEY_BYTES * len(row)
+        self._logged_rows += 1
+        queued = self._queued_bytes + cost
+        if queued > self._queue_limit and not self._room_for(queued):
+            self._drop_row()
+            return
+        self._queued_bytes = queued
+        self._queue.append((ROW, step, ts_ms, row, cost))
+
+    def _room_for(self, queued_bytes: int) -> bool:  # under _lock
+        """Whether the queue has room up to ``queued_bytes`` (ever queued), now that the writer has drained
+        some. ``_queue_limit`` caches the answer's bound so the hot path compares one number."""
+        self._queue_limit = self._writer.drained_bytes + self._budget_bytes
+        return queued_bytes <= self._queue_limit
+
+    def _drop_row(self) -> None:  # under _lock
+        self._dropped_rows += 1
+        self._queue_full("rows are dropped and counted in exit.json (dropped_rows)")
+
+    def _queue_full(self, what: str) -> None:
+        # The first drop wakes the writer and warns; the next ones (a flood drops thousands a second) only count.
+        if what in self._full_warned:
+            return
+        self._full_warned.add(what)
+        self._writer.wake.set()
+        self._terminal.warn_once(
+            f"queue-full-{what}", f"the writer is {_size(self._budget_bytes)} behind (logging faster than "
+            f"storage takes it, or storage stalled): {what} until it catches up; raise queue_max_bytes "
+            "(HPCSYNC_QUEUE_MAX_BYTES) to keep more in memory")
+
+    def _console_text(self, text: str) -> None:
+        """The console tee's sink: queue a copy of the text for output.log, within the same budget."""
+        cost = _TEXT_BYTES + len(text)
+        with self._lock:
+            if self._closed:
+                return  # finished; or a forked child, whose output is not the run's
+            queued = self._queued_bytes + cost
+            if queued > self._queue_limit and not self._room_for(queued):
+                self._dropped_output_bytes += len(text.encode("utf-8", "replace"))
+                self._queue_full("console text for output.log is dropped and counted in exit.json "
+                                 "(dropped_output_bytes)")
+                return
+            self._queued_bytes = queued
+            self._queue.append((TEXT, text, cost))
 
     @property
     def step(self) -> int:
@@ -220,6 +212,30 @@ class Run:
     @step.setter
     def step(self, value: int) -> None:
         self._step_now = value
+
+    def _closed_call(self, what: str) -> None:
+        if self.recorded_here:
+            raise UsageError(f"{what} after finish() of run {self.id}: call hpc.init() to start a new run")
+        self._terminal.warn_once(
+            "forked", f"{what} in process {os.getpid()}, a fork of process {self._owner_pid} that records run "
+            f"{self.id} (a DataLoader or multiprocessing worker?): only that process writes the run, so what "
+            "this process logs is NOT recorded; log from the main process, or call hpc.init() here for a run "
+            "of its own")
+
+    @property
+    def recorded_here(self) -> bool:
+        """False in a forked child: the process that called ``hpc.init()`` records this run."""
+        return os.getpid() == self._owner_pid
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a fresh fork (os.register_at_fork). The writer thread did not come along: close this
+        process's view of the run so that nothing accumulates for a writer that does not exist, and so that
+        finishing here (atexit, a signal) cannot touch the parent's files."""
+        self._closed = True
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._terminal.after_fork()
+        self._pending = None
+        self._queue.clear()
 
     def _check_keys(self, data: Mapping) -> None:
         for key in data:
@@ -235,13 +251,13 @@ class Run:
             if isinstance(value, bool) or int(value) != value:
                 raise ValueError
             value = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UsageError(f"step must be a non-negative integer, got {step!r}") from None
-        if value < 0:
-            raise UsageError(f"step must be a non-negative integer, got {step!r}")
+        if not 0 <= value <= _MAX_STEP:
+            raise UsageError(f"step must be a non-negative integer below 2**63, got {step!r}")
         return value
 
-    def _refuse_step(self, step: int) -> None:
+    def _refuse_step(self, step: int) -> None:  # under _lock
         self._refused_steps += 1
         if self._refused_steps == 1 or self._refused_steps % 1000 == 0:
             self._terminal.warn(f"refused a row at step {step}: the current step is {self._step_now} and "
@@ -249,13 +265,14 @@ class Run:
                                 "step= or with a larger one")
 
     def _enqueue(self, item: tuple) -> None:
-        if self._finished:
-            raise UsageError(f"run {self.id} is finished: call hpc.init() to start a new run")
+        if self._closed:
+            self._closed_call("changing the config or summary")
+            return
         self._queue.append(item)
 
     def _sync(self) -> None:
         """Wait (bounded) until the writer has processed everything queued so far."""
-        if self._finished or not self._writer.is_alive():
+        if self._closed or not self._writer.is_alive():
             return
         done = threading.Event()
         self._queue.append((SYNC, done))
@@ -292,6 +309,8 @@ class Run:
             if self._finished:
                 return
             self._finished = True
+            forked = not self.recorded_here
+            self._closed = True
             if _active is self:
                 _active = None
         self._hooks.uninstall()
@@ -299,10 +318,20 @@ class Run:
         if self._console is not None:
             _console.uninstall(self._console)
             self._console = None
+        if forked:  # a forked child: the run, its writer and its monitor belong to the parent
+            _set_module_globals(None)
+            return
         monitor, self._monitor = self._monitor, None
         if monitor is not None:  # first: system.jsonl is complete before the writer writes exit.json
             monitor.stop(timeout_s=2.0)
-        self._queue.append((FINISH, exit_code, reason, self._dropped))
+        with self._lock:
+            if self._pending is not None:  # the open row is the last one; one row may exceed the budget
+                self._logged_rows += 1
+                row, self._pending = self._pending, None
+                self._queue.append((ROW, self._pending_step, self._pending_ts_ms, row, 0))
+            counts = {"logged_rows": self._logged_rows, "dropped_rows": self._dropped_rows,
+                      "dropped_output_bytes": self._dropped_output_bytes}
+        self._queue.append((FINISH, exit_code, reason, counts))
         self._writer.wake.set()
         self._writer.join(_FINISH_TIMEOUT_S)
         if self._writer.is_alive():
@@ -324,8 +353,7 @@ class Run:
     def _start_capture(self) -> None:
         self._hooks.install()
         if self.settings.console:
-            queue = self._queue
-            self._console = _console.install(lambda text: queue.append((TEXT, text)))
+            self._console = _console.install(self._console_text)
 
 
 class DisabledRun:
@@ -368,6 +396,23 @@ class DisabledRun:
         self.finish()
 
 
+def _size(size_bytes: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.3g} {unit}"
+    return f"{size_bytes} bytes"
+
+
+def _merged(row: Dict[str, Any], data: Mapping) -> Dict[str, Any]:
+    """``data`` merged into the open ``row``, nested dicts key by key, as the writer will flatten them."""
+    for key, value in data.items():
+        before = row.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            value = _merged(dict(before), value)
+        row[key] = value
+    return row
+
+
 def active_run() -> Optional[Run]:
     return _active
 
@@ -385,6 +430,17 @@ def _set_module_globals(run: Any) -> None:
     package.run = run
     package.config = run.config if run is not None else None
     package.summary = run.summary if run is not None else None
+
+
+def _after_fork_in_child() -> None:
+    global _active_lock
+    _active_lock = threading.RLock()  # another thread may have held it at the fork
+    run = _active
+    if run is not None:
+        run._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

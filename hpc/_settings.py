@@ -41,6 +41,19 @@ def _positive_float(name: str, value: Any) -> float:
     return number
 
 
+def _positive_int(name: str, value: Any) -> int:
+    expected = "a positive whole number of bytes"
+    if isinstance(value, bool):
+        raise SettingsError(name, value, expected)
+    try:
+        number = value if isinstance(value, int) else int(str(value).strip())
+    except ValueError:
+        raise SettingsError(name, value, expected) from None
+    if number <= 0:
+        raise SettingsError(name, value, expected)
+    return number
+
+
 def _mode(name: str, value: Any) -> str:
     text = str(value).strip().lower()
     if text not in _MODES:
@@ -100,6 +113,7 @@ _ENV: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
     "ignore_globs": ("HPCSYNC_IGNORE_GLOBS", _globs),
     "flush_interval_s": ("HPCSYNC_FLUSH_INTERVAL_S", _positive_float),
     "heartbeat_interval_s": ("HPCSYNC_HEARTBEAT_INTERVAL_S", _positive_float),
+    "queue_max_bytes": ("HPCSYNC_QUEUE_MAX_BYTES", _positive_int),
     "stats": ("HPCSYNC_STATS", _stats),
     "stats_sample_s": ("HPCSYNC_STATS_SAMPLE_S", _positive_float),
     "stats_average_s": ("HPCSYNC_STATS_AVERAGE_S", _positive_float),
@@ -125,6 +139,8 @@ class Settings:
     ignore_globs: Tuple[str, ...] = field(default_factory=tuple)
     flush_interval_s: float = 1.0
     heartbeat_interval_s: float = 5.0
+    # Rows and console text waiting for the writer thread; beyond it they are dropped and counted (docs/sdk.md).
+    queue_max_bytes: int = 64 * 1024 * 1024
     stats: bool = True
     stats_sample_s: float = 2.0
     stats_average_s: float = 30.0

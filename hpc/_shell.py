@@ -19,7 +19,8 @@ from ._names import random_id
 from ._settings import Settings
 from ._terminal import Terminal
 from ._values import key_problem
-from ._writer import ROW, Stream, Writer
+from ._stream import Stream
+from ._writer import ROW, Writer
 from .errors import UsageError
 
 __all__ = ["start", "log", "finish", "parse_pairs"]
@@ -63,7 +64,9 @@ def _writer_for(run_dir: str, settings: Settings, terminal: Terminal) -> Writer:
     history = Stream(os.path.join(run_dir, fmt.HISTORY), terminal)
     history.open()
     config = fmt.read_json(os.path.join(run_dir, fmt.CONFIG)) or {}
-    return Writer(run_dir, meta, history, settings, terminal, summary_state, config, capture_code=False)
+    attempts = meta.get("attempts") or [{}]
+    return Writer(run_dir, meta, history, settings, terminal, summary_state, config, capture_code=False,
+                  first_seq=attempts[-1].get("first_seq", 0))
 
 
 def start(settings: Settings, name: Optional[str], job_type: Optional[str], config: Dict[str, Any],
@@ -79,6 +82,7 @@ def start(settings: Settings, name: Optional[str], job_type: Optional[str], conf
     ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name,
                             job_type, config, tags, notes)
     ready.history.close()
+    fmt.reserve_document(os.path.join(run_dir, fmt.EXIT))  # `hpc run finish` can then record a full disk
     writer = Writer(run_dir, ready.meta, ready.history, settings, terminal, ready.summary_state, ready.config,
                     capture_code=False)
     if not settings.disable_code:
@@ -101,7 +105,7 @@ def log(run_dir: str, values: Dict[str, Any], step: Optional[int], settings: Set
         problem = key_problem(key)
         if problem:
             raise UsageError(problem)
-    writer._row((ROW, step, int(time.time() * 1000), values, True))
+    writer._row((ROW, step, int(time.time() * 1000), values, 0))
     writer._history.close()
     writer._write_documents()
     writer._heartbeat()
@@ -113,5 +117,7 @@ def log(run_dir: str, values: Dict[str, Any], step: Optional[int], settings: Set
 def finish(run_dir: str, exit_code: int, settings: Settings) -> Dict[str, Any]:
     writer = _writer_for(run_dir, settings, Terminal(settings.silent))
     writer._summary_dirty = True
-    writer._finish(exit_code, "finished" if exit_code == 0 else "failed", 0)
+    # Each `hpc log` wrote its row or failed with an error the script saw: nothing was dropped silently.
+    writer._finish(exit_code, "finished" if exit_code == 0 else "failed",
+                   {"logged_rows": None, "dropped_rows": 0, "dropped_output_bytes": 0})
     return writer.outcome or {}

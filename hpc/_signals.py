@@ -17,13 +17,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from ._context import RunContext, detect
 from .errors import HpcError, SettingsError
 
-__all__ = ["install", "uninstall", "parse_signals", "DEFAULT_PREEMPT_SIGNALS", "slurm_requeue_probe"]
+__all__ = ["install", "uninstall", "parse_signals", "DEFAULT_PREEMPT_SIGNALS", "slurm_requeue_probe", "ExitHooks"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -183,3 +184,41 @@ def _handler(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
         return
     installed.handle(signum, frame)
+
+
+class ExitHooks:
+    """Learn how the process ends (sys.exit code, uncaught exception), as W&B does, to fill exit.json."""
+
+    def __init__(self) -> None:
+        self.exit_code: Any = None
+        self.exception: Optional[type] = None
+        self._orig_exit = None
+        self._orig_hook = None
+
+    def install(self) -> None:
+        self._orig_exit, self._orig_hook = sys.exit, sys.excepthook
+        sys.exit, sys.excepthook = self._exit, self._excepthook
+
+    def uninstall(self) -> None:
+        if sys.exit == self._exit:
+            sys.exit = self._orig_exit
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._orig_hook
+
+    def _exit(self, code: Any = 0) -> None:
+        self.exit_code = code
+        self._orig_exit(code)
+
+    def _excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
+        self.exception = kind
+        self._orig_hook(kind, value, tb)
+
+    def outcome(self) -> tuple:
+        if self.exception is not None:
+            if issubclass(self.exception, KeyboardInterrupt):
+                return 130, "killed"
+            return 1, "failed"
+        code = self.exit_code
+        if code is None or code == 0:
+            return 0, "finished"
+        return (code if isinstance(code, int) else 1), "failed"

@@ -22,6 +22,12 @@ class Terminal:
         self._once: Set[str] = set()
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at the fork), and warnings
+        seen in the parent are seen again here, where they were never printed."""
+        self._lock = threading.Lock()
+        self._once = set()
+
     def info(self, message: str) -> None:
         logger.info(message)
         if not self.silent:

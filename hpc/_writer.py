@@ -1,14 +1,17 @@
 """The background writer: the one thread that turns queued calls into files in the run directory.
 
-``log()`` only appends a tuple to a deque (thread-safe, never blocks). This thread converts values,
+``log()`` only appends a complete row to a deque (thread-safe, never blocks). This thread converts values,
 serialises rows, appends them to ``history.jsonl`` and flushes at least every ``flush_interval_s``; it
 refreshes the heartbeat, rewrites small documents atomically, copies saved files and finally writes
-``exit.json``, last. I/O errors (a full disk, a vanished directory) become one warning each and a count of
-dropped rows: they never reach the training loop.
+``exit.json``, last, into space reserved for it at the start. I/O errors (a full disk, a vanished directory)
+become one warning each and a count of dropped rows: they never reach the training loop. A document whose
+write failed stays due and is written again at the next heartbeat.
+
+``drained_bytes`` counts the queue's estimated bytes this thread has taken off it; ``log()`` compares it with
+what it put on to keep the queue within ``queue_max_bytes``. One writer per counter, so neither needs a lock.
 """
 from __future__ import annotations
 
-import errno
 import fnmatch
 import glob as globlib
 import math
@@ -21,120 +24,23 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _format as fmt
 from ._code import capture_git, ignored
+from ._stream import OutputLog, Stream, describe
 from ._terminal import Terminal
 from ._values import flatten_row, plain_config
 
-__all__ = ["Stream", "Writer", "ROW", "TEXT"]
+__all__ = ["Writer", "ROW", "TEXT"]
 
 ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH = range(9)
-_OPEN_BUFFER_BYTES = 1 << 20
-
-
-class Stream:
-    """An append-only JSONL stream with a single writer, resilient to write errors."""
-
-    def __init__(self, path: str, terminal: Terminal, opener: Callable[..., Any] = open):
-        self.path = path
-        self._terminal = terminal
-        self._opener = opener
-        self._file: Any = None
-        self.next_seq = 0
-        self._flushed_seq = 0  # every record below this seq reached the OS in a successful flush
-        self.last_step: Optional[int] = None
-        self.dropped = 0
-
-    def open(self) -> int:
-        """Repair a torn tail, continue seq after the last complete record; returns the bytes cut."""
-        record, cut = fmt.repair_torn_tail(self.path)
-        disk_next = record["seq"] + 1 if record else 0
-        if disk_next < self.next_seq:  # rows we buffered never reached the disk
-            self.dropped += self.next_seq - disk_next
-        self.next_seq = self._flushed_seq = disk_next
-        if record is not None:
-            self.last_step = record.get("step")
-        self._file = self._opener(self.path, "a", buffering=_OPEN_BUFFER_BYTES, encoding="utf-8",
-                                  newline="\n")
-        return cut
-
-    @property
-    def healthy(self) -> bool:
-        return self._file is not None
-
-    def append(self, step: int, ts_ms: int, values_json: str) -> None:
-        if self._file is None:
-            self.dropped += 1
-            return
-        try:
-            self._file.write(
-                f'{{"seq":{self.next_seq},"step":{step},"ts_ms":{ts_ms},"values":{values_json}}}\n'
-            )
-        except OSError as err:
-            self.next_seq += 1
-            self._fail(err)
-            return
-        self.next_seq += 1
-
-    def flush(self, fsync: bool = False) -> None:
-        if self._file is None:
-            self._try_reopen()
-            return
-        try:
-            self._file.flush()
-            if fsync:
-                os.fsync(self._file.fileno())
-            os.stat(self.path)  # a vanished directory shows here; writes to an unlinked file would not
-        except OSError as err:
-            self._fail(err)
-            return
-        self._flushed_seq = self.next_seq
-
-    def close(self) -> None:
-        self.flush(fsync=True)
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as err:
-                self._fail(err)
-            self._file = None
-
-    def _fail(self, err: OSError) -> None:
-        what = "the disk is full" if err.errno == errno.ENOSPC else (
-            "the run directory vanished" if err.errno == errno.ENOENT else str(err))
-        self._terminal.warn_once(
-            f"stream-{self.path}-{err.errno}",
-            f"cannot write {self.path}: {what}; training goes on, rows are dropped and counted "
-            "in exit.json until writing works again",
-        )
-        try:
-            self._file.close()
-        except (OSError, ValueError, AttributeError):
-            pass  # the buffer that failed to flush is abandoned
-        self._file = None
-        # Count what did not reach the disk now, from the disk itself when it can still be read: part of a
-        # failed buffer may have been written, and repairing the torn tail tells exactly how much.
-        try:
-            record, _ = fmt.repair_torn_tail(self.path)
-            on_disk = record["seq"] + 1 if record else 0
-        except OSError:
-            on_disk = self._flushed_seq
-        on_disk = min(on_disk, self.next_seq)
-        self.dropped += self.next_seq - on_disk
-        self.next_seq = self._flushed_seq = on_disk
-
-    def _try_reopen(self) -> None:
-        if not os.path.isdir(os.path.dirname(self.path)):
-            return
-        try:
-            self.open()
-        except OSError:
-            self._file = None
+# Items handled per pass before the loop looks at its clocks again: under a flood of rows the queue never
+# empties, and the flush, heartbeat and document deadlines must still be met.
+_DRAIN_BATCH = 5000
 
 
 class Writer(threading.Thread):
     def __init__(self, run_dir: str, meta: Dict[str, Any], history: Stream, settings: Any,
                  terminal: Terminal, summary_state: Dict[str, Any], config: Dict[str, Any],
                  capture_code: bool, wall_clock: Callable[[], float] = time.time,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first_seq: Optional[int] = None):
         super().__init__(name="hpc-writer", daemon=True)
         self.queue: Deque[tuple] = deque()
         self.wake = threading.Event()
@@ -156,18 +62,17 @@ class Writer(threading.Thread):
         self._policy_cache: Dict[str, Optional[Tuple[str, Optional[str]]]] = {}
         self._summary_dirty = False
         self._rejected: set = set()
-        self._pending_step: Optional[int] = None
-        self._pending: Dict[str, Any] = {}
-        self._pending_ts = 0
         self._end_saves: List[Tuple[str, str]] = []
-        self._output: Any = None
-        self._output_failed = False
+        self._output = OutputLog(os.path.join(run_dir, fmt.OUTPUT), terminal)
         self.outcome: Optional[Dict[str, Any]] = None
         self.last_step: Optional[int] = history.last_step
-        self.rows_written = 0
+        self._first_seq = history.next_seq if first_seq is None else first_seq  # this attempt's first record
+        self.drained_bytes = 0
+        self.rows_failed = 0  # rows that reached this thread but could not be written (every value refused)
 
     # ---- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
+        self._guard(fmt.reserve_document, os.path.join(self._dir, fmt.EXIT))
         if self._capture_code:
             self._guard(self._capture)
         self._guard(self._heartbeat)
@@ -178,7 +83,7 @@ class Writer(threading.Thread):
             finish = self._guard(self._drain)
             now = self._clock()
             if finish is not None:
-                self._guard(lambda: self._finish(*finish))
+                self._guard(self._finish, *finish)
                 return
             if now >= next_flush:
                 self._guard(self._flush)
@@ -187,13 +92,14 @@ class Writer(threading.Thread):
                 self._guard(self._write_documents)
                 self._guard(self._heartbeat)
                 next_beat = now + self._settings.heartbeat_interval_s
-            self.wake.wait(poll_s)
-            self.wake.clear()
+            if not self.queue:
+                self.wake.wait(poll_s)
+                self.wake.clear()
 
-    def _guard(self, fn: Callable[[], Any]) -> Any:
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         # The writer must outlive any single failure: report it once per kind and keep going.
         try:
-            return fn()
+            return fn(*args)
         except OSError as err:
             self._terminal.warn_once(f"io-{fn.__name__}-{err.errno}",
                                      f"writing the run failed ({err}); training goes on")
@@ -205,47 +111,54 @@ class Writer(threading.Thread):
 
     def _drain(self) -> Optional[tuple]:
         queue = self.queue
-        while queue:
+        for _ in range(_DRAIN_BATCH):
+            if not queue:
+                break
             item = queue.popleft()
             kind = item[0]
             if kind == ROW:
-                self._row(item)
+                self.drained_bytes += item[4]
+                self._guard_row(item)
             elif kind == TEXT:
-                self._text(item[1])
+                self.drained_bytes += item[2]
+                self._output.write(item[1])  # failures are counted inside, never raised
             elif kind == FINISH:
                 return item[1:]
             else:
-                self._other(item)
+                self._guard(self._other, item)
         return None
 
     # ---- rows -----------------------------------------------------------------------------------------
+    def _guard_row(self, item: tuple) -> None:
+        history = self._history
+        appended = history.next_seq + history.dropped  # moves once the row is written or counted there
+        try:
+            self._row(item)
+        except Exception as err:  # noqa: BLE001 - a bug must cost one counted row, not the writer thread
+            if history.next_seq + history.dropped == appended:
+                self.rows_failed += 1
+            self._terminal.warn_once(f"bug-row-{type(err).__name__}",
+                                     f"internal error in the hpc writer ({type(err).__name__}: {err}); the row "
+                                     "is dropped and counted in exit.json; please report it; training goes on")
+
     def _row(self, item: tuple) -> None:
-        _, step, ts_ms, data, commit = item
-        if self._pending_step is not None and step != self._pending_step:
-            self._write_pending()
-        self._pending_step = step
-        self._pending_ts = ts_ms
-        flatten_row(data, self._pending, self._reject)
-        if commit:
-            self._write_pending()
-
-    def _reject(self, key: str, why: str) -> None:
-        if key not in self._rejected:
-            self._rejected.add(key)
-            self._terminal.warn(f"dropping key {key!r}: {why}; the rest of the row is written")
-
-    def _write_pending(self) -> None:
-        values, step = self._pending, self._pending_step
-        self._pending, self._pending_step = {}, None
-        if not values or step is None:
+        _, step, ts_ms, data, _ = item
+        values: Dict[str, Any] = {}
+        flatten_row(data, values, self._reject)
+        if not values:  # every value was refused (each with its warning): nothing of the row can be written
+            self.rows_failed += 1
             return
-        self._history.append(step, self._pending_ts, fmt.encode_values(values))
-        self.rows_written += 1
+        self._history.append(step, ts_ms, fmt.encode_values(values))
         self.last_step = step
         self.last.update(values)
         if self._meta.get("metrics"):
             self._accumulate(values)
         self._summary_dirty = True
+
+    def _reject(self, key: str, why: str) -> None:
+        if key not in self._rejected:
+            self._rejected.add(key)
+            self._terminal.warn(f"dropping key {key!r}: {why}; the rest of the row is written")
 
     def _policy(self, key: str) -> Optional[Tuple[str, Optional[str]]]:
         try:
@@ -323,21 +236,6 @@ class Writer(threading.Thread):
         elif kind == SYNC:
             item[1].set()
 
-    def _text(self, text: str) -> None:
-        if self._output is None:
-            if self._output_failed:
-                return
-            try:
-                self._output = open(os.path.join(self._dir, fmt.OUTPUT), "a", encoding="utf-8",
-                                    errors="replace", buffering=1 << 16)
-            except OSError:
-                self._output_failed = True  # console capture is best effort; rows matter more
-                return
-        try:
-            self._output.write(text)
-        except OSError:
-            self._output = None
-
     def _save(self, pattern: str, base: str) -> None:
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         matches = [p for p in globlib.glob(full, recursive=True) if os.path.isfile(p)]
@@ -378,36 +276,44 @@ class Writer(threading.Thread):
 
     def _flush(self) -> None:
         self._history.flush()
-        if self._output is not None:
-            try:
-                self._output.flush()
-            except OSError:
-                self._output = None
+        self._output.flush()
 
     def _write_documents(self, fsync: bool = True) -> None:
+        # Each flag is cleared only once its document is on disk: a write that failed (a full disk) is due
+        # again at the next heartbeat, and at finish.
         if self._meta_dirty:
-            self._meta_dirty = False
-            fmt.atomic_write_json(os.path.join(self._dir, fmt.RUN_JSON), self._meta, fsync=fsync)
+            self._meta_dirty = not self._write_document(fmt.RUN_JSON, self._meta, fsync)
         if self._config_dirty:
-            self._config_dirty = False
-            fmt.atomic_write_json(os.path.join(self._dir, fmt.CONFIG), self._config, fsync=fsync)
+            self._config_dirty = not self._write_document(fmt.CONFIG, self._config, fsync)
         if self._summary_dirty:
-            self._summary_dirty = False
-            fmt.atomic_write_json(os.path.join(self._dir, fmt.SUMMARY), self.summary_document(),
-                                  fsync=fsync)
+            self._summary_dirty = not self._write_document(fmt.SUMMARY, self.summary_document(), fsync)
 
-    def _finish(self, exit_code: int, reason: str, dropped_in_caller: int) -> None:
-        self._write_pending()
+    def _write_document(self, name: str, document: Dict[str, Any], fsync: bool) -> bool:
+        path = os.path.join(self._dir, name)
+        try:
+            fmt.atomic_write_json(path, document, fsync=fsync)
+        except OSError as err:
+            self._terminal.warn_once(f"document-{name}-{err.errno}",
+                                     f"cannot write {path}: {describe(err)}; training goes on, and it is "
+                                     "written again at the next heartbeat")
+            return False
+        return True
+
+    def _finish(self, exit_code: int, reason: str, caller: Dict[str, int]) -> None:
         for pattern, base in self._end_saves:
-            self._guard(lambda: self._save(pattern, base))
-        self._history.close()
-        if self._output is not None:
-            self._guard(self._output.close)
-            self._output = None
+            self._guard(self._save, pattern, base)
+        self._guard(self._history.close)
+        self._guard(self._output.close)
         self._guard(self._write_documents)
+        written = self._history.next_seq - self._first_seq
+        dropped = self._history.dropped + self.rows_failed + caller["dropped_rows"]
+        logged = caller["logged_rows"]
         self.outcome = {
             "attempt": self._meta["attempt"], "exit_code": int(exit_code), "reason": reason,
-            "end_ms": int(self._wall() * 1000), "dropped_rows": self._history.dropped + dropped_in_caller,
-            "last_step": self.last_step, "history_records": self._history.next_seq,
+            "end_ms": int(self._wall() * 1000), "last_step": self.last_step,
+            "history_records": self._history.next_seq,
+            "logged_rows": written + dropped if logged is None else logged, "written_rows": written,
+            "dropped_rows": dropped,
+            "dropped_output_bytes": self._output.dropped_bytes + caller["dropped_output_bytes"],
         }
-        fmt.atomic_write_json(os.path.join(self._dir, fmt.EXIT), self.outcome)
+        fmt.write_reserved(os.path.join(self._dir, fmt.EXIT), self.outcome)

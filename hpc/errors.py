@@ -14,7 +14,23 @@ __all__ = [
 
 
 class HpcError(Exception):
-    """Base class of every error raised by ``hpc``."""
+    """Base class of every error raised by ``hpc``.
+
+    Errors cross process boundaries (DDP, spawn, submitit pickle them). Exception's own pickling calls
+    ``cls(*self.args)``, that is the constructor with the formatted message alone, which fails (TypeError)
+    for a subclass whose constructor takes fields. ``__reduce__`` rebuilds from the message and the fields
+    instead, without calling the constructor, so it holds for every subclass, present and future.
+    """
+
+    def __reduce__(self) -> tuple:
+        return (_restore, (type(self), self.args), dict(self.__dict__))
+
+
+def _restore(cls: type, args: tuple) -> "HpcError":
+    # The fields come back as the pickle's state (BaseException.__setstate__ updates __dict__).
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class UsageError(HpcError, ValueError):
@@ -28,6 +44,7 @@ class SettingsError(UsageError):
         super().__init__(f"invalid value {value!r} for {name}: expected {expected}")
         self.name = name
         self.value = value
+        self.expected = expected
 
 
 class ResumeError(HpcError):

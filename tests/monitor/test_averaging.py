@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from hpc._monitor import Averager, Monitor, SystemStream
 from monitor_helpers import read_records
 
@@ -32,29 +34,29 @@ class FakeTime:
         return False
 
 
-def run(sample_s, average_s, stop_at, sample=None, cumulative=lambda k: k.endswith("_total")):
+def run(sample_s, average_s, stop_at, sample=None, cumulative=lambda k: k.endswith("_total"), **options):
     ft = FakeTime(stop_at)
     out = []
-    sample = sample or (lambda: {"x": ft.t, "bytes_total": ft.t * 10})
+    sample = sample or (lambda ft: {"x": ft.t, "bytes_total": ft.t * 10})
     mon = Monitor(lambda: sample(ft), lambda ts, values: out.append((ts, values)), sample_s=sample_s,
                   average_s=average_s, cumulative=cumulative, clock=ft.clock, wall_ms=lambda: int(ft.t * 1000),
-                  wait=ft.wait)
+                  wait=ft.wait, **options)
     mon.run()
     return out, ft
 
 
 def test_windows_average_gauges_and_keep_last_of_totals():
     out, _ = run(2.0, 10.0, stop_at=25.0, sample=lambda ft: {"x": ft.t, "bytes_total": ft.t * 10})
-    # (0,10]: 2,4,6,8,10   (10,20]: 12..20   partial (20,25]: 22,24 written on stop at t=25
+    # (0,10]: 2,4,6,8,10   (10,20]: 12..20   partial (20,25]: 22, 24 and the last sample, taken at the stop
     assert out == [
         (10_000, {"bytes_total": 100.0, "x": 6.0}),
         (20_000, {"bytes_total": 200.0, "x": 16.0}),
-        (25_000, {"bytes_total": 240.0, "x": 23.0}),
+        (25_000, {"bytes_total": 250.0, "x": pytest.approx((22 + 24 + 25) / 3)}),
     ]
 
 
 def test_window_not_a_multiple_of_the_sample_interval():
-    out, _ = run(2.0, 5.0, stop_at=15.0, sample=lambda ft: {"x": ft.t})
+    out, _ = run(2.0, 5.0, stop_at=15.0, sample=lambda ft: {"x": ft.t}, sample_at_stop=False)
     # (0,5]: 2,4 -> emitted right after the sample at 4 (the next one, 6, is in the next window);
     # (10,15]: 12,14 is complete at 14, so the stop at 15 has nothing left to write
     assert [(ts, v["x"]) for ts, v in out] == [(4_000, 3.0), (10_000, 8.0), (14_000, 13.0)]
@@ -62,13 +64,35 @@ def test_window_not_a_multiple_of_the_sample_interval():
 
 def test_a_key_missing_from_some_samples_is_averaged_over_the_samples_that_had_it():
     seq = iter([{"a": 1.0, "gpu": 50.0}, {"a": 3.0}, {"a": 5.0, "gpu": 70.0}])
-    out, _ = run(1.0, 3.0, stop_at=3.5, sample=lambda ft: next(seq))
+    out, _ = run(1.0, 3.0, stop_at=3.5, sample=lambda ft: next(seq), sample_at_stop=False)
     assert out == [(3_000, {"a": 3.0, "gpu": 60.0})]
 
 
-def test_stop_before_the_first_sample_writes_nothing():
+def test_a_run_shorter_than_one_sample_still_records_its_end():
     out, _ = run(2.0, 10.0, stop_at=1.0)
-    assert out == []
+    assert out == [(1_000, {"x": 1.0, "bytes_total": 10.0})]
+
+
+def test_the_first_sample_is_a_record_of_its_own_and_the_grid_goes_on_after_it():
+    out, _ = run(2.0, 10.0, stop_at=13.0, sample=lambda ft: {"x": ft.t}, first_sample_s=0.5)
+    # the start (0.5, alone), (0,10]: 2..10, and the partial (10,13]: 12 plus the stop sample at 13
+    assert [(ts, v["x"]) for ts, v in out] == [(500, 0.5), (10_000, 6.0), (13_000, 12.5)]
+
+
+def test_a_first_sample_on_the_grid_is_not_taken_twice():
+    out, ft = run(1.0, 3.0, stop_at=3.5, sample=lambda ft: {"x": ft.t}, first_sample_s=1.0,
+                  sample_at_stop=False)
+    assert [(ts, v["x"]) for ts, v in out] == [(1_000, 1.0), (3_000, 2.5)]
+    assert ft.waits[:2] == [1.0, 1.0]
+
+
+def test_no_stop_sample_once_the_training_process_is_gone():
+    ft = FakeTime(stop_at=100.0)
+    out = []
+    mon = Monitor(lambda: {"x": ft.t}, lambda ts, v: out.append((ts, v)), sample_s=1.0, average_s=10.0,
+                  clock=ft.clock, wall_ms=lambda: int(ft.t * 1000), wait=ft.wait, alive=lambda: ft.t < 3.5)
+    mon.run()
+    assert out == [(4_000, {"x": 2.0})]  # samples at 1, 2, 3; the wake-up at 4 finds no process to sample
 
 
 def test_a_slow_sample_skips_missed_grid_points_instead_of_bunching():
@@ -77,7 +101,7 @@ def test_a_slow_sample_skips_missed_grid_points_instead_of_bunching():
             ft.t += 7.0  # this sample took 7 s (a stalled file system): 6, 8 and 10 are missed
         return {"x": 1.0}
 
-    out, ft = run(2.0, 10.0, stop_at=20.5, sample=sample)
+    out, ft = run(2.0, 10.0, stop_at=20.5, sample=sample, sample_at_stop=False)
     # every wait is non-negative and we never sample twice on one grid point
     assert all(w >= 0 for w in ft.waits)
     # samples at 2, 4 (window 0, written at 11 when the slow sample returned), then 12..20 (window 1);
@@ -170,4 +194,4 @@ def test_stop_ends_the_wait_at_once():
     time.sleep(0.2)  # let it reach the wait
     mon.stop()
     worker.join(10)
-    assert not worker.is_alive() and out == []  # no sample was due, so no record
+    assert not worker.is_alive() and out == [{"x": 1.0}]  # no grid sample was due: only the end

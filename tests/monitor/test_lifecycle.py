@@ -88,8 +88,10 @@ def test_stop_writes_the_last_partial_window_and_exits(tmp_path, trainers):
     assert out == {"exit_code": 0}
     assert gone(t.monitor_pid)
     records = read_records(tmp_path / "system.jsonl")
-    assert len(records) == 1 and records[0]["seq"] == 0 and records[0]["step"] == 0
-    assert records[0]["values"]["process/process_count"] >= 1
+    # the start record (first sample, alone) and the partial window that ends with a sample at the stop
+    assert [(r["seq"], r["step"]) for r in records] == [(0, 0), (1, 1)]
+    assert records[0]["ts_ms"] < records[1]["ts_ms"]
+    assert all(r["values"]["process/process_count"] >= 1 for r in records)
     hardware = json.loads((tmp_path / "hardware.json").read_text())
     assert hardware["parent_pid"] == t.proc.pid and hardware["monitor_pid"] == t.monitor_pid
     assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
@@ -99,7 +101,7 @@ def test_parent_exiting_without_finish_ends_the_monitor(tmp_path, trainers):
     t = trainers(tmp_path, "exit", 0.5, 60)
     assert t.proc.wait(timeout=30) == 0
     assert wait_gone(t.monitor_pid, 0.5 + 5.0)
-    assert len(read_records(tmp_path / "system.jsonl")) == 1  # the partial window made it to disk
+    assert len(read_records(tmp_path / "system.jsonl")) == 2  # the start, and the partial window made it
 
 
 def test_sigkill_of_the_parent_ends_the_monitor_at_once_through_the_death_signal(tmp_path, trainers):
@@ -142,7 +144,7 @@ def test_job_cancel_sigterm_of_the_process_group_writes_the_partial_window(tmp_p
     t.proc.wait()
     assert wait_gone(t.monitor_pid, 5.0)
     records = read_records(tmp_path / "system.jsonl")
-    assert len(records) == 1 and records[0]["values"]["process/process_count"] >= 1
+    assert len(records) == 2 and records[-1]["values"]["process/process_count"] >= 1
 
 
 def test_ctrl_c_and_preemption_signals_do_not_kill_the_monitor(tmp_path, trainers):
@@ -153,7 +155,7 @@ def test_ctrl_c_and_preemption_signals_do_not_kill_the_monitor(tmp_path, trainer
     assert not gone(t.monitor_pid)
     os.kill(t.monitor_pid, signal.SIGTERM)
     assert wait_gone(t.monitor_pid, 5.0)
-    assert len(read_records(tmp_path / "system.jsonl")) == 1
+    assert len(read_records(tmp_path / "system.jsonl")) == 2  # the start record and the partial window
 
 
 def test_the_starting_thread_exiting_does_not_end_the_monitor(tmp_path, trainers):
@@ -244,5 +246,6 @@ def test_stop_right_after_start_lets_the_monitor_exit_cleanly(tmp_path):
     handle = start_monitor(str(tmp_path), parent_pid=os.getpid(),
                            settings=Settings.resolve({"stats_sample_s": 0.2, "stats_average_s": 1}, {}))
     assert handle.stop(timeout_s=30) == 0
-    assert read_records(tmp_path / "system.jsonl") == []  # no sample was taken, so no record
+    records = read_records(tmp_path / "system.jsonl")
+    assert len(records) == 1  # no grid sample was due: the one taken at the stop records the end
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # our mask is restored

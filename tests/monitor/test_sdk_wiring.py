@@ -22,3 +22,17 @@ def test_a_run_records_system_metrics_and_they_are_complete_before_exit_json(roo
     assert records and "cpu/process_percent" in records[-1]["values"]
     assert os.path.getmtime(system) <= os.path.getmtime(os.path.join(run.dir, "exit.json"))
     assert {p.pid for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE} <= before
+
+
+def test_a_short_run_gets_its_start_and_its_end_at_the_default_intervals(root):
+    """2 s sampling and 30 s windows (the defaults): a run of a few seconds used to get no record at all."""
+    import hpc
+
+    run = hpc.init(project="p", dir=root, settings={"stats": True})
+    time.sleep(3.0)
+    hpc.finish()
+    records = read_records(os.path.join(run.dir, "system.jsonl"))
+    assert len(records) == 2, records
+    start, end = records
+    assert start["ts_ms"] < end["ts_ms"] and [start["step"], end["step"]] == [0, 1]
+    assert "cpu/process_percent" in start["values"] and "cpu/process_percent" in end["values"]

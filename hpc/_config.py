@@ -1,0 +1,89 @@
+"""``run.config`` and ``run.summary``: the two dict-like objects a run exposes besides ``log``."""
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+
+from ._values import key_problem
+from ._writer import SUMMARY_DEL, SUMMARY_SET
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+__all__ = ["Config", "Summary"]
+
+
+class Config(dict):
+    """``run.config``: a dict with attribute access; every change is written to config.json."""
+
+    def __init__(self, data: Optional[Mapping] = None, on_change: Any = None):
+        super().__init__(data or {})
+        object.__setattr__(self, "_on_change", on_change)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(dict(self))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def update(self, *args: Any, allow_val_change: bool = True, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self)
+
+
+class Summary(MutableMapping):
+    """``run.summary``: last logged value per key (or its min/max/mean policy); a value set by hand wins."""
+
+    def __init__(self, run: "Run"):
+        self._run = run
+
+    def _values(self) -> Dict[str, Any]:
+        self._run._sync()
+        return self._run._writer.summary_values()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        problem = key_problem(key)
+        if problem:
+            raise UsageError(problem)
+        self._run._enqueue((SUMMARY_SET, key, value))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._values():
+            raise KeyError(key)
+        self._run._enqueue((SUMMARY_DEL, key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return f"Summary({self._values()!r})"
