@@ -10,7 +10,22 @@ __all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError", "C
 
 
 class GatewayError(Exception):
-    """Base class of every error raised by ``sync_gateway``."""
+    """Base class of every error raised by ``sync_gateway``.
+
+    Exceptions cross process boundaries (a multiprocessing pool, a test harness); pickle's default
+    rebuilds one by calling its constructor with ``args``, which fails for a subclass whose constructor
+    takes fields (``SourceError(root, path, message)``). ``__reduce__`` rebuilds from the message and the
+    fields instead, for every subclass.
+    """
+
+    def __reduce__(self) -> tuple:
+        return (_restore, (type(self), self.args), dict(self.__dict__))
+
+
+def _restore(cls: type, args: tuple) -> "GatewayError":
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class RetryableError(GatewayError):
