@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 __all__ = ["ServerHandle", "start", "stop", "stop_recorded", "free_port", "is_running"]
 
@@ -88,11 +88,15 @@ def _health_ok(url: str, probe_cert: Optional[str] = None) -> bool:
 
 def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
           backend_uri: Optional[str] = None, timeout_s: float = 120.0, attempts: int = 3,
-          tls_client_ca: Optional[str] = None, probe_cert: Optional[str] = None) -> ServerHandle:
+          tls_client_ca: Optional[str] = None, probe_cert: Optional[str] = None,
+          artifacts_destination: Optional[str] = None, workers: int = 1,
+          env: Optional[Dict[str, str]] = None) -> ServerHandle:
     """Start ``mlflow server`` and wait (bounded) until ``/health`` answers; return its handle.
 
     ``tls_client_ca`` makes the server require client certificates signed by that CA (mTLS);
     ``probe_cert`` (a PEM with key and certificate) is then what the health probe presents.
+    ``artifacts_destination`` (default ``<workdir>/artifacts``) may be ``s3://bucket/prefix``, with the
+    store's variables in ``env``; ``workers`` is the number of server processes.
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "artifacts"), exist_ok=True)
@@ -102,19 +106,19 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
         scheme = "https" if tls_cert else "http"
         cmd = [_mlflow_exe(), "server", "--host", "127.0.0.1", "--port", str(p),
                "--backend-store-uri", backend_uri or f"sqlite:///{os.path.join(workdir, 'mlflow.db')}",
-               "--serve-artifacts", "--artifacts-destination", os.path.join(workdir, "artifacts"),
-               "--workers", "1"]
+               "--serve-artifacts", "--artifacts-destination",
+               artifacts_destination or os.path.join(workdir, "artifacts"), "--workers", str(workers)]
         if tls_cert:
             opts = f"--ssl-certfile {tls_cert} --ssl-keyfile {tls_key}"
             if tls_client_ca:
                 opts += f" --ssl-ca-certs {tls_client_ca} --ssl-cert-reqs 2"  # 2 = ssl.CERT_REQUIRED
             cmd += ["--uvicorn-opts", opts]
-        env = dict(os.environ)
+        proc_env = dict(os.environ, **(env or {}))
         # Without this, mlflow 3.17 starts a job runner: 9 processes and ~2.2 GB instead of 2.
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        proc_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         log = open(os.path.join(workdir, "server.log"), "ab")
         # A new session makes the recorded PID also the process group, so stop() reaches uvicorn too.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=proc_env, start_new_session=True)
         log.close()
         handle = ServerHandle(proc.pid, f"{scheme}://127.0.0.1:{p}", p, workdir, bool(tls_cert))
         deadline = time.monotonic() + timeout_s

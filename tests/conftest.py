@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/support.py for every test
 # A test that uses one of these fixtures starts (or needs) that service: it gets the marker, so the tiers
 # of the Makefile can select by what a test starts (`make test-fast` runs none of them).
 _SERVICE_FIXTURES = {"mlflow_server": "mlflow", "mlflow_url": "mlflow", "sshd": "sshd",
-                     "slurm_cluster": "slurm", "pg_server": "postgres"}
+                     "slurm_cluster": "slurm", "mlflow_production": "postgres"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -50,6 +50,21 @@ def mlflow_server(tmp_path_factory):
     ms.stop(h)
 
 
+@pytest.fixture(scope="session")
+def mlflow_production():
+    """MLflow in its production shape (scripts/mlflow_production.py): PostgreSQL, S3 artifacts, 4 workers."""
+    import tempfile
+
+    import mlflow_production as prod
+
+    missing = prod.available()
+    need(missing is None, missing or "")
+    # Not under pytest's 0700 tmp dirs: the postgres user must reach its cluster.
+    h = prod.start(tempfile.mkdtemp(prefix="hpcsync-prod-"), workers=4)
+    yield h
+    prod.stop(h)
+
+
 @pytest.fixture
 def project():
     return "p" + uuid.uuid4().hex[:10]
