@@ -26,7 +26,7 @@ import mlflow_server as ms  # noqa: E402
 import postgres_server as pg  # noqa: E402
 import s3_server as s3  # noqa: E402
 
-__all__ = ["ProductionHandle", "start", "stop", "available"]
+__all__ = ["ProductionHandle", "start", "stop", "load", "available"]
 
 
 @dataclass
@@ -81,6 +81,14 @@ def stop(handle: ProductionHandle, remove: bool = True) -> None:
     pg.stop(handle.db, remove=remove)
 
 
+def load(workdir: str) -> ProductionHandle:
+    """The handle that ``start`` recorded in ``workdir/production.json``."""
+    with open(os.path.join(workdir, "production.json")) as f:
+        doc = json.load(f)
+    return ProductionHandle(doc["url"], doc["workers"], ms.ServerHandle(**doc["mlflow"]), pg.PgHandle(**doc["db"]),
+                            s3.S3Handle(**doc["store"]))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cmd", choices=("start", "stop"))
@@ -95,13 +103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(start(a.dir, a.workers).url)
         return 0
     try:
-        with open(os.path.join(a.dir, "production.json")) as f:
-            doc = json.load(f)
+        handle = load(a.dir)
     except FileNotFoundError:
         print(f"nothing recorded in {a.dir}/production.json", file=sys.stderr)
         return 0
-    stop(ProductionHandle(doc["url"], doc["workers"], ms.ServerHandle(**doc["mlflow"]), pg.PgHandle(**doc["db"]),
-                          s3.S3Handle(**doc["store"])))
+    stop(handle)
     return 0
 
 

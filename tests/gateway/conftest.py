@@ -59,10 +59,12 @@ def mlflow_production():
 
     missing = prod.available()
     need(missing is None, missing or "")
-    # Not under pytest's 0700 tmp dirs: the postgres user must reach its cluster.
-    h = prod.start(tempfile.mkdtemp(prefix="hpcsync-prod-"), workers=4)
-    yield h
-    prod.stop(h)
+    # Not under pytest's 0700 tmp dirs: the postgres user must reach its cluster. Through the script's
+    # command line, as docs/gateway.md shows it.
+    workdir = tempfile.mkdtemp(prefix="hpcsync-prod-")
+    assert prod.main(["start", "--dir", workdir, "--workers", "4"]) == 0
+    yield prod.load(workdir)
+    prod.main(["stop", "--dir", workdir])
 
 
 @pytest.fixture
