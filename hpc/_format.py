@@ -9,7 +9,7 @@ import math
 import os
 import re
 import secrets
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import FormatVersionError
 
@@ -48,12 +48,26 @@ def _unserializable(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-try:
-    from json.encoder import c_encode_basestring, c_make_encoder
-    _C_ENCODE = (c_make_encoder(None, _unserializable, c_encode_basestring, None, ":", ",", False, False, False)
-                 if c_make_encoder is not None and c_encode_basestring is not None else None)
-except ImportError:  # pragma: no cover - not CPython
-    _C_ENCODE = None
+def _c_encoder() -> Optional[Callable[[Any, int], Any]]:
+    """CPython's C encoder, called the way json.encoder calls it (a private signature): if it is missing,
+    takes other arguments, or encodes a known probe wrongly, None (the public encoder is used)."""
+    try:
+        from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
+    except ImportError:  # not CPython
+        return None
+    if c_make_encoder is None or c_encode_basestring is None:
+        return None
+    probe = {"k": [1, -2.5, "é\n", True, None], "n": {"x": 0}}
+    try:
+        encoder = c_make_encoder(None, _unserializable, c_encode_basestring, None, ":", ",", False, False, False)
+        if "".join(encoder(probe, 0)) != '{"k":[1,-2.5,"é\\n",true,null],"n":{"x":0}}':
+            return None
+    except (TypeError, ValueError):  # the private signature changed in this Python
+        return None
+    return encoder
+
+
+_C_ENCODE = _c_encoder()
 
 
 def _finite(value: Any) -> Any:

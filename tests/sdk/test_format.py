@@ -104,3 +104,25 @@ def test_atomic_write_leaves_no_temp_file_and_replaces_whole(tmp_path):
     fmt.atomic_write_json(path, {"b": math.nan})
     assert json.load(open(path)) == {"b": "NaN"}
     assert os.listdir(tmp_path) == ["doc.json"]
+
+
+def test_the_c_encoder_is_used_only_while_its_private_signature_holds(monkeypatch):
+    """hpc._format calls CPython's private json.encoder.c_make_encoder positionally; a Python whose
+    signature differs must fall back to the public encoder, not fail to import or write wrong JSON."""
+    import json.encoder
+
+    from hpc import _format
+
+    assert _format._c_encoder() is not None  # CPython here: the fast path is in use
+
+    def changed_signature(*args):
+        raise TypeError("c_make_encoder() takes exactly 10 arguments (9 given)")
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", changed_signature)
+    assert _format._c_encoder() is None
+
+    def wrong_output(*args):
+        return lambda obj, level: ["{}"]
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", wrong_output)
+    assert _format._c_encoder() is None
