@@ -46,8 +46,8 @@ def capture_git(cwd: str, ignore_globs: Sequence[str]) -> Tuple[Optional[Dict[st
     status = _git(top, "status", "--porcelain", "--untracked-files=no") or ""
     pathspec = ["--", "."] + [f":(exclude,glob)**/{g}" for g in ignore_globs] if ignore_globs else []
     diff = (_git(top, "diff", "--binary", "HEAD", *pathspec) or "") if commit else ""
-    meta = {"commit": commit, "branch": branch, "remote": remote, "dirty": bool(status.strip()),
-            "root": top}
+    meta: Dict[str, object] = {"commit": commit, "branch": branch, "remote": remote,
+                               "dirty": bool(status.strip()), "root": top}
     return meta, diff
 
 

@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import psutil
 
@@ -319,10 +319,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
-         environ: Optional[Dict[str, str]] = None) -> int:
+         environ: Optional[Mapping[str, str]] = None) -> int:
     """The monitor process. ``nvml_module`` replaces ``pynvml`` and ``environ`` the environment (tests)."""
     args = _parser().parse_args(argv)
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     logging.basicConfig(level=logging.ERROR if args.silent else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
     from ._nvml import Nvml  # noqa: PLC0415  (after logging is set up)
@@ -350,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None, *, nvml_module: Any = None,
                                                                            "will keep trying"))
     devices: List[Any] = []
     gpu_error: Optional[str] = None
-    cuda_visible = environ.get("CUDA_VISIBLE_DEVICES")
+    cuda_visible = env.get("CUDA_VISIBLE_DEVICES")
     try:
         devices, policy_warning = select_devices(nvml.open(cuda_visible), args.local_rank, args.local_world_size)
         if policy_warning:

@@ -262,7 +262,7 @@ class Nvml:
             utilization_percent=float(util.gpu) if util is not None else None,
             memory_controller_percent=float(util.memory) if util is not None else None,
             memory_used_bytes=used,
-            memory_used_percent=(100.0 * used / mem.total) if mem is not None and mem.total else None,
+            memory_used_percent=(100.0 * used / mem.total) if used is not None and mem.total else None,
             temperature_c=float(temp) if temp is not None else None,
             power_w=power_w,
             power_limit_w=limit_w,

@@ -30,10 +30,9 @@ class RunInfo:
         return run_state(self.meta, self.heartbeat, self.exit, now_s, stale_after_s)
 
     def last_update_ms(self) -> Optional[int]:
-        stamps = [d.get("end_ms") if d is self.exit else d.get("ts_ms")
-                  for d in (self.exit, self.heartbeat) if d]
-        stamps = [s for s in stamps if isinstance(s, int)]
-        return max(stamps) if stamps else self.meta.get("created_ms")
+        found = [d.get("end_ms") if d is self.exit else d.get("ts_ms") for d in (self.exit, self.heartbeat) if d]
+        stamps = [s for s in found if isinstance(s, int)]
+        return max(stamps) if stamps else _int(self.meta.get("created_ms"))
 
 
 _REASONS = ("finished", "failed", "preempted", "killed")

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, NoReturn, Optional, Sequence, Union
 
 from ._context import RunContext, detect
 from .errors import HpcError, SettingsError
@@ -192,8 +192,8 @@ class ExitHooks:
     def __init__(self) -> None:
         self.exit_code: Any = None
         self.exception: Optional[type] = None
-        self._orig_exit = None
-        self._orig_hook = None
+        self._orig_exit: Callable[..., NoReturn] = sys.exit
+        self._orig_hook: Callable[[Any, BaseException, Any], Any] = sys.excepthook
 
     def install(self) -> None:
         self._orig_exit, self._orig_hook = sys.exit, sys.excepthook
@@ -205,7 +205,7 @@ class ExitHooks:
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._orig_hook
 
-    def _exit(self, code: Any = 0) -> None:
+    def _exit(self, code: Union[str, int, None] = 0) -> NoReturn:
         self.exit_code = code
         self._orig_exit(code)
 

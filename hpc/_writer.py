@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypedDict
 
 from . import _format as fmt
 from ._code import capture_git, ignored
@@ -34,6 +34,15 @@ ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH = range(
 # Items handled per pass before the loop looks at its clocks again: under a flood of rows the queue never
 # empties, and the flush, heartbeat and document deadlines must still be met.
 _DRAIN_BATCH = 5000
+
+
+class CallerCounts(TypedDict):
+    """What the calling side knows at finish: rows it was given (None: it does not count them), rows and
+    console bytes it dropped before they reached the writer."""
+
+    logged_rows: Optional[int]
+    dropped_rows: int
+    dropped_output_bytes: int
 
 
 class Writer(threading.Thread):
@@ -299,7 +308,7 @@ class Writer(threading.Thread):
             return False
         return True
 
-    def _finish(self, exit_code: int, reason: str, caller: Dict[str, int]) -> None:
+    def _finish(self, exit_code: int, reason: str, caller: "CallerCounts") -> None:
         for pattern, base in self._end_saves:
             self._guard(self._save, pattern, base)
         self._guard(self._history.close)

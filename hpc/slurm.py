@@ -176,7 +176,8 @@ class _TrackedCheckpointable(_Tracked):
     """A tracked function whose target has submitit's ``checkpoint`` hook (submitit looks for the attribute)."""
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        delayed = self.function.checkpoint(*args, **kwargs)
+        # _wrap chose this class because the target has a callable ``checkpoint``.
+        delayed = self.function.checkpoint(*args, **kwargs)  # type: ignore[attr-defined]
         target = getattr(delayed, "function", None)
         if target is not None and not isinstance(target, _Tracked):
             delayed.function = _wrap(target, self.env)  # the requeued job keeps its tracking variables

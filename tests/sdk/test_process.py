@@ -73,7 +73,12 @@ def test_vanished_run_directory_warns_and_training_continues(tmp_path):
         run = hpc.init(project='p', id='gone', settings={'flush_interval_s': 0.05, 'heartbeat_interval_s': 0.05})
         run.log({'a': 1})
         time.sleep(0.3)
-        shutil.rmtree(run.dir)
+        for _ in range(100):  # the writer thread may create a file while rmtree empties the directory
+            try:
+                shutil.rmtree(run.dir)
+                break
+            except OSError:
+                time.sleep(0.01)
         for i in range(50):
             run.log({'a': i})
             time.sleep(0.01)
