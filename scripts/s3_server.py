@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
+from mlflow_server import is_running  # scripts/ is on sys.path when this runs or is imported
+
 __all__ = ["S3Handle", "start", "stop", "available"]
 
 
@@ -131,22 +133,10 @@ def _gone(pid: int, timeout_s: float) -> bool:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return True
         except ChildProcessError:  # started by another process: watch the PID instead
-            if not _alive(pid):
+            if not is_running(pid):
                 return True
         time.sleep(0.1)
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # PID 1 reaps orphans only every ~2 s
-    except OSError:
-        return False
 
 
 def main(argv: Optional[List[str]] = None) -> int:
