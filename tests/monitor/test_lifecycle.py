@@ -13,7 +13,7 @@ import pytest
 
 from hpc._stats import start_monitor
 from hpc._settings import Settings
-from monitor_helpers import FAKE_DIR, gpu, read_records
+from monitor_helpers import FAKE_DIR, gpu, read_records, wait_records
 
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer.py")
 
@@ -139,7 +139,7 @@ def test_job_cancel_sigkill_of_the_process_group_leaves_no_orphan(tmp_path, trai
 
 def test_job_cancel_sigterm_of_the_process_group_writes_the_partial_window(tmp_path, trainers):
     t = trainers(tmp_path, "sleep", 0.2, 60, new_session=True).ready()
-    time.sleep(1.0)
+    wait_records(tmp_path / "system.jsonl", 1)  # the start record; the 60 s window is still open
     os.killpg(t.proc.pid, signal.SIGTERM)
     t.proc.wait()
     assert wait_gone(t.monitor_pid, 5.0)
@@ -161,9 +161,8 @@ def test_ctrl_c_and_preemption_signals_do_not_kill_the_monitor(tmp_path, trainer
 def test_the_starting_thread_exiting_does_not_end_the_monitor(tmp_path, trainers):
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits; the monitor must check the process
     t = trainers(tmp_path, "thread", 0.2, 0.4).ready()
-    time.sleep(1.5)
+    wait_records(tmp_path / "system.jsonl", 3)  # windows keep coming after the starting thread exited
     assert not gone(t.monitor_pid)
-    assert len(read_records(tmp_path / "system.jsonl")) >= 2
     t.proc.kill()
     t.proc.wait()
     assert wait_gone(t.monitor_pid, 5.0)

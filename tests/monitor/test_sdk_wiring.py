@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import psutil
 
-from monitor_helpers import read_records
+from monitor_helpers import read_records, wait_records
 
 
 def test_a_run_records_system_metrics_and_they_are_complete_before_exit_json(root):
@@ -15,7 +14,7 @@ def test_a_run_records_system_metrics_and_they_are_complete_before_exit_json(roo
     before = {p.pid for p in psutil.Process().children()}
     run = hpc.init(project="p", dir=root,
                    settings={"stats": True, "stats_sample_s": 0.2, "stats_average_s": 0.4})
-    time.sleep(1.0)
+    wait_records(os.path.join(run.dir, "system.jsonl"), 2)  # the start record and a first full window
     hpc.finish()
     system = os.path.join(run.dir, "system.jsonl")
     records = read_records(system)
@@ -29,7 +28,7 @@ def test_a_short_run_gets_its_start_and_its_end_at_the_default_intervals(root):
     import hpc
 
     run = hpc.init(project="p", dir=root, settings={"stats": True})
-    time.sleep(3.0)
+    wait_records(os.path.join(run.dir, "system.jsonl"), 1)  # the start record, long before a 30 s window
     hpc.finish()
     records = read_records(os.path.join(run.dir, "system.jsonl"))
     assert len(records) == 2, records
