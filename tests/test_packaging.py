@@ -31,3 +31,13 @@ def test_the_version_is_written_once():
 def test_the_license_file_is_the_declared_license():
     assert "Apache License" in open(os.path.join(REPO, "LICENSE"), encoding="utf-8").read(2000)
     assert 'license = "Apache-2.0"' in open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8").read()
+
+
+def test_test_module_names_are_unique():
+    """The test directories are not packages: two test files with one basename make pytest refuse both."""
+    seen = {}
+    for folder, _, files in os.walk(os.path.join(REPO, "tests")):
+        for name in files:
+            if name.startswith("test_") and name.endswith(".py"):
+                assert name not in seen, f"{name} in both {seen[name]} and {folder}: rename one"
+                seen[name] = folder
