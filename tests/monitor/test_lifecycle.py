@@ -140,6 +140,8 @@ def test_job_cancel_sigkill_of_the_process_group_leaves_no_orphan(tmp_path, trai
 def test_job_cancel_sigterm_of_the_process_group_writes_the_partial_window(tmp_path, trainers):
     t = trainers(tmp_path, "sleep", 0.2, 60, new_session=True).ready()
     wait_records(tmp_path / "system.jsonl", 1)  # the start record; the 60 s window is still open
+    # Samples in an open window are not visible from outside: give it several sampling intervals (0.2 s).
+    time.sleep(1.0)
     os.killpg(t.proc.pid, signal.SIGTERM)
     t.proc.wait()
     assert wait_gone(t.monitor_pid, 5.0)
