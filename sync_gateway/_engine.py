@@ -188,15 +188,19 @@ class Gateway:
         if ent.sig == sig and not (ent.state == "active" and now_ms - ent.alive_ms >= stale_ms):
             return False, 0
         st = self.state.load(key)
+        reader.attach_state(st.reader_state)
+        if not reader.ready(snap):
+            return False, 0
         st.last_error = None
+        st.reader = reader.format
         info = reader.info()
         run = self._open(key, st, info)
         self._last_run = run
-        meta_v = snap.version(reader.documents["metadata"])
+        meta_v = reader.document_version(snap, "metadata")
         if st.documents.get("metadata") != meta_v:
             self.sink.set_metadata(run, info)
             self._save(key, st, run, documents={"metadata": meta_v})
-        config_v = snap.version(reader.documents["config"])
+        config_v = reader.document_version(snap, "config")
         if config_v is not None and st.documents.get("config") != config_v:
             config = reader.config()
             if config is not None:
@@ -209,7 +213,7 @@ class Gateway:
         sent = 0
         for stream, size in reader.streams(snap):
             sent += self._stream(reader, st, run, info, stream, size)
-        summary_v = snap.version(reader.documents["summary"])
+        summary_v = reader.document_version(snap, "summary")
         if summary_v is not None and st.documents.get("summary") != summary_v:
             summary = reader.summary(snap)
             if summary is not None:
