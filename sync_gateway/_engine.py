@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from ._settings import Settings
 from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
 from .errors import GatewayError, ServerError
-from .readers import reader_for
+from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo
 from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
 from .sources.base import RunRef, Source
@@ -128,7 +128,7 @@ class Gateway:
         before = {k: IndexEntry(**vars(e)) for k, e in index.items()}
         for source in self.sources:
             try:
-                refs = list(source.list_runs())
+                refs = discover_runs(source, self.settings.wandb_search_depth)
             except GatewayError as e:
                 rep.roots_skipped[source.display] = str(e)
                 log.error("%s", e)
