@@ -138,6 +138,14 @@ def record_kind(payload: bytes) -> Optional[str]:
     """The kind of a serialized ``Record`` (``history``, ``stats``, ...) from its protobuf tags alone, or
     None for a kind this reader does not use. Writers put the oneof anywhere among the other fields
     (wandb-core writes ``_info`` first), so every field before it is skipped by its wire type."""
+    # The common shapes first: ``num`` (a varint of 1-3 bytes) directly followed by the oneof's tag.
+    if len(payload) > 4 and payload[0] == 0x08:
+        for j in (2, 3, 4):
+            if payload[j - 1] < 0x80:
+                tag = payload[j]
+                if tag < 0x80 and tag & 7 == 2 and (tag >> 3) not in _NOT_KIND:
+                    return KINDS.get(tag >> 3)
+                break
     i, n = 0, len(payload)
     try:
         while i < n:
@@ -170,3 +178,4 @@ def _varint(b: bytes, i: int) -> Tuple[int, int]:
         if byte < 0x80:
             return result, i
         shift += 7
+

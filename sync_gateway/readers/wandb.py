@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..errors import FormatError
@@ -43,7 +44,7 @@ _MAX_RECORD = 64 << 20          # a record longer than this is refused
 #: directories never searched for W&B runs (besides hidden ones and hpc run directories)
 _NO_DESCENT = frozenset({"files", "logs", "tmp", "code", "media", "artifacts", "__pycache__", "node_modules"})
 _POLICIES = ("min", "max", "mean", "first", "last", "best")
-_STATE_VERSION = 1
+_STATE_VERSION = 2   # 2: summary values kept as their JSON text
 
 
 def _split(pos: int) -> Tuple[int, int]:
@@ -139,6 +140,16 @@ def _decode(payload: bytes) -> Any:
 
 
 def _json(text: str) -> Any:
+    # Most values are plain numbers: int() and float() parse them as json.loads would, much faster
+    # (float() also takes NaN and Infinity, which W&B writes bare).
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
     try:
         v = json.loads(text)
     except ValueError:
@@ -149,7 +160,7 @@ def _json(text: str) -> Any:
 
 
 def _item_key(item: Any) -> str:
-    return ".".join(item.nested_key) if len(item.nested_key) else item.key
+    return item.key or ".".join(item.nested_key)
 
 
 def _ms(ts: Any) -> int:
@@ -161,13 +172,13 @@ def _history_row(rec: Any, shift: int) -> Tuple[int, int, Dict[str, Any]]:
     values: Dict[str, Any] = {}
     step = ts = None
     for item in rec.history.item:
-        key = _item_key(item)
-        if key == "_step":
+        key = item.key or ".".join(item.nested_key)
+        if key[0] != "_":
+            values[key] = _json(item.value_json)
+        elif key == "_step":
             step = _json(item.value_json)
         elif key == "_timestamp":
             ts = _json(item.value_json)
-        elif not key.startswith("_"):
-            values[key] = _json(item.value_json)
     if not isinstance(step, int) or isinstance(step, bool):
         step = rec.history.step.num
     ts_ms = int(round(ts * 1000)) if isinstance(ts, (int, float)) and math.isfinite(ts) else 0
@@ -209,12 +220,16 @@ class WandbReader(Reader):
 
     # -- Reader ---------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """The .wandb of each fragment (a scan of its directory) and its ``files/`` (a walk); not ``logs/``
+        or ``tmp/``, which hold nothing to sync (and ``logs/debug-core.log`` links out of the root)."""
         files = {}
+        wanted = f"run-{self.ref.run_id}.wandb"
         for part in self.ref.parts:
-            for name, s in self.source.walk(self.ref, part).items():
-                rel = name[len(part) + 1:]
-                if rel == f"run-{self.ref.run_id}.wandb" or rel.startswith("files/"):
-                    files[name] = s
+            here = replace(self.ref, location=self.ref.location.rstrip("/") + "/" + part, parts=())
+            s = self.source.scan(here).get(wanted)
+            if s is not None:
+                files[f"{part}/{wanted}"] = s
+            files.update(self.source.walk(self.ref, f"{part}/files"))
         self._snap = Snapshot(files)
         return self._snap
 
@@ -316,9 +331,10 @@ class WandbReader(Reader):
             self._config_updates(rec.config.update, rec.config.remove)
             ver["config"] = end
         elif kind == "summary":
+            # wandb-core writes one after every row: keep the JSON text, decode the final values once
             summary = st["summary"]
             for item in rec.summary.update:
-                summary[_item_key(item)] = _json(item.value_json)
+                summary[item.key or ".".join(item.nested_key)] = item.value_json
             for item in rec.summary.remove:
                 summary.pop(_item_key(item), None)
             ver["summary"] = end
@@ -473,9 +489,10 @@ class WandbReader(Reader):
         values: Dict[str, Any] = {}
         policies: Dict[str, str] = {}
         by_hand: Set[str] = set()
-        for key, value in raw.items():
+        for key, text in raw.items():
             if key.startswith("_"):
                 continue
+            value = _json(text)
             if isinstance(value, dict):
                 policy = declared.get(key) if declared.get(key) in value else \
                     next((p for p in _POLICIES if p in value), None)
@@ -486,7 +503,7 @@ class WandbReader(Reader):
                 values[key] = value
                 if key not in last or last[key] != value:
                     by_hand.add(key)
-        ts = raw.get("_timestamp")
+        ts = _json(raw.get("_timestamp") or "null")
         version_ms = int(round(ts * 1000)) if isinstance(ts, (int, float)) and math.isfinite(ts) else \
             int(self.st["run"].get("start_ms") or 0)
         return Summary(values, frozenset(by_hand), policies, version_ms)

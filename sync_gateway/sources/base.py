@@ -49,11 +49,12 @@ class RunRef:
 
 
 class DirEntry(NamedTuple):
-    """One entry of a directory listing: a link inside the root shows as its target; others are left out."""
+    """One entry of a directory listing: a link inside the root shows as its target; others are left out.
+    ``stat`` is None where the listing alone told the type (a local directory entry that is not a link)."""
 
     name: str
     is_dir: bool
-    stat: FileStat
+    stat: Optional[FileStat]
 
 
 class DirListing(NamedTuple):

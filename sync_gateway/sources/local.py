@@ -90,8 +90,9 @@ class LocalSource(Source):
                 if e.name.startswith(".tmp-"):
                     continue
                 try:
-                    if not e.is_symlink() and e.is_dir():   # the listing's file type: no stat call
-                        entries.append(DirEntry(e.name, True, FileStat(0, 0)))
+                    if not e.is_symlink():   # the listing's file type: no stat call
+                        if e.is_dir() or e.is_file():
+                            entries.append(DirEntry(e.name, e.is_dir(), None))
                         continue
                 except OSError:
                     continue
