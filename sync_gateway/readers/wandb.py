@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import re
-from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..errors import FormatError
@@ -67,7 +66,9 @@ def discover_wandb(source: Source, max_depth: int, skip: Set[str] = frozenset())
     """W&B runs below ``source``'s root, at most ``max_depth`` directories deep (``<root>/offline-run-*`` is
     depth 1, ``<root>/wandb/offline-run-*`` depth 2). ``skip``: root-relative directories not to enter
     (the hpc runs already found). Every level is listed in one call (one pipelined round over SFTP); the
-    fragments of one run id in one directory become one RunRef, in start order."""
+    fragments of one run id in one directory become one RunRef, in start order. A fragment directory is
+    taken by its name; whether it holds its ``run-<id>.wandb`` yet is the snapshot's business (a run
+    without one is not ready), so discovery lists no fragment directory."""
     found: Dict[Tuple[str, str], List[str]] = {}
     locations: Dict[str, str] = {}
     level = [""]
@@ -89,20 +90,14 @@ def discover_wandb(source: Source, max_depth: int, skip: Set[str] = frozenset())
                     candidates.append((rel, e.name, m.group(2)))
                 elif not e.name.startswith(".") and e.name not in _NO_DESCENT and child not in skip:
                     deeper.append(child)
-        if candidates:
-            inner = source.list_dirs([f"{rel}/{name}" if rel else name for rel, name, _ in candidates])
-            for rel, name, run_id in candidates:
-                listing = inner.get(f"{rel}/{name}" if rel else name)
-                if listing is None or not any(e.name == f"run-{run_id}.wandb" and not e.is_dir
-                                              for e in listing.entries):
-                    continue
-                if not is_run_name(run_id):
-                    if run_id not in warned:
-                        warned.add(run_id)
-                        log.warning("%s: W&B run id %r is not a valid run name ([A-Za-z0-9][A-Za-z0-9._-]*): "
-                                    "skipped", source.display, run_id)
-                    continue
-                found.setdefault((rel, run_id), []).append(name)
+        for rel, name, run_id in candidates:
+            if not is_run_name(run_id):
+                if run_id not in warned:
+                    warned.add(run_id)
+                    log.warning("%s: W&B run id %r is not a valid run name ([A-Za-z0-9][A-Za-z0-9._-]*): "
+                                "skipped", source.display, run_id)
+                continue
+            found.setdefault((rel, run_id), []).append(name)
         level = deeper
         if not level:
             break
@@ -225,7 +220,7 @@ class WandbReader(Reader):
         files = {}
         wanted = f"run-{self.ref.run_id}.wandb"
         for part in self.ref.parts:
-            here = replace(self.ref, location=self.ref.location.rstrip("/") + "/" + part, parts=())
+            here = RunRef(self.ref.project, self.ref.run_id, self.ref.location.rstrip("/") + "/" + part)
             s = self.source.scan(here).get(wanted)
             if s is not None:
                 files[f"{part}/{wanted}"] = s
@@ -243,6 +238,11 @@ class WandbReader(Reader):
         last = len(self.ref.parts) - 1
         k, off = _split(self.st["scan"])
         while k <= last:
+            if self._file(k) not in snap.files:     # a fragment directory without its .wandb
+                if k == last:
+                    break
+                k, off = k + 1, 0
+                continue
             size = self._size(k)
             off = max(off, HEADER_LEN)
             if off == HEADER_LEN:
@@ -397,6 +397,8 @@ class WandbReader(Reader):
         return shift
 
     def ready(self, snap: Snapshot) -> bool:
+        if self._file(len(self.ref.parts) - 1) not in snap.files:
+            return False    # the newest fragment has no .wandb yet
         self._scan(snap)
         return bool(self.st["run"])
 
@@ -439,6 +441,8 @@ class WandbReader(Reader):
         seq = start.seq or 0
         if k > last:
             return StreamChunk([], start, at_end=True)
+        if k < last and self._file(k) not in self._snap.files:  # type: ignore[union-attr]
+            return StreamChunk([], Position(_join(k + 1, 0), seq), at_end=False)
         size = self._size(k) if k < last else min(self._size(k), stop & _MASK if _split(stop)[0] == k else self._size(k))
         off = max(off, HEADER_LEN)
         rows: List[Row] = []
