@@ -344,7 +344,8 @@ class WandbReader(Reader):
             if name:
                 policy = next((p for p in _POLICIES if getattr(m.summary, p, False)), None) \
                     if m.HasField("summary") else None
-                st["metrics"].append([name, m.step_metric or None, policy])
+                # declared again (a loop, a callback): the newest declaration replaces the old one
+                st["metrics"] = [d for d in st["metrics"] if d[0] != name] + [[name, m.step_metric or None, policy]]
                 ver["metadata"] = end
         elif kind == "exit":
             st["exits"][str(k)] = {"code": rec.exit.exit_code, "runtime_s": rec.exit.runtime}

@@ -366,7 +366,8 @@ def old_wandb_python():
 OLD_RUN = """
 assert wandb.__version__ == args["version"], wandb.__version__
 run = wandb.init(project=args["project"], config={"lr": 0.01, "opt": {"name": "adam"}}, group="old",
-                 name="py-writer", tags=["legacy"])
+                 name="py-writer", tags=["legacy"],
+                 settings=wandb.Settings(_stats_sample_rate_seconds=1, _stats_samples_to_average=2))
 run.define_metric("val/*", step_metric="epoch", summary="min")
 with open("notes.txt", "w") as f:
     f.write("old writer")
@@ -376,6 +377,7 @@ for i in range(1100):
     if i % 100 == 99:
         run.log({"val/loss": 2.0 / (i + 1), "epoch": i // 100})
 run.summary["best"] = 7
+time.sleep(4)   # a few system samples (one every 2 s here)
 run.finish()
 """
 
@@ -399,3 +401,35 @@ def test_runs_of_the_old_python_writer(settings, root, project, old_wandb_python
     assert [round(v, 6) for _, _, v in history(sink, run, "summary/val/loss")] == [round(2.0 / 1100, 6)]
     assert history(sink, run, "system/system_memory_usage_percentage"), "the old writer's 'memory' key"
     assert info["info"]["status"] == "FINISHED"
+
+
+def test_a_run_that_stops_growing_is_killed_then_running_again_when_it_grows(settings, root, project, tmp_path):
+    src = str(tmp_path / "src")
+    wb.write(src, """
+run = wandb.init(project=args["project"], id="stale01")
+for i in range(3000):
+    run.log({"loss": 1.0 / (i + 1), "pad": "y" * 20})
+run.finish()
+""", {"project": project})
+    (frag,) = wb.fragments(src)
+    data = open(wb.wandb_file(frag), "rb").read()
+    dest = os.path.join(root, "wandb", os.path.basename(frag))
+    os.makedirs(dest)
+    target = os.path.join(dest, "run-stale01.wandb")
+    sink = sink_for(settings)
+
+    def grow_to(cut: int, age_s: float) -> str:
+        with open(target, "wb") as f:
+            f.write(data[:cut])
+        then = time.time() - age_s
+        os.utime(target, (then, then))
+        assert sync_once(settings).ok
+        run = wb_run(sink, project, "stale01")
+        return run_info(sink, run)["info"]["status"], tags_of(sink, run)["hpc.state"]
+
+    assert grow_to(40_000, age_s=0) == ("RUNNING", "active")
+    assert grow_to(40_000, age_s=settings.stale_after_s + 60) == ("KILLED", "crashed")   # no growth, no exit
+    assert grow_to(80_000, age_s=0) == ("RUNNING", "active")                             # it grew again
+    assert grow_to(len(data), age_s=0) == ("FINISHED", "finished")
+    run = wb_run(sink, project, "stale01")
+    assert len(history(sink, run, "loss")) == 3000
