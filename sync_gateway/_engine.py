@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from ._settings import Settings
 from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
 from .errors import GatewayError, ServerError
-from .readers import reader_for
+from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo
 from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
 from .sources.base import RunRef, Source
@@ -128,7 +128,7 @@ class Gateway:
         before = {k: IndexEntry(**vars(e)) for k, e in index.items()}
         for source in self.sources:
             try:
-                refs = list(source.list_runs())
+                refs = discover_runs(source, self.settings.wandb_search_depth)
             except GatewayError as e:
                 rep.roots_skipped[source.display] = str(e)
                 log.error("%s", e)
@@ -188,15 +188,19 @@ class Gateway:
         if ent.sig == sig and not (ent.state == "active" and now_ms - ent.alive_ms >= stale_ms):
             return False, 0
         st = self.state.load(key)
+        reader.attach_state(st.reader_state)
+        if not reader.ready(snap):
+            return False, 0
         st.last_error = None
+        st.reader = reader.format
         info = reader.info()
         run = self._open(key, st, info)
         self._last_run = run
-        meta_v = snap.version(reader.documents["metadata"])
+        meta_v = reader.document_version(snap, "metadata")
         if st.documents.get("metadata") != meta_v:
             self.sink.set_metadata(run, info)
             self._save(key, st, run, documents={"metadata": meta_v})
-        config_v = snap.version(reader.documents["config"])
+        config_v = reader.document_version(snap, "config")
         if config_v is not None and st.documents.get("config") != config_v:
             config = reader.config()
             if config is not None:
@@ -209,7 +213,7 @@ class Gateway:
         sent = 0
         for stream, size in reader.streams(snap):
             sent += self._stream(reader, st, run, info, stream, size)
-        summary_v = snap.version(reader.documents["summary"])
+        summary_v = reader.document_version(snap, "summary")
         if summary_v is not None and st.documents.get("summary") != summary_v:
             summary = reader.summary(snap)
             if summary is not None:

@@ -75,6 +75,7 @@ class Settings:
     timeout_s: float = 30.0             # per HTTP request
     retries: int = 6                    # per HTTP request, with exponential backoff and jitter
     batch_points: int = 1000            # most points per request; a sink caps it at its server's limit
+    wandb_search_depth: int = 4         # how deep below a root W&B run directories are looked for; 0: not
 
     @property
     def state_path(self) -> str:
@@ -131,7 +132,8 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
         upd["server_url"] = url
     for name, key, conv in (("state_dir", "HPCSYNC_GATEWAY_STATE_DIR", str),
                             ("interval_s", "HPCSYNC_GATEWAY_INTERVAL_S", float),
-                            ("stale_after_s", "HPCSYNC_GATEWAY_STALE_AFTER_S", float)):
+                            ("stale_after_s", "HPCSYNC_GATEWAY_STALE_AFTER_S", float),
+                            ("wandb_search_depth", "HPCSYNC_GATEWAY_WANDB_SEARCH_DEPTH", int)):
         if env.get(key):
             try:
                 upd[name] = conv(env[key])
@@ -141,7 +143,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
 
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
-        "stale_after_s", "timeout_s", "retries", "batch_points")
+        "stale_after_s", "timeout_s", "retries", "batch_points", "wandb_search_depth")
 
 
 def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
@@ -166,7 +168,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     _check_keys(path, doc, _TOP)
     upd: Dict[str, Any] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
-              "retries", "batch_points"):
+              "retries", "batch_points", "wandb_search_depth"):
         if k in doc:
             upd[k] = doc[k]
     if "roots" in doc:
@@ -207,6 +209,10 @@ def _validated(s: Settings) -> Settings:
             raise ConfigError(f"{k} must be a positive number of seconds, not {v!r}")
     if not isinstance(s.batch_points, int) or isinstance(s.batch_points, bool) or s.batch_points < 1:
         raise ConfigError(f"batch_points must be a positive integer, not {s.batch_points!r}")
+    if not isinstance(s.wandb_search_depth, int) or isinstance(s.wandb_search_depth, bool) \
+            or not 0 <= s.wandb_search_depth <= 16:
+        raise ConfigError(f"wandb_search_depth must be an integer from 0 (W&B runs are not looked for) to 16, "
+                          f"not {s.wandb_search_depth!r}")
     if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
         raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
     for k in ("insecure", "truststore"):

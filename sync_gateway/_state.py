@@ -54,6 +54,7 @@ class RunState:
     corrupt_lines: int = 0
     refused_config: List[str] = field(default_factory=list)
     state_version: int = STATE_VERSION
+    reader_state: Dict[str, Any] = field(default_factory=dict)  # the reader's own memory (Reader.attach_state)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)

@@ -1,20 +1,30 @@
 """Readers: one per run format. Each turns a run directory into the neutral records of
-:mod:`sync_gateway.readers.base`. Today: the hpc run format (docs/run-format.md)."""
+:mod:`sync_gateway.readers.base`: the hpc run format (docs/run-format.md) and W&B's offline runs
+(docs/wandb.md)."""
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, List, Type
 
 from ..sources.base import RunRef, Source
 from .base import Reader
 from .hpc import HpcReader
+from .wandb import WandbReader, discover_wandb
 
-__all__ = ["READERS", "reader_for", "Reader", "HpcReader"]
+__all__ = ["READERS", "reader_for", "discover_runs", "Reader", "HpcReader", "WandbReader"]
 
 #: format name -> reader class
-READERS: Dict[str, Type[Reader]] = {HpcReader.format: HpcReader}
+READERS: Dict[str, Type[Reader]] = {HpcReader.format: HpcReader, WandbReader.format: WandbReader}
 
 
 def reader_for(source: Source, ref: RunRef) -> Reader:
-    """The reader of one discovered run (sources list hpc run directories; a second format adds its own
-    discovery and names its format on the RunRef)."""
+    """The reader of one discovered run (the format the discovery named on the RunRef)."""
     return READERS[getattr(ref, "format", HpcReader.format)](source, ref)
+
+
+def discover_runs(source: Source, wandb_search_depth: int = 0) -> List[RunRef]:
+    """Every run under the source's root: hpc run directories (``Source.list_runs``), then, unless
+    ``wandb_search_depth`` is 0, W&B runs up to that depth (hpc run directories are not searched)."""
+    refs = list(source.list_runs())
+    if wandb_search_depth > 0:
+        refs += discover_wandb(source, wandb_search_depth, skip={r.key for r in refs})
+    return refs

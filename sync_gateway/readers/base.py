@@ -176,5 +176,22 @@ class Reader(abc.ABC):
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
         """The run's state by docs/run-format.md section 7."""
 
+    # -- optional hooks (defaults fit a format of separate files, such as hpc's) --------------------
+    def attach_state(self, state: Dict[str, Any]) -> None:
+        """Hand the reader its own small per-run memory (``RunState.reader_state``), which it updates in
+        place and the engine saves with the run's state, at any moment. It may only describe the run's
+        files (how far a scan got, what it found), never what the server holds: losing it costs a re-read.
+        A format whose documents are records inside a stream (W&B) keeps there how far it has scanned."""
+
+    def ready(self, snap: Snapshot) -> bool:
+        """False while the run cannot be synced yet (its identity is not on disk): the engine skips it for
+        this pass without an error and looks again next pass."""
+        return True
+
+    def document_version(self, snap: Snapshot, name: str) -> Optional[List[int]]:
+        """A version of the document ``name`` (``metadata``, ``config``, ``summary``) that changes whenever
+        the document does, or None when the run has none. Default: the stats of its file."""
+        return snap.version(self.documents[name])
+
     def read_file(self, entry: FileEntry) -> bytes:
         return self.source.read_range(self.ref, entry.source_path, 0, entry.stat.size_bytes)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["FileStat", "RunRef", "Source", "is_run_name"]
+__all__ = ["FileStat", "RunRef", "Source", "is_run_name", "DirEntry", "DirListing"]
 
 # docs/run-format.md section 1: the names of project and run directories. fullmatch, not match + "$":
 # "$" also matches before a trailing newline, which would accept a directory named "run\n".
@@ -30,15 +30,36 @@ class FileStat:
 
 @dataclass(frozen=True)
 class RunRef:
-    """One run directory ``<root>/<project>/<run_id>`` as a source found it."""
+    """One run directory ``<root>/<project>/<run_id>`` as a source found it.
+
+    ``format`` names the reader (``hpc``: docs/run-format.md). A format whose run spans several
+    directories (W&B: one directory per resumed fragment) sets ``location`` to the directory holding them
+    and lists them, relative to it and in order, in ``parts``; the reader then names files as
+    ``<part>/<file>``."""
 
     project: str
     run_id: str
     location: str  # source-specific: an absolute local path, or the remote path
+    format: str = "hpc"
+    parts: Tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.project}/{self.run_id}"
+
+
+class DirEntry(NamedTuple):
+    """One entry of a directory listing: a link inside the root shows as its target; others are left out.
+    ``stat`` is None where the listing alone told the type (a local directory entry that is not a link)."""
+
+    name: str
+    is_dir: bool
+    stat: Optional[FileStat]
+
+
+class DirListing(NamedTuple):
+    location: str            # the directory, as a RunRef's ``location`` names it for this source
+    entries: List[DirEntry]
 
 
 class Source(abc.ABC):
@@ -66,6 +87,13 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
         """Read a whole small file; ``None`` when it does not exist."""
+
+    def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
+        """List several directories given relative to the root (``""`` is the root; ``/`` separated), for
+        discovering runs of formats with another layout. Regular files and directories only; links are
+        checked as everywhere (one leading out of the root is reported and left out). ``None`` for a
+        directory that is absent or unreadable. Sources that cannot list return ``{}`` for everything."""
+        return {}
 
     def close(self) -> None:
         """Release connections; the source may be used again afterwards (it reconnects)."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import stat as st
-from typing import Dict, Iterator, Optional, Set
+from typing import Dict, Iterator, List, Optional, Sequence, Set
 
 from ..errors import SourceError
-from .base import FileStat, RunRef, Source, is_run_name
+from .base import DirEntry, DirListing, FileStat, RunRef, Source, is_run_name
 
 __all__ = ["LocalSource"]
 
@@ -72,6 +72,35 @@ class LocalSource(Source):
                 except OSError:
                     continue
                 yield RunRef(p.name, r.name, r.path)
+
+    def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
+        out: Dict[str, Optional[DirListing]] = {}
+        for rel in dirs:
+            path = os.path.join(self.root, *[p for p in rel.split("/") if p]) if rel else self.root
+            if ".." in rel.split("/"):
+                out[rel] = None
+                continue
+            try:
+                listing = list(os.scandir(path))
+            except OSError:
+                out[rel] = None
+                continue
+            entries: List[DirEntry] = []
+            for e in listing:
+                if e.name.startswith(".tmp-"):
+                    continue
+                try:
+                    if not e.is_symlink():   # the listing's file type: no stat call
+                        if e.is_dir() or e.is_file():
+                            entries.append(DirEntry(e.name, e.is_dir(), None))
+                        continue
+                except OSError:
+                    continue
+                s = self._stat(e.path, e.is_symlink())
+                if s is not None and (st.S_ISDIR(s.st_mode) or st.S_ISREG(s.st_mode)):
+                    entries.append(DirEntry(e.name, st.S_ISDIR(s.st_mode), FileStat(s.st_size, s.st_mtime_ns)))
+            out[rel] = DirListing(path, entries)
+        return out
 
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
         try:

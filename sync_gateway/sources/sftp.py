@@ -24,7 +24,7 @@ import posixpath
 import stat as stat_mod
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 import paramiko
 
@@ -33,7 +33,7 @@ from ._pipeline import listdirs, pipelined_supported
 from ._pipeline import read_range as pipelined_read
 from ._ssh import (ConnectionPool, SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
                    SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
-from .base import FileStat, RunRef, Source, is_run_name
+from .base import DirEntry, DirListing, FileStat, RunRef, Source, is_run_name
 
 __all__ = [
     "SftpSource", "check_ssh_root", "SshCheck",
@@ -264,6 +264,30 @@ class SftpSource(Source):
             return runs
 
         yield from self._call(self.display, listing)
+
+    def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
+        """Every directory's listing in one pipelined round; links checked as in ``walk``."""
+        for rel in dirs:
+            if rel:
+                self._check_name(rel)
+
+        def op(sftp: paramiko.SFTPClient) -> Dict[str, Optional[DirListing]]:
+            root = self._root_real or self._root_path
+            paths = {rel: posixpath.join(root, rel) if rel else root for rel in dirs}
+            listed = self._listdirs(sftp, list(paths.values()))
+            out: Dict[str, Optional[DirListing]] = {}
+            for rel, path in paths.items():
+                listing = listed.get(path)
+                if listing is None or isinstance(listing, IOError):
+                    out[rel] = None
+                    continue
+                out[rel] = DirListing(path, [DirEntry(e.name, stat_mod.S_ISDIR(e.mode), e.stat)
+                                             for e in self._entries(sftp, path, listing=listing)
+                                             if not e.name.startswith(".tmp-")
+                                             and (stat_mod.S_ISDIR(e.mode) or stat_mod.S_ISREG(e.mode))])
+            return out
+
+        return self._call(self.display, op)
 
     def _prefetch(self, sftp: paramiko.SFTPClient, runs: List[RunRef],
                   listings: Dict[str, Union[List[_Entry], IOError]]) -> None:
