@@ -1,0 +1,40 @@
+"""``python -m hpc.as_wandb script.py [args]``: run an unchanged W&B script with hpc standing in for wandb.
+
+Also ``python -m hpc.as_wandb -m package.module [args]``. The script runs as ``__main__`` with ``sys.argv``
+as it would see it without this wrapper; every ``import wandb`` in the process gives hpc
+(:func:`hpc.as_wandb`).
+"""
+from __future__ import annotations
+
+import runpy
+import sys
+from typing import List, Optional
+
+from ._wandb import as_wandb
+
+__all__ = ["as_wandb", "main"]
+
+_USAGE = "usage: python -m hpc.as_wandb SCRIPT.py [ARGS...]  or  python -m hpc.as_wandb -m MODULE [ARGS...]"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_USAGE, file=sys.stderr if not args else sys.stdout)
+        return 2 if not args else 0
+    as_wandb()
+    if args[0] == "-m":
+        if len(args) < 2:
+            print(_USAGE, file=sys.stderr)
+            return 2
+        sys.argv = args[1:]
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = args
+        sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(args[0])))
+        runpy.run_path(args[0], run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
