@@ -85,20 +85,26 @@ class Image(Media):
         self._format = "png"
         self._array: Any = None
         self._pil: Any = None
+        self._error = ""  # what cannot be read is not raised here: the writer drops the key with a warning
         if isinstance(data_or_path, (str, os.PathLike)):
             path = os.fspath(data_or_path)
             self._format = _IMAGE_FORMATS.get(os.path.splitext(path)[1].lower(), "png")
-            with open(path, "rb") as f:  # now: the file may be gone when the writer gets to it
-                self._bytes = f.read()
+            try:
+                with open(path, "rb") as f:  # now: the file may be gone when the writer gets to it
+                    self._bytes = f.read()
+            except OSError as err:
+                self._error = f"cannot read the image file {path!r} ({err.strerror or err})"
         elif hasattr(data_or_path, "save") and hasattr(data_or_path, "size") and hasattr(data_or_path, "mode"):
             self._pil = data_or_path.copy()  # a PIL image
         else:
             self._array = _as_array(data_or_path)
             if self._array is None:
-                raise MediaError(f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, "
-                                 f"not {type(data_or_path).__name__}")
+                self._error = (f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, "
+                               f"not {type(data_or_path).__name__}")
 
     def payload(self) -> Tuple[bytes, str, Dict[str, Any]]:
+        if self._error:
+            raise MediaError(self._error)
         extra: Dict[str, Any] = {}
         if self._bytes is not None:
             return self._bytes, self._format, extra
@@ -241,10 +247,11 @@ def _number(value: Any) -> Any:
 _PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def media_path(kind: str, key: str, step: int, index: int, ext: str) -> str:
-    """``media/<kind>s/<key>/<step>-<index>.<ext>``: where the gateway shows the payload (docs/run-format.md)."""
+def media_path(kind: str, key: str, step: int, ts_ms: int, index: int, ext: str) -> str:
+    """``media/<kind>s/<key>/<step>-<ts_ms>-<index>.<ext>``, the payload's name in the run
+    (docs/run-format.md section 8): unique in the run, and a sink can read key, step and time from it."""
     parts = [_PATH_CHARS.sub("_", p).strip(".") or "_" for p in key.split("/") if p]
-    return "/".join(["media", kind + "s", *(parts or ["_"]), f"{step}-{index}.{ext}"])
+    return "/".join(["media", kind + "s", *(parts or ["_"]), f"{step}-{ts_ms}-{index}.{ext}"])
 
 
 class MediaFile:
@@ -270,7 +277,7 @@ class MediaFile:
         self._bin.flush()
         index = self._names.get((key, step), 0)
         self._names[(key, step)] = index + 1
-        values: Dict[str, Any] = {"key": key, "kind": media.kind, "path": media_path(media.kind, key, step, index, ext),
+        values: Dict[str, Any] = {"key": key, "kind": media.kind, "path": media_path(media.kind, key, step, ts_ms, index, ext),
                                   "offset": offset, "length": len(data), "format": ext, **extra}
         if media.caption is not None:
             values["caption"] = media.caption
