@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import runpy
 import sys
-from typing import List, Optional
+import types
+from typing import Any, List, Optional
 
 from ._wandb import as_wandb
 
@@ -36,5 +37,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+class _CallableModule(types.ModuleType):
+    """Importing ``hpc.as_wandb`` as a module binds the name ``hpc.as_wandb`` to it, hiding the function of
+    the same name: the module stays callable, so ``hpc.as_wandb()`` works whichever the name holds."""
+
+    def __call__(self) -> Any:
+        return as_wandb()
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

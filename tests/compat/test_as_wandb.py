@@ -37,6 +37,12 @@ def test_import_wandb_and_its_submodules_give_hpc():
     assert importlib.util.find_spec("wandb") is not None  # how transformers and accelerate look for it
 
 
+def test_hpc_as_wandb_stays_callable_after_importing_the_module_of_that_name():
+    import hpc.as_wandb as module  # binds hpc.as_wandb to the module
+
+    assert callable(hpc.as_wandb) and module() is hpc.as_wandb() and callable(module.main)
+
+
 def test_the_real_wandb_installed_and_imported_first_still_loses(tmp_path):
     pytest.importorskip("wandb")  # the real one, from the [compat-test] extra (CI installs it)
     code = ("import wandb as real; import hpc; hpc.as_wandb(); import wandb; "
