@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import UsageError
@@ -41,7 +40,7 @@ class Artifact:
         self.metadata: Dict[str, Any] = dict(metadata or {})
         self.aliases: List[str] = []
         self._entries: Dict[str, Union[str, bytes]] = {}  # path in the artifact -> source path
-        self._scratch: Optional[tempfile.TemporaryDirectory] = None
+        self._scratch: Any = None  # a tempfile.TemporaryDirectory, made by the first new_file()
         self.version: Optional[str] = None
 
     def add_file(self, local_path: str, name: Optional[str] = None, **_: Any) -> None:
@@ -63,6 +62,7 @@ class Artifact:
     def new_file(self, name: str, mode: str = "x", encoding: Optional[str] = None) -> Any:
         """An open file whose content becomes ``name`` in the artifact (W&B's ``new_file``)."""
         if self._scratch is None:
+            import tempfile  # here: it costs import time, and most runs log no artifact
             self._scratch = tempfile.TemporaryDirectory(prefix="hpc-artifact-")
         rel = _clean(name)
         path = os.path.join(self._scratch.name, *rel.split("/"))

@@ -10,7 +10,6 @@ Also here: W&B's ``Settings`` object and how ``init`` maps its fields, ``util.ge
 """
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 import types
@@ -136,7 +135,7 @@ def _build() -> Dict[str, types.ModuleType]:
     sdk = _module("wandb.sdk", "", lib=lib, wandb_run=wandb_run, wandb_settings=settings_module,
                   Settings=WandbSettings, data_types=data_types, artifacts=artifacts)
     top_data_types = _module("wandb.data_types", "", Image=hpc.Image, Table=hpc.Table, Histogram=hpc.Histogram)
-    util_module = _module("wandb.util", util.__doc__ or "", generate_id=generate_id)
+    util_module = util  # the same object as hpc.util
     root.__dict__.update(
         __version__=WANDB_API_VERSION, Settings=WandbSettings, errors=errors, Error=HpcError, sdk=sdk,
         wandb_run=wandb_run, util=util_module, data_types=top_data_types, login=login, hpc=hpc,
@@ -163,7 +162,9 @@ def _term(kind: str) -> Any:
     return say
 
 
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _Finder:
+    """A meta-path finder and its own loader (the protocol only; importlib.abc costs import time)."""
+
     def __init__(self, modules: Dict[str, types.ModuleType]):
         self.modules = modules
         for name, module in modules.items():  # importlib.util.find_spec("wandb") reads an imported one's spec

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import hpc
-from conftest import REPO, environ
+from conftest import REPO, environ, need_packages
 
 pytestmark = pytest.mark.usefixtures("wandb_restored")
 
@@ -43,8 +43,9 @@ def test_hpc_as_wandb_stays_callable_after_importing_the_module_of_that_name():
     assert callable(hpc.as_wandb) and module() is hpc.as_wandb() and callable(module.main)
 
 
+@pytest.mark.slow
 def test_the_real_wandb_installed_and_imported_first_still_loses(tmp_path):
-    pytest.importorskip("wandb")  # the real one, from the [compat-test] extra (CI installs it)
+    need_packages("wandb")  # the real one, from the [compat-test] extra (CI installs it)
     code = ("import wandb as real; import hpc; hpc.as_wandb(); import wandb; "
             "print(real is not wandb, wandb.init is hpc.init)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ(str(tmp_path)),
@@ -117,7 +118,7 @@ def test_define_metric_takes_wandbs_arguments(tmp_path):
 
 def test_url_login_util_watch_label_and_config_update(tmp_path, capsys):
     wandb = hpc.as_wandb()
-    assert wandb.login(key="x") is True and len(wandb.util.generate_id()) == 8
+    assert wandb.login(key="x") is True and len(wandb.util.generate_id()) == 8 and wandb.util is hpc.util
     run = wandb.init(project="p", dir=str(tmp_path))
     assert run.url is None and run.get_url() is None and run.path == f"p/{run.id}"
     run._label(code="transformers_trainer")
@@ -155,6 +156,7 @@ def test_artifacts_and_code_are_copied_into_the_run(tmp_path):
     assert os.listdir(os.path.join(files, "code")) == ["train.py"]
 
 
+@pytest.mark.slow
 def test_python_m_hpc_as_wandb_runs_an_unchanged_script(tmp_path):
     script = tmp_path / "train.py"
     script.write_text("import sys, wandb\n"
