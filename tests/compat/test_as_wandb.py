@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import hpc
-from conftest import REPO, environ, need_packages
+from compat_support import REPO, environ, need_packages
 
 pytestmark = pytest.mark.usefixtures("wandb_restored")
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import SCRIPTS, environ, need_packages
+from compat_support import SCRIPTS, environ, need_packages
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import os
 import zlib
 
 import hpc
-from conftest import need_packages
+from compat_support import need_packages
 
 
 def media(run_dir):
