@@ -6,11 +6,13 @@ as it would see it without this wrapper; every ``import wandb`` in the process g
 """
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 import types
 from typing import Any, List, Optional
 
+from ._run import active_run
 from ._wandb import as_wandb
 
 __all__ = ["as_wandb", "main"]
@@ -24,16 +26,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_USAGE, file=sys.stderr if not args else sys.stdout)
         return 2 if not args else 0
     as_wandb()
-    if args[0] == "-m":
-        if len(args) < 2:
-            print(_USAGE, file=sys.stderr)
-            return 2
-        sys.argv = args[1:]
-        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = args
-        sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(args[0])))
-        runpy.run_path(args[0], run_name="__main__")
+    if args[0] == "-m" and len(args) < 2:
+        print(_USAGE, file=sys.stderr)
+        return 2
+    try:
+        if args[0] == "-m":
+            sys.argv = args[1:]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = args
+            sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))
+            runpy.run_path(args[0], run_name="__main__")
+    except SystemExit as exc:  # `raise SystemExit(3)` in the script: its run ends "failed" with that code
+        run = active_run()
+        if run is not None and run._hooks.exit_code is None:
+            run._hooks.exit_code = exc.code
+        raise
     return 0
 
 

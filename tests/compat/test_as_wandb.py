@@ -169,3 +169,14 @@ def test_python_m_hpc_as_wandb_runs_an_unchanged_script(tmp_path):
     _, run_dir, name, module = out.stdout.split()
     assert (name, module) == ("wandb", "hpc._run")
     assert doc(run_dir, "config.json") == {"argv": ["--lr", "1"]} and doc(run_dir, "exit.json")["reason"] == "finished"
+
+
+@pytest.mark.slow
+def test_the_scripts_exit_code_reaches_exit_json(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import wandb\nrun = wandb.init(project='p')\nprint('RUN', run.dir)\nraise SystemExit(3)\n")
+    out = subprocess.run([sys.executable, "-m", "hpc.as_wandb", str(script)], capture_output=True, text=True,
+                         env=environ(str(tmp_path / "runs")), cwd=REPO, timeout=120)
+    assert out.returncode == 3, out.stderr
+    exit_doc = doc(out.stdout.split()[-1], "exit.json")
+    assert (exit_doc["exit_code"], exit_doc["reason"]) == (3, "failed")
