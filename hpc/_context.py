@@ -43,6 +43,7 @@ class RunContext:
     rank: Optional[int] = None
     local_rank: Optional[int] = None
     world_size: Optional[int] = None
+    launcher: Optional[Dict[str, Any]] = None  # run.json's "launcher": torchrun outside SLURM
 
 
 def _first(environ: Mapping[str, str], *names: str) -> Optional[str]:
@@ -77,6 +78,31 @@ def _id_part(text: str) -> str:
     return cleaned
 
 
+def _launcher_start_s() -> int:
+    """When the launcher (the workers' common parent: torchrun's agent) started, in whole seconds."""
+    try:
+        import psutil
+        return int(psutil.Process(os.getppid()).create_time())
+    except Exception:  # noqa: BLE001 - psutil.Error, or no parent: the group then has the port only
+        return 0
+
+
+def _torchrun(env: Mapping[str, str], rank: int, local_rank: Optional[int], world_size: int) -> RunContext:
+    """torchrun (or any launcher setting RANK and WORLD_SIZE) without SLURM: one group for the workers of one
+    launch, named from TORCHELASTIC_RUN_ID, else MASTER_ADDR:MASTER_PORT and the launcher's start time."""
+    elastic_id = _first(env, "TORCHELASTIC_RUN_ID")
+    if elastic_id is not None and elastic_id.lower() != "none":
+        group = "torchrun-" + _id_part(elastic_id)
+    else:
+        master = f"{_first(env, 'MASTER_ADDR') or 'localhost'}-{_first(env, 'MASTER_PORT') or '0'}"
+        group = "torchrun-" + _id_part(f"{master}-{_launcher_start_s()}")
+    launcher = {"kind": "torchrun", "run_id": elastic_id, "rank": rank, "local_rank": local_rank,
+                "world_size": world_size, "master_addr": _first(env, "MASTER_ADDR"),
+                "master_port": _first(env, "MASTER_PORT"), "restart_count": _int(env, "TORCHELASTIC_RESTART_COUNT")}
+    return RunContext(group=group, name=f"rank-{rank}", job_type=DEFAULT_JOB_TYPE, rank=rank,
+                      local_rank=local_rank, world_size=world_size, launcher=launcher)
+
+
 def detect(environ: Optional[Mapping[str, str]] = None) -> RunContext:
     """Read SLURM and torch launcher variables from ``environ`` (default ``os.environ``) into a RunContext."""
     env = os.environ if environ is None else environ
@@ -91,6 +117,8 @@ def detect(environ: Optional[Mapping[str, str]] = None) -> RunContext:
 
     job_id = _first(env, "SLURM_JOB_ID", "SLURM_JOBID")
     if job_id is None:
+        if rank is not None and world_size is not None:
+            return _torchrun(env, rank, local_rank, world_size)
         return RunContext(rank=rank, local_rank=local_rank, world_size=world_size)
 
     array_job_id = _first(env, "SLURM_ARRAY_JOB_ID")

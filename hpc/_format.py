@@ -19,7 +19,7 @@ __all__ = [
     "HEARTBEAT", "EXIT", "OUTPUT", "FILES_DIR", "CODE_DIR",
 ]
 
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

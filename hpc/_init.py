@@ -20,6 +20,7 @@ from ._stats import start_monitor
 from ._terminal import Terminal
 from ._values import plain_config
 from ._stream import Stream
+from ._wandb import WandbSettings, wandb_settings
 from .errors import ResumeError, UsageError
 
 __all__ = ["init", "prepare_run_dir", "Prepared", "check_name", "check_resume", "load_summary_state"]
@@ -58,30 +59,72 @@ def check_name(kind: str, value: str) -> None:
                          "'.', '_' or '-', starting with a letter or digit")
 
 
+# W&B modes that mean "record": hpc always records offline and the gateway syncs.
+_WANDB_MODES = {"online": "offline", "shared": "offline", "run": "offline"}
+_WANDB_ONLY = ("entity", "config_exclude_keys", "config_include_keys", "allow_val_change", "force", "anonymous",
+               "reinit", "resume_from", "fork_from", "save_code", "tensorboard", "sync_tensorboard",
+               "monitor_gym")
+
+
 def init(project: Optional[str] = None, name: Optional[str] = None, group: Optional[str] = None,
          job_type: Optional[str] = None, config: Optional[Mapping] = None, tags: Optional[List[str]] = None,
          notes: Optional[str] = None, id: Optional[str] = None, resume: Any = None,
-         dir: Optional[str] = None, mode: Optional[str] = None,
-         settings: Optional[Mapping[str, Any]] = None) -> Any:
-    """Start (or resume) a run written offline under ``<root>/<project>/<id>/``. See docs/sdk.md."""
+         dir: Optional[str] = None, mode: Optional[str] = None, settings: Any = None, *,
+         entity: Optional[str] = None, config_exclude_keys: Optional[List[str]] = None,
+         config_include_keys: Optional[List[str]] = None, allow_val_change: Optional[bool] = None,
+         force: Optional[bool] = None, anonymous: Optional[str] = None, reinit: Any = None,
+         resume_from: Optional[str] = None, fork_from: Optional[str] = None, save_code: Optional[bool] = None,
+         tensorboard: Optional[bool] = None, sync_tensorboard: Optional[bool] = None,
+         monitor_gym: Optional[bool] = None, **unknown: Any) -> Any:
+    """Start (or resume) a run written offline under ``<root>/<project>/<id>/``. See docs/sdk.md.
+
+    W&B's whole signature is accepted (docs/coming-from-wandb.md): ``dir=`` is where the run's files go
+    unless ``HPCSYNC_DIR`` says otherwise; ``reinit="return_previous"`` (or False) returns the active run;
+    the arguments hpc has no use for (``entity``, ``save_code``, ...) are recorded in run.json's ``wandb``."""
     if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
         raise UsageError("tags must be a list of strings")
-    explicit = dict(settings or {})
+    wandb_args = {k: v for k, v in zip(_WANDB_ONLY, (
+        entity, config_exclude_keys, config_include_keys, allow_val_change, force, anonymous, reinit,
+        resume_from, fork_from, save_code, tensorboard, sync_tensorboard, monitor_gym)) if v is not None}
+    early = Terminal(False)
+    if unknown:
+        early.warn(f"init() ignores the unknown argument(s) {', '.join(sorted(unknown))} (recorded in run.json)")
+        wandb_args.update(unknown)
+    explicit: Dict[str, Any] = {}
+    if isinstance(settings, WandbSettings):
+        explicit, implied, ignored = wandb_settings(settings)
+        name, notes, dir = name or implied.get("name"), notes or implied.get("notes"), dir or implied.get("dir")
+        if ignored:
+            wandb_args["settings"] = ignored
+    elif settings is not None:
+        explicit = dict(settings)
+    if mode is not None and str(mode).lower() in _WANDB_MODES:
+        wandb_args["mode"] = mode
+        mode = _WANDB_MODES[str(mode).lower()]
+    if isinstance(resume, str) and resume.lower() == "auto":
+        resume = "allow"
     for key, value in (("project", project), ("group", group), ("run_id", id), ("resume", resume),
-                       ("job_type", job_type), ("tags", tags),
-                       ("root", os.fspath(dir) if dir is not None else None), ("mode", mode)):
+                       ("job_type", job_type), ("tags", tags), ("mode", mode)):
         if value is not None:
             explicit[key] = value
-    resolved = Settings.resolve(explicit)
+    # dir= is W&B's "where files go": below HPCSYNC_DIR, because libraries pass it on the user's behalf
+    # (Lightning's WandbLogger always passes save_dir, "." by default).
+    fallback = {"root": os.fspath(dir)} if dir is not None else None
+    resolved = Settings.resolve(explicit, fallback=fallback)
     terminal = Terminal(resolved.silent)
     if config is not None and not isinstance(config, Mapping):
         raise UsageError(f"config must be a dict, got {type(config).__name__}")
+    if config is not None and (config_include_keys or config_exclude_keys):
+        config = {k: v for k, v in config.items() if (not config_include_keys or k in config_include_keys)
+                  and k not in (config_exclude_keys or ())}
     job_type = resolved.job_type
     tags = list(resolved.tags) if resolved.tags is not None else None
 
     previous = _run.active_run()
     if previous is not None:
-        if previous.recorded_here:
+        if reinit in (False, "return_previous") and previous.recorded_here:
+            return previous
+        if previous.recorded_here and reinit not in (True, "finish_previous", "create_new"):
             terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first")
         previous.finish()  # in a forked child, this only lets go of the parent's run
     if resolved.mode == "disabled":
@@ -108,7 +151,7 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
 
     try:
         return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, job_type,
-                         config, tags, notes)
+                         config, tags, notes, plain_config(wandb_args) if wandb_args else None)
     except OSError as err:
         # Training goes on without tracking rather than dying at start on a storage problem.
         terminal.warn(f"cannot write the run directory {run_dir} ({err.strerror or err}): this run is NOT "
@@ -151,8 +194,10 @@ class Prepared:
 
 def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
                     exists: bool, name: Optional[str], job_type: Optional[str],
-                    config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Prepared:
-    """Create or resume the directory: repair the history's torn tail, start a new attempt in run.json."""
+                    config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str],
+                    wandb_args: Optional[Dict[str, Any]] = None) -> Prepared:
+    """Create or resume the directory: repair the history's torn tail, start a new attempt in run.json.
+    ``wandb_args``: W&B init arguments hpc accepted without a use, recorded as run.json's ``wandb``."""
     summary_state: Dict[str, Any] = {}
     config_doc: Dict[str, Any] = {}
     if exists:
@@ -188,6 +233,10 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
     })
     if context.metadata is not None:
         meta["slurm"] = context.metadata
+    if context.launcher is not None:
+        meta["launcher"] = context.launcher
+    if wandb_args:
+        meta["wandb"] = wandb_args
     fmt.atomic_write_json(os.path.join(run_dir, fmt.RUN_JSON), meta)
     if exists:
         try:
@@ -201,9 +250,10 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
 
 def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
               exists: bool, name: Optional[str], job_type: Optional[str],
-              config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str]) -> Run:
+              config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str],
+              wandb_args: Optional[Dict[str, Any]] = None) -> Run:
     ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, job_type,
-                            config, tags, notes)
+                            config, tags, notes, wandb_args)
     run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
               context)
     run._start_capture()

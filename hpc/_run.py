@@ -17,6 +17,7 @@ from ._settings import Settings
 from ._terminal import Terminal
 from ._stream import Stream
 from ._values import MAX_KEY_CHARS, key_problem
+from ._wandb_run import WandbRunMethods
 from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SYNC, TEXT, Writer
 from .errors import UsageError
 
@@ -36,7 +37,7 @@ _active: Optional["Run"] = None
 _active_lock = threading.RLock()  # re-entrant: a signal handler may finish the run mid-finish
 
 
-class Run:
+class Run(WandbRunMethods):
     """One run being recorded. Create it with ``hpc.init()``."""
 
     def __init__(self, settings: Settings, terminal: Terminal, meta: Dict[str, Any], run_dir: str,
@@ -88,8 +89,9 @@ class Run:
         return f"<hpc.Run {self.project}/{self.id} name={self.name!r} dir={self.dir!r}>"
 
     # ---- logging --------------------------------------------------------------------------------------
-    def log(self, data: Mapping[str, Any], step: Optional[int] = None, commit: Optional[bool] = None) -> None:
-        """Queue a row. W&B semantics: without ``step`` each call is one row at an auto-incremented step
+    def log(self, data: Mapping[str, Any], step: Optional[int] = None, commit: Optional[bool] = None,
+            sync: Any = None) -> None:
+        """Queue a row (``sync``, W&B's, is accepted and ignored). W&B semantics: without ``step`` each call is one row at an auto-incremented step
         (``commit=False`` merges into the current row); with ``step`` the row is written when the step
         changes, or now with ``commit=True``. A ``step`` below the current one is refused with a warning.
         """
@@ -279,15 +281,43 @@ class Run:
         self._writer.wake.set()
         done.wait(_SYNC_TIMEOUT_S)
 
-    def define_metric(self, name: str, step_metric: Optional[str] = None, summary: Optional[str] = None) -> None:
-        """Declare a metric (or a glob such as ``train/*``): its x-axis key and its summary policy."""
+    def define_metric(self, name: str, step_metric: Optional[str] = None, summary: Optional[str] = None, *,
+                      step_sync: Optional[bool] = None, hidden: Optional[bool] = None, goal: Optional[str] = None,
+                      overwrite: Optional[bool] = None) -> None:
+        """Declare a metric (or a glob such as ``train/*``): its x-axis key and its summary policy.
+        W&B's ``summary="best"`` with ``goal`` is ``min`` or ``max``; ``step_sync``, ``hidden`` and ``goal``
+        are recorded in the declaration (docs/run-format.md section 4)."""
         if not isinstance(name, str) or not name or len(name) > MAX_KEY_CHARS:
             raise UsageError(f"define_metric needs a metric name or glob of 1 to {MAX_KEY_CHARS} characters")
-        if summary is not None and summary not in _SUMMARY_POLICIES:
-            raise UsageError(f"summary={summary!r} is not one of {', '.join(_SUMMARY_POLICIES)}")
+        summary = self._summary_policy(name, summary, goal)
         if step_metric is not None and key_problem(step_metric):
             raise UsageError(key_problem(step_metric))
-        self._enqueue((DEFINE, {"name": name, "step_metric": step_metric, "summary": summary}))
+        decl: Dict[str, Any] = {"name": name, "step_metric": step_metric, "summary": summary}
+        for key, value in (("step_sync", step_sync), ("hidden", hidden), ("goal", goal)):
+            if value is not None:
+                decl[key] = value
+        self._enqueue((DEFINE, decl))
+
+    def _summary_policy(self, name: str, summary: Optional[str], goal: Optional[str]) -> Optional[str]:
+        """hpc's one policy for W&B's summary (which may list several: ``"min,max"``)."""
+        if summary is None:
+            return None
+        wanted = [p.strip() for p in str(summary).split(",") if p.strip()]
+        mapped = []
+        for policy in wanted:
+            if policy == "best":
+                policy = {"minimize": "min", "maximize": "max"}.get(str(goal), "")
+                if not policy:
+                    raise UsageError("summary='best' needs goal='minimize' or goal='maximize'")
+            policy = {"copy": "last", "first": "last"}.get(policy, policy)
+            if policy not in _SUMMARY_POLICIES + ("none",):
+                raise UsageError(f"summary={summary!r}: {policy!r} is not one of "
+                                 f"{', '.join(_SUMMARY_POLICIES)}, best, copy or none")
+            mapped.append(policy)
+        if len(set(mapped)) > 1:
+            self._terminal.warn_once(f"summary-{name}", f"define_metric({name!r}, summary={summary!r}): hpc keeps "
+                                     f"one summary per key, {mapped[0]!r}")
+        return None if not mapped or mapped[0] == "none" else mapped[0]
 
     def save(self, path_or_glob: str, policy: str = "now", base_path: Optional[str] = None) -> None:
         """Copy files (a path or a glob, relative to ``base_path`` or the working directory) into
@@ -299,8 +329,9 @@ class Run:
         self._enqueue((SAVE, os.fspath(path_or_glob), os.path.abspath(base_path or os.getcwd()), policy))
 
     # ---- ending ---------------------------------------------------------------------------------------
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: Optional[int] = 0, quiet: Optional[bool] = None) -> None:
         """Flush everything, fsync, and write exit.json last. Safe to call twice."""
+        exit_code = exit_code or 0
         self._finish(exit_code, "finished" if exit_code == 0 else "failed")
 
     def _finish(self, exit_code: int, reason: str) -> None:
@@ -356,7 +387,7 @@ class Run:
             self._console = _console.install(self._console_text)
 
 
-class DisabledRun:
+class DisabledRun(WandbRunMethods):
     """mode="disabled": the same surface, every call a cheap no-op."""
 
     def __init__(self, settings: Settings, config: Optional[Mapping] = None, name: Optional[str] = None):
@@ -374,7 +405,7 @@ class DisabledRun:
         self.config = Config(config)
         self.summary: Dict[str, Any] = {}
 
-    def log(self, data: Any, step: Any = None, commit: Any = None) -> None:
+    def log(self, data: Any, step: Any = None, commit: Any = None, sync: Any = None) -> None:
         return None
 
     def define_metric(self, *args: Any, **kwargs: Any) -> None:
@@ -383,7 +414,7 @@ class DisabledRun:
     def save(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: Optional[int] = 0, quiet: Optional[bool] = None) -> None:
         _set_module_globals(None)
 
     def _finish(self, exit_code: int, reason: str) -> None:

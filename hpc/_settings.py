@@ -156,10 +156,13 @@ class Settings:
 
     @classmethod
     def resolve(
-        cls, explicit: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None
+        cls, explicit: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None,
+        fallback: Optional[Mapping[str, Any]] = None,
     ) -> "Settings":
-        """Explicit values (``None`` means "not given") beat ``HPCSYNC_*`` variables, which beat defaults."""
+        """Explicit values (``None`` means "not given") beat ``HPCSYNC_*`` variables, which beat ``fallback``
+        (values a caller offers below the environment, such as W&B's ``dir=``), which beat defaults."""
         explicit = dict(explicit or {})
+        fallback = {k: v for k, v in (fallback or {}).items() if v is not None}
         environ = os.environ if environ is None else environ
         unknown = sorted(set(explicit) - set(_ENV))
         if unknown:
@@ -172,6 +175,8 @@ class Settings:
                 values[name] = parse(name, explicit[name])
             elif environ.get(var) is not None and environ.get(var) != "":
                 values[name] = parse(var, environ[var])
+            elif name in fallback:
+                values[name] = parse(name, fallback[name])
         resolved = cls(**{k: v for k, v in values.items() if v is not None})
         if resolved.stats_average_s < resolved.stats_sample_s:
             raise SettingsError(

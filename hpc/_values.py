@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 __all__ = ["MAX_KEY_CHARS", "flatten_row", "key_problem", "plain_config"]
 
@@ -79,9 +79,12 @@ def _raised(err: Exception) -> str:
 
 
 def flatten_row(
-    data: Mapping, out: Dict[str, Any], reject: Callable[[str, str], None], prefix: str = ""
+    data: Mapping, out: Dict[str, Any], reject: Callable[[str, str], None], prefix: str = "",
+    media: Optional[Callable[[str, Any], bool]] = None,
 ) -> None:
-    """Flatten nested mappings with '/' into ``out``; call ``reject(key, why)`` for what cannot be kept."""
+    """Flatten nested mappings with '/' into ``out``; call ``reject(key, why)`` for what cannot be kept.
+    ``media(key, value)`` is offered every value that is not a plain scalar and returns True if it took it
+    (an ``hpc.Image``, ``Table`` or ``Histogram``, or a list of them)."""
     for key, value in data.items():
         kind = type(value)
         if not prefix and kind in _FAST and (kind is not int or -INT_FLOAT_LIMIT < value < INT_FLOAT_LIMIT):
@@ -94,7 +97,9 @@ def flatten_row(
             continue
         try:
             if isinstance(value, Mapping):
-                flatten_row(value, out, reject, f"{full}/")
+                flatten_row(value, out, reject, f"{full}/", media)
+                continue
+            if media is not None and media(full, value):
                 continue
             converted = _convert(value)
         except Exception as err:  # noqa: BLE001 - the user's object raised: drop this key, keep the row

@@ -24,13 +24,14 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypedDict
 
 from . import _format as fmt
 from ._code import capture_git, ignored
+from ._media import Media, MediaFile
 from ._stream import OutputLog, Stream, describe
 from ._terminal import Terminal
 from ._values import flatten_row, plain_config
 
 __all__ = ["Writer", "ROW", "TEXT"]
 
-ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH = range(9)
+ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH, COPY = range(10)
 # Items handled per pass before the loop looks at its clocks again: under a flood of rows the queue never
 # empties, and the flush, heartbeat and document deadlines must still be met.
 _DRAIN_BATCH = 5000
@@ -78,6 +79,9 @@ class Writer(threading.Thread):
         self._first_seq = history.next_seq if first_seq is None else first_seq  # this attempt's first record
         self.drained_bytes = 0
         self.rows_failed = 0  # rows that reached this thread but could not be written (every value refused)
+        self._media = MediaFile(run_dir, terminal, Stream)  # media.bin + media.jsonl, opened at the first one
+        self._row_media: List[Tuple[str, Any]] = []
+        self._media_ok = False
 
     # ---- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -153,8 +157,14 @@ class Writer(threading.Thread):
     def _row(self, item: tuple) -> None:
         _, step, ts_ms, data, _ = item
         values: Dict[str, Any] = {}
-        flatten_row(data, values, self._reject)
-        if not values:  # every value was refused (each with its warning): nothing of the row can be written
+        row_media = self._row_media
+        flatten_row(data, values, self._reject, media=self._take_media)
+        if row_media:
+            self._write_media(step, ts_ms)
+            if not values and not self._media_ok:
+                self.rows_failed += 1
+                return
+        elif not values:  # every value was refused (each with its warning): nothing of the row can be written
             self.rows_failed += 1
             return
         self._history.append(step, ts_ms, fmt.encode_values(values))
@@ -163,6 +173,29 @@ class Writer(threading.Thread):
         if self._meta.get("metrics"):
             self._accumulate(values)
         self._summary_dirty = True
+
+    def _take_media(self, key: str, value: Any) -> bool:
+        if isinstance(value, Media):
+            self._row_media.append((key, value))
+            return True
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Media) for v in value):
+            self._row_media.extend((key, v) for v in value)
+            return True
+        return False
+
+    def _write_media(self, step: int, ts_ms: int) -> None:
+        """The row's media into the packed media file; a row of media only is an empty history record."""
+        self._media_ok = False
+        items, self._row_media[:] = list(self._row_media), []
+        for key, value in items:
+            try:
+                self._media.add(key, step, ts_ms, value, fmt.encode_values)
+                self._media_ok = True
+            except OSError as err:
+                self._terminal.warn_once(f"media-{err.errno}", f"cannot write the media file of {self._dir}: "
+                                         f"{describe(err)}; training goes on without it")
+            except Exception as err:  # noqa: BLE001 - the user's object raised while encoding: drop that key
+                self._reject(key, f"encoding the {value.kind} failed ({type(err).__name__}: {err})")
 
     def _reject(self, key: str, why: str) -> None:
         if key not in self._rejected:
@@ -244,6 +277,9 @@ class Writer(threading.Thread):
                 self._save(pattern, base)
         elif kind == SYNC:
             item[1].set()
+        elif kind == COPY:  # (COPY, [(source path or bytes, path under files/)], keepalive): artifacts, code
+            for source, rel in item[1]:
+                self._guard(self._copy, source, rel)
 
     def _save(self, pattern: str, base: str) -> None:
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
@@ -262,6 +298,17 @@ class Writer(threading.Thread):
             tmp = os.path.join(os.path.dirname(target), f"{fmt.TMP_PREFIX}{os.path.basename(target)}")
             shutil.copyfile(path, tmp)
             os.replace(tmp, target)
+
+    def _copy(self, source: Any, rel: str) -> None:
+        target = os.path.join(self._dir, fmt.FILES_DIR, *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(target), f"{fmt.TMP_PREFIX}{os.path.basename(target)}")
+        if isinstance(source, bytes):
+            with open(tmp, "wb") as f:
+                f.write(source)
+        else:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
     def _capture(self) -> None:
         git, diff = capture_git(self._meta.get("cwd") or os.getcwd(), self._settings.ignore_globs)
@@ -286,6 +333,7 @@ class Writer(threading.Thread):
     def _flush(self) -> None:
         self._history.flush()
         self._output.flush()
+        self._media.flush()
 
     def _write_documents(self, fsync: bool = True) -> None:
         # Each flag is cleared only once its document is on disk: a write that failed (a full disk) is due
@@ -312,6 +360,7 @@ class Writer(threading.Thread):
         for pattern, base in self._end_saves:
             self._guard(self._save, pattern, base)
         self._guard(self._history.close)
+        self._guard(self._media.close)
         self._guard(self._output.close)
         self._guard(self._write_documents)
         written = self._history.next_seq - self._first_seq

@@ -31,14 +31,30 @@ def test_the_two_halves_do_not_import_each_other(package, forbidden):
     assert not offenders, f"{package} must read the other half only through docs/run-format.md: {offenders}"
 
 
+# Optional packages, each allowed only in the module that integrates it (imported by the user, never by
+# `import hpc`): Lightning's logger subclasses Lightning's Logger.
+_INTEGRATIONS = {os.path.join("hpc", "integrations", "lightning.py"): {"lightning"}}
+
+
 def test_compute_side_imports_only_light_dependencies():
     allowed = {"psutil", "yaml", "pynvml", "submitit", "hpc"}  # submitit only in hpc.slurm ([slurm] extra)
     import sys
 
     stdlib = set(sys.stdlib_module_names)
     for path in modules("hpc"):
-        extra = {m for m in imported(path) if m not in stdlib and m not in allowed}
+        own = _INTEGRATIONS.get(os.path.relpath(path, REPO), set())
+        extra = {m for m in imported(path) if m not in stdlib and m not in allowed | own}
         assert not extra, f"{path} imports {extra}: the compute side stays light"
+
+
+def test_import_hpc_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, hpc; hpc.as_wandb(); import wandb; "
+            "print(sorted(m for m in ('torch', 'transformers', 'lightning', 'numpy', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_public_namespace_is_complete():

@@ -98,11 +98,17 @@ class Summary:
 @dataclass(frozen=True)
 class FileEntry:
     """A file of the run to store as an artifact: ``source_path`` in the run directory, ``dest`` the
-    run-relative path it is shown under (``files/ckpt.pt``, ``output.log``, ``hpc/run.json``)."""
+    run-relative path it is shown under (``files/ckpt.pt``, ``output.log``, ``hpc/run.json``).
+
+    ``pack``: for a payload packed into a larger file (the hpc format's ``media.bin``), ``(file, offset)``:
+    its ``stat.size_bytes`` bytes at ``offset`` of that file; ``source_path`` is then a name unique in the run.
+    Media payloads have ``dest`` ``media/<kind>s/<key>/<step>-<ts_ms>-<n>.<ext>`` (kind: image, table,
+    histogram), which a sink may map to its server's own convention for that kind."""
 
     source_path: str
     dest: str
     stat: FileStat
+    pack: Optional[Tuple[str, int]] = None
 
 
 @dataclass(frozen=True)
@@ -194,4 +200,7 @@ class Reader(abc.ABC):
         return snap.version(self.documents[name])
 
     def read_file(self, entry: FileEntry) -> bytes:
+        if entry.pack is not None:
+            name, offset = entry.pack
+            return self.source.read_range(self.ref, name, offset, entry.stat.size_bytes)
         return self.source.read_range(self.ref, entry.source_path, 0, entry.stat.size_bytes)

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import FormatError
-from ..sources.base import RunRef, Source
+from ..sources.base import FileStat, RunRef, Source
 from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
 from .base import MetricDef, Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, Summary, FileEntry, Row
 
@@ -28,6 +28,7 @@ _REASONS = ("finished", "failed", "preempted", "killed")
 _ARTIFACTS = {"output.log": "output.log", "hardware.json": "hpc/hardware.json", "run.json": "hpc/run.json",
               "config.json": "hpc/config.json", "summary.json": "hpc/summary.json"}
 _SUBDIRS = ("files", "code")
+MEDIA_INDEX, MEDIA_BIN = "media.jsonl", "media.bin"  # since format 1.2
 
 
 def _int(v: Any) -> Optional[int]:
@@ -157,7 +158,28 @@ class HpcReader(Reader):
         out = [FileEntry(name, dest, snap.files[name]) for name, dest in _ARTIFACTS.items() if name in snap.files]
         out += [FileEntry(name, name, s) for name, s in snap.files.items() if name.split("/", 1)[0] in _SUBDIRS
                 and "/" in name]
-        return sorted(out, key=lambda e: e.source_path)
+        return sorted(out, key=lambda e: e.source_path) + self._media(snap)
+
+    def _media(self, snap: Snapshot) -> List[FileEntry]:
+        """The payloads of media.bin that media.jsonl describes (docs/run-format.md section 8). A line whose
+        payload lies beyond the media.bin size seen (shared storage showing the index first) waits for the
+        next pass, as do the lines after it."""
+        index, packed = snap.files.get(MEDIA_INDEX), snap.files.get(MEDIA_BIN)
+        if index is None or packed is None:
+            return []
+        parsed = parse_stream(self.source.read_range(self.ref, MEDIA_INDEX, 0, index.size_bytes), 0, None)
+        out: List[FileEntry] = []
+        for record in parsed.records:
+            v = record.values
+            path, offset, length = v.get("path"), _int(v.get("offset")), _int(v.get("length"))
+            if not isinstance(path, str) or not path.startswith("media/") or ".." in path.split("/") \
+                    or offset is None or length is None:
+                log.warning("%s: %s line %d is not a media record; skipped", self.ref.key, MEDIA_INDEX, record.seq)
+                continue
+            if offset + length > packed.size_bytes:
+                break
+            out.append(FileEntry(path, path, FileStat(length, record.ts_ms * 1_000_000), (MEDIA_BIN, offset)))
+        return out
 
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
         exit_doc = self._soft_document("exit.json") if "exit.json" in snap.files else None

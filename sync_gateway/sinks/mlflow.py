@@ -25,7 +25,8 @@ from .._http import HttpClient
 from .._settings import AuthSettings, Settings
 from ..errors import ConfigError, ServerError
 from ..readers.base import MetricDef, RunInfo, RunStatus, Row, Summary
-from ._mlflow_names import flatten_config, metric_key, metric_value, run_tags, system_metric, tag_value
+from ._mlflow_names import (flatten_config, media_artifact_path, metric_key, metric_value, run_tags,
+                            system_metric, tag_value)
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
@@ -75,6 +76,7 @@ class MlflowSink(Sink):
         self.http = http
         self.batch_points = min(batch_points, MAX_POINTS)
         self._experiments: Dict[str, str] = {}
+        self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._matchers: Dict[Tuple[MetricDef, ...], List[Tuple[Any, Optional[str]]]] = {}
 
     @classmethod
@@ -321,6 +323,10 @@ class MlflowSink(Sink):
 
     def upload(self, run: SinkRun, path: str, data: bytes) -> None:
         assert isinstance(run, MlflowRun)
+        path, image = media_artifact_path(path, run.run_id)
+        if image and run.run_id not in self._with_images:  # the tag log_image sets: the UI shows an Images view
+            self._set_tags(run.run_id, {"mlflow.loggedImages": "true"})
+            self._with_images.add(run.run_id)
         prefix = run.artifact_uri
         if not prefix.startswith("mlflow-artifacts:/"):
             raise ServerError(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "

@@ -154,7 +154,7 @@ def test_usage_errors_before_init_after_finish_and_bad_arguments(root):
     with pytest.raises(UsageError, match="not usable as a directory name"):
         hpc.init(project="p", id="a b", dir=root)
     with pytest.raises(SettingsError, match="one of offline, dryrun, disabled"):
-        hpc.init(project="p", dir=root, mode="online")
+        hpc.init(project="p", dir=root, mode="live")  # W&B's "online" is accepted: hpc records offline
     with pytest.raises(SettingsError, match="valid settings are"):
         hpc.init(project="p", dir=root, settings={"flush_interval": 1})
     assert issubclass(UsageError, hpc.HpcError) and issubclass(ResumeError, hpc.HpcError)
@@ -197,8 +197,9 @@ def test_environment_settings_and_argument_precedence(root, monkeypatch, tmp_pat
     assert run.dir == os.path.join(env_root, "envproj", "fromenv") and run.group == "g1"
     run.finish()
     monkeypatch.setenv("HPCSYNC_RESUME", "allow")
-    run = hpc.init(project="argproj", dir=root, group="g2")  # arguments beat the environment
-    assert run.dir == os.path.join(os.path.abspath(root), "argproj", "fromenv") and run.group == "g2"
+    run = hpc.init(project="argproj", dir=root, group="g2")  # arguments beat the environment...
+    # ...except dir=, W&B's "where files go", which libraries pass for the user: HPCSYNC_DIR wins over it
+    assert run.dir == os.path.join(env_root, "argproj", "fromenv") and run.group == "g2"
     run.finish()
     monkeypatch.setenv("HPCSYNC_MODE", "dryrun")  # the seed's name for offline
     assert hpc.init(dir=root).dir is not None

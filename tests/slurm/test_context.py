@@ -23,10 +23,12 @@ def test_outside_slurm_everything_is_none():
     assert detect({}) == RunContext()
 
 
-def test_outside_slurm_torch_ranks_are_read_but_no_group_or_id():
+def test_outside_slurm_torch_ranks_give_a_torchrun_group_but_no_id():
+    # issue 13: the workers of one torchrun launch form a group (tests/compat/test_launchers.py has the rest)
     ctx = detect({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8"})
     assert (ctx.rank, ctx.local_rank, ctx.world_size) == (3, 1, 8)
-    assert ctx.metadata is None and ctx.group is None and ctx.run_id is None and ctx.resume is None
+    assert ctx.group.startswith("torchrun-") and ctx.name == "rank-3"
+    assert ctx.metadata is None and ctx.run_id is None and ctx.resume is None
 
 
 def test_srun_task_metadata_group_name_and_defaults():
