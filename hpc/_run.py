@@ -66,6 +66,7 @@ class Run(WandbRunMethods):
         self._lock = threading.RLock()
         self._pending: Optional[Dict[str, Any]] = None  # the open row (commit=False, or step= not yet closed)
         self._pending_step = 0
+        self._step_now: int = 0  # the next row's step (W&B's run.step)
         self._pending_ts_ms = 0
         self._queued_bytes = 0  # estimated bytes ever put on the queue; the writer counts what it took off
         self._budget_bytes = settings.queue_max_bytes
@@ -458,9 +459,9 @@ def _set_module_globals(run: Any) -> None:
     package = sys.modules.get("hpc")
     if package is None:
         return
-    package.run = run
-    package.config = run.config if run is not None else None
-    package.summary = run.summary if run is not None else None
+    # hpc.run / hpc.config / hpc.summary: module attributes W&B-style code reads, set as runs come and go.
+    vars(package).update(run=run, config=run.config if run is not None else None,
+                         summary=run.summary if run is not None else None)
 
 
 def _after_fork_in_child() -> None:

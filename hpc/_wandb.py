@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 import types
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 from ._names import random_id
 from .errors import HpcError, UsageError
@@ -148,7 +148,7 @@ def _build() -> Dict[str, types.ModuleType]:
         raise AttributeError(f"hpc standing in for wandb has no wandb.{name} (docs/coming-from-wandb.md "
                              "lists what is supported)")
 
-    root.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    vars(root)["__getattr__"] = __getattr__  # module-level __getattr__ (PEP 562), set after creation
     modules = {m.__name__: m for m in (root, errors, config_util, disabled, lib, wandb_run, settings_module,
                                        data_types, artifacts, sdk, top_data_types, util_module)}
     modules["wandb.wandb_run"] = _module("wandb.wandb_run", "", Run=Run)
@@ -163,17 +163,18 @@ def _term(kind: str) -> Any:
 
 
 class _Finder:
-    """A meta-path finder and its own loader (the protocol only; importlib.abc costs import time)."""
+    """A meta-path finder and its own loader (the protocol only; importlib.abc costs import time, so the
+    type checker cannot see it is a Loader: hence the casts)."""
 
     def __init__(self, modules: Dict[str, types.ModuleType]):
         self.modules = modules
         for name, module in modules.items():  # importlib.util.find_spec("wandb") reads an imported one's spec
-            module.__spec__ = importlib.machinery.ModuleSpec(name, self, is_package=True)
-            module.__loader__ = self
+            module.__spec__ = importlib.machinery.ModuleSpec(name, cast(Any, self), is_package=True)
+            module.__loader__ = cast(Any, self)
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Optional[Any]:
         if fullname in self.modules:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return importlib.machinery.ModuleSpec(fullname, cast(Any, self), is_package=True)
         return None
 
     def create_module(self, spec: Any) -> types.ModuleType:

@@ -72,11 +72,11 @@ class HpcLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        metrics = _add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR)
+        row: Dict[str, Any] = dict(_add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR))
         if step is None:
-            self.experiment.log(metrics)
+            self.experiment.log(row)
         else:
-            self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+            self.experiment.log({**row, "trainer/global_step": step}, step=step)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
