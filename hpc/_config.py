@@ -42,7 +42,7 @@ class Config(dict):
         super().__delitem__(key)
         self._changed()
 
-    def update(self, *args: Any, allow_val_change: bool = True, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, allow_val_change: bool = True, **kwargs: Any) -> None:
         super().update(*args, **kwargs)
         self._changed()
 

@@ -109,7 +109,7 @@ util.generate_id = generate_id  # type: ignore[attr-defined]
 # ---- the wandb stand-in --------------------------------------------------------------------------------
 def _module(name: str, doc: str, **attrs: Any) -> types.ModuleType:
     module = types.ModuleType(name, doc)
-    module.__path__ = []  # type: ignore[attr-defined]  # a package: its submodules come from our finder only
+    module.__path__ = []  # a package: its submodules come from our finder only
     module.__dict__.update(attrs)
     return module
 
