@@ -14,7 +14,7 @@ from ..sources.base import RunRef, Source
 from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
 from .base import MetricDef, Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, Summary, FileEntry, Row
 
-__all__ = ["HpcReader", "derive_state", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
+__all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -35,18 +35,20 @@ def _int(v: Any) -> Optional[int]:
 
 
 def derive_state(meta: Mapping[str, Any], exit_doc: Optional[Mapping[str, Any]],
-                 heartbeat: Optional[Mapping[str, Any]], now_ms: int, stale_after_s: float) -> RunStatus:
+                 heartbeat: Optional[Mapping[str, Any]], now_ms: int, stale_after_s: float,
+                 seen_ms: Optional[int] = None) -> RunStatus:
     """The run's state, by the table of docs/run-format.md section 7.
 
     - A missing ``attempt`` (in run.json or exit.json) is attempt 1.
     - An exit.json counts when its attempt equals run.json's; its ``reason`` if it is one of the four
       known reasons, else ``finished`` for exit code 0 and ``failed`` otherwise.
-    - Otherwise the last sign of life is the heartbeat's ``ts_ms``, or run.json's ``created_ms`` when there
-      is no heartbeat yet (a run just created is alive); ``active`` while younger than ``stale_after_s``,
-      else ``crashed`` (presumed dead, until it resumes).
+    - Otherwise the last sign of life is ``seen_ms``: when the run's files were last seen to change, by
+      the reader's clock (``now_ms``'s clock), never a timestamp the node wrote (a node's clock may be
+      off by minutes or years); ``active`` while younger than ``stale_after_s``, else ``crashed``
+      (presumed dead, until its files change again). Without ``seen_ms`` the run counts as just seen.
     """
     attempt = _int(meta.get("attempt")) or 1
-    alive = _int((heartbeat or {}).get("ts_ms")) or _int(meta.get("created_ms")) or 0
+    alive = now_ms if seen_ms is None else min(int(seen_ms), now_ms)
     if exit_doc is not None and (_int(exit_doc.get("attempt")) or 1) == attempt:
         reason = exit_doc.get("reason")
         if reason not in _REASONS:
@@ -160,6 +162,13 @@ class HpcReader(Reader):
         return sorted(out, key=lambda e: e.source_path)
 
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
+        """Seen for the first time, a run's last sign of life is the newest modification time of its files
+        (the file system's clock, capped at ``now_ms``); the engine, which keeps watching, refines it."""
         exit_doc = self._soft_document("exit.json") if "exit.json" in snap.files else None
         hb = self._soft_document("heartbeat.json") if "heartbeat.json" in snap.files else None
-        return derive_state(self.meta(), exit_doc, hb, now_ms, stale_after_s)
+        return derive_state(self.meta(), exit_doc, hb, now_ms, stale_after_s, seen_ms=newest_mtime_ms(snap))
+
+
+def newest_mtime_ms(snap: Snapshot) -> Optional[int]:
+    """The newest modification time among a run's files, in ms (None for no files)."""
+    return max((s.mtime_ns // 1_000_000 for s in snap.files.values()), default=None)
