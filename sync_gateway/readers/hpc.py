@@ -106,8 +106,9 @@ class HpcReader(Reader):
 
     def info(self) -> RunInfo:
         m = self.meta()
+        decl = m.get("metrics") if isinstance(m.get("metrics"), list) else []
         metrics = tuple(MetricDef(str(d.get("name", "")), _opt_str(d.get("step_metric")), _opt_str(d.get("summary")))
-                        for d in (m.get("metrics") or []) if isinstance(d, dict))
+                        for d in decl if isinstance(d, dict))
         git = m.get("git") if isinstance(m.get("git"), dict) else {}
         slurm = m.get("slurm") if isinstance(m.get("slurm"), dict) else {}
         argv = m.get("argv")
@@ -134,14 +135,34 @@ class HpcReader(Reader):
             parsed = parse_stream(data, start.offset, start.seq)
             if parsed.consumed == 0 and len(data) >= want:
                 if want >= MAX_LINE_BYTES:
-                    raise FormatError(f"{name}: a line longer than {MAX_LINE_BYTES} bytes at byte {start.offset}")
+                    return self._skip_long_line(name, start, stop, len(data))
                 want *= 2  # one long line: read more of it
                 continue
             end = Position(start.offset + parsed.consumed, parsed.next_seq)
             rows = [Row(r.step, r.ts_ms, r.values, Position(r.end_offset, r.seq + 1)) for r in parsed.records]
             # at_end: nothing complete is left before ``stop`` (at most a line still being written)
             return StreamChunk(rows, end, parsed.corrupt, parsed.seq_problems,
-                               at_end=parsed.consumed == 0 or end.offset >= stop)
+                               at_end=parsed.consumed == 0 or end.offset >= stop, data=data, base=start.offset)
+
+    def stream_bytes(self, stream: str, offset: int, length: int) -> Optional[bytes]:
+        return self.source.read_range(self.ref, STREAMS[stream], offset, length)
+
+    def _skip_long_line(self, name: str, start: Position, stop: int, seen: int) -> StreamChunk:
+        """A line longer than MAX_LINE_BYTES is corrupt: find its newline a chunk at a time (memory stays
+        bounded) and move past it; while it has no newline yet it may still be being written."""
+        pos = start.offset + seen
+        while pos < stop:
+            data = self.source.read_range(self.ref, name, pos, min(1 << 20, stop - pos))
+            if not data:
+                break
+            nl = data.find(b"\n")
+            if nl >= 0:
+                end = pos + nl + 1
+                why = f"a line longer than {MAX_LINE_BYTES} bytes ({end - start.offset} bytes)"
+                return StreamChunk([], Position(end, start.seq), [(start.offset, why)], [],
+                                   at_end=end >= stop)
+            pos += len(data)
+        return StreamChunk([], start, [], [], at_end=True)
 
     def summary(self, snap: Snapshot) -> Optional[Summary]:
         if "summary.json" not in snap.files:
@@ -150,6 +171,8 @@ class HpcReader(Reader):
         if doc is None:
             return None
         values = doc.get("values") if isinstance(doc.get("values"), dict) else {}
+        if not isinstance(doc.get("values", {}), dict):
+            log.warning("%s: summary.json values is not an object: no summary sent", self.ref.key)
         policies = doc.get("policies") if isinstance(doc.get("policies"), dict) else {}
         return Summary({str(k): decode_value(v) for k, v in values.items()},
                        frozenset(_strs(doc.get("set_by_hand"))), {str(k): str(v) for k, v in policies.items()},
