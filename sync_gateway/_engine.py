@@ -177,14 +177,12 @@ class Gateway:
                 except ServerError as e:
                     msg = redact(e)
                     if not e.retryable:
-                        self._record_error(key, index, msg)
-                        rep.errors[key] = msg
+                        rep.errors[key] = self._record_error(key, index, msg)
                         failing = 0
                         continue
                     failing += 1
                     down = getattr(e, "unreachable", False)
-                    self._record_error(key, index, msg, backoff=not down)
-                    rep.errors[key] = msg
+                    rep.errors[key] = self._record_error(key, index, msg, backoff=not down)
                     if down or failing >= BREAKER_RUNS:
                         rep.aborted = msg if down else (
                             f"{failing} runs in a row failed with a retryable server error (last: {msg}); "
@@ -195,8 +193,7 @@ class Gateway:
                 except Exception as e:  # noqa: BLE001 - one run's failure, of any kind, stays in that run
                     msg = redact(e if isinstance(e, (GatewayError, OSError)) else f"{e.__class__.__name__}: {e}")
                     log.debug("%s: traceback", key, exc_info=True)
-                    self._record_error(key, index, msg[:2000])
-                    rep.errors[key] = msg[:2000]
+                    rep.errors[key] = self._record_error(key, index, msg[:2000])
                     failing = 0
                     continue
                 finally:
@@ -214,9 +211,10 @@ class Gateway:
             self.state.save_index(index)
         return rep
 
-    def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str, backoff: bool = False) -> None:
-        """Record a run's failure on it (state and index; ``status`` shows it). ``backoff``: a retryable
-        server error, so the run waits BACKOFF_BASE_S x 2^(failures-1), at most BACKOFF_MAX_S."""
+    def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str, backoff: bool = False) -> str:
+        """Record a run's failure on it (state and index; ``status`` shows it) and return the message.
+        ``backoff``: a retryable error, so the run waits BACKOFF_BASE_S x 2^(failures-1), at most
+        BACKOFF_MAX_S, while the others go on."""
         ent = index.setdefault(key, IndexEntry())
         ent.sig = None
         ent.error = msg
@@ -235,6 +233,7 @@ class Gateway:
         except OSError as e:  # a full disk: the index still says it, the next pass tries again
             log.error("%s: cannot record the error in the state directory: %s", key, e)
         log.error("%s: %s", key, msg)
+        return msg
 
     def _record_deleted(self, key: str, index: Dict[str, IndexEntry], e: RunDeleted) -> None:
         """A user deleted the server run: respect it. Forget the run's server state (a restored run gets

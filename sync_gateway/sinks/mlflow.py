@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Seque
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from .._http import DeadlineExceeded, HttpClient
 from .._redact import redact
@@ -146,7 +147,7 @@ class MlflowSink(Sink):
                 f"`sync-gateway doctor` names the issuer", retryable=False) from e
         except requests.exceptions.RequestException as e:
             raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{_short(e)}", retryable=True, unreachable=True) from e
+                              f"{_short(e)}", retryable=True, unreachable=_no_connection(e)) from e
         if r.status_code >= 400:
             try:
                 err = r.json()
@@ -546,6 +547,16 @@ class MlflowSink(Sink):
 
     def close(self) -> None:
         self.http.session.close()
+
+
+def _no_connection(e: Exception) -> bool:
+    """No connection could be opened (refused, DNS, connect timeout): the server is down, not this run's
+    request at fault. A connection reset or a read timeout mid-request may be the request's own doing."""
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError) or \
+        isinstance(e.__context__, urllib3.exceptions.NewConnectionError)
 
 
 def _now_ms() -> int:

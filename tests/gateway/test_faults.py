@@ -133,25 +133,36 @@ def test_values_mlflow_cannot_store_are_skipped_point_by_point(settings, root, p
 
 
 # -- 2. one run never blocks the others, nor itself -----------------------------------------------------
-def test_retryable_errors_back_one_run_off_while_the_others_sync(settings, root, project):
-    for name in ("a", "b", "c"):
+@pytest.mark.parametrize("fault", ["503", "lost answer"])
+def test_retryable_errors_back_one_run_off_while_the_others_sync(settings, root, project, fault):
+    for name in ("a", "c"):
         _good(root, project, name)
+    sick = RunWriter(root, project, "b")
+    sick.log_many({"y": float(i)} for i in range(50))  # only b's batches carry the key y
+    sick.exit(0)
     now = [time.time()]
-    sick = f'"{project}/b"'.encode()  # runs/create of b carries its sync tag
-    with FaultProxy(settings.server_url, fail_first=10 ** 6, status=503, match="/runs/create",
-                    body_match=sick) as proxy:
+    kw = {"fail_first": 10 ** 6, "status": 503} if fault == "503" else {"lose_first": 10 ** 6}
+    with FaultProxy(settings.server_url, body_match=b'"key": "y"', **kw) as proxy:
         s = replace(settings, server_url=proxy.url, retries=1)
         with make_runner(s, clock=lambda: now[0]) as runner:
             rep = runner.run_pass()
             assert set(rep.errors) == {f"{project}/b"} and rep.runs_synced == 2 and not rep.aborted, rep
+            tries = proxy.seen
             rep = runner.run_pass()  # b backs off: not tried again yet
-            assert f"{project}/b" in rep.backing_off and proxy.failed == 1  # create: 1 try, not retried
+            assert f"{project}/b" in rep.backing_off and proxy.seen == tries == 2  # 1 try + 1 retry
             now[0] += 61
-            proxy.fail_left = 0
+            proxy.fail_left = proxy.lose_left = 0
             rep = runner.run_pass()
     assert rep.ok and rep.runs_synced == 1, rep
     sink = sink_for(settings)
-    assert len(history(sink, server_run(sink, project, "b"), "x")) == 50
+    assert len(history(sink, server_run(sink, project, "b"), "y")) == 50
+
+
+def test_runs_create_is_not_retried_on_a_5xx_and_the_run_backs_off(settings, root, project):
+    _good(root, project, "a")
+    with FaultProxy(settings.server_url, fail_first=10 ** 6, status=503, match="/runs/create") as proxy:
+        rep = sync_once(replace(settings, server_url=proxy.url, retries=3))
+    assert proxy.failed == 1 and f"{project}/a" in rep.errors and "retry #1" in rep.errors[f"{project}/a"]
 
 
 def test_a_server_down_for_every_run_trips_the_breaker(settings, root, project):
