@@ -82,7 +82,7 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
 
 
 MIXED_KILLS = soak_count(6, 40)
-MIXED_ROWS = soak_count(6_000, 100_000)  # per growing run, one metric per row
+MIXED_ROWS = soak_count(6_000, 30_000)  # per growing run, one metric per row (a racing gateway re-sends it)
 
 
 @pytest.mark.faults
