@@ -8,8 +8,8 @@ after the data it covers). After the runs, each group is handed to the sink with
 
 One run's fault stays in that run: any exception while syncing it is recorded on it (state, index,
 ``status``, the pass summary) and the pass goes on. A retryable server error (5xx, 429, a request past its
-deadline) backs that run off (BACKOFF_BASE_S doubling up to BACKOFF_MAX_S, by the gateway's clock) while the
-others proceed; BREAKER_RUNS such failures in a row, or a server that cannot be reached at all, end the
+deadline) that repeats backs that run off (BACKOFF_BASE_S doubling up to BACKOFF_MAX_S, by the gateway's
+clock) while the others proceed; BREAKER_RUNS such failures in a row, or a server that cannot be reached at all, end the
 pass (the server is down: hammering it run by run helps no one). A batch the server refuses for good is
 quarantined (byte range and answer kept in the run's state) and the cursor moves past it. A stream whose
 bytes before the cursor changed was rewritten: its old server run is kept and marked, the new content goes
@@ -213,8 +213,8 @@ class Gateway:
 
     def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str, backoff: bool = False) -> str:
         """Record a run's failure on it (state and index; ``status`` shows it) and return the message.
-        ``backoff``: a retryable error, so the run waits BACKOFF_BASE_S x 2^(failures-1), at most
-        BACKOFF_MAX_S, while the others go on."""
+        ``backoff``: a retryable error; from the second in a row the run waits BACKOFF_BASE_S x
+        2^(failures-2), at most BACKOFF_MAX_S, while the others go on."""
         ent = index.setdefault(key, IndexEntry())
         ent.sig = None
         ent.error = msg
@@ -222,10 +222,15 @@ class Gateway:
             st = self.state.load(key)
             st.last_error = msg
             if backoff:
+                # The first failure is retried by the next pass (a transient fault, or a configuration
+                # fixed meanwhile); from the second in a row the run waits, doubling each time.
                 st.failures += 1
-                delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(st.failures - 1, 20))
-                st.retry_at_ms = int((self.clock() + delay_s) * 1000)
-                msg += f" (retry #{st.failures} in {delay_s:.0f} s)"
+                if st.failures == 1:
+                    msg += " (retried by the next pass)"
+                else:
+                    delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(st.failures - 2, 20))
+                    st.retry_at_ms = int((self.clock() + delay_s) * 1000)
+                    msg += f" (failure #{st.failures} in a row: retry in {delay_s:.0f} s)"
                 ent.error = msg
                 st.last_error = msg
             ent.retry_at_ms = st.retry_at_ms

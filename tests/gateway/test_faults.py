@@ -147,9 +147,11 @@ def test_retryable_errors_back_one_run_off_while_the_others_sync(settings, root,
         with make_runner(s, clock=lambda: now[0]) as runner:
             rep = runner.run_pass()
             assert set(rep.errors) == {f"{project}/b"} and rep.runs_synced == 2 and not rep.aborted, rep
-            tries = proxy.seen
-            rep = runner.run_pass()  # b backs off: not tried again yet
-            assert f"{project}/b" in rep.backing_off and proxy.seen == tries == 2  # 1 try + 1 retry
+            assert "retried by the next pass" in rep.errors[f"{project}/b"] and proxy.seen == 2  # try + retry
+            rep = runner.run_pass()  # tried again at once; the second failure in a row backs it off
+            assert "failure #2 in a row: retry in 60 s" in rep.errors[f"{project}/b"] and proxy.seen == 4
+            rep = runner.run_pass()  # b backs off: not tried
+            assert f"{project}/b" in rep.backing_off and proxy.seen == 4 and not rep.errors
             now[0] += 61
             proxy.fail_left = proxy.lose_left = 0
             rep = runner.run_pass()
@@ -162,7 +164,7 @@ def test_runs_create_is_not_retried_on_a_5xx_and_the_run_backs_off(settings, roo
     _good(root, project, "a")
     with FaultProxy(settings.server_url, fail_first=10 ** 6, status=503, match="/runs/create") as proxy:
         rep = sync_once(replace(settings, server_url=proxy.url, retries=3))
-    assert proxy.failed == 1 and f"{project}/a" in rep.errors and "retry #1" in rep.errors[f"{project}/a"]
+    assert proxy.failed == 1 and "retried by the next pass" in rep.errors[f"{project}/a"]
 
 
 def test_a_server_down_for_every_run_trips_the_breaker(settings, root, project):
