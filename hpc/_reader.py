@@ -21,13 +21,14 @@ class RunInfo:
     meta: Dict[str, Any]
     heartbeat: Optional[Dict[str, Any]]
     exit: Optional[Dict[str, Any]]
+    seen_ms: Optional[int] = None   # the newest modification time of the run's files (its last sign of life)
 
     @property
     def id(self) -> str:
         return str(self.meta.get("id"))
 
     def state(self, now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
-        return run_state(self.meta, self.heartbeat, self.exit, now_s, stale_after_s)
+        return run_state(self.meta, self.heartbeat, self.exit, now_s, stale_after_s, self.seen_ms)
 
     def last_update_ms(self) -> Optional[int]:
         found = [d.get("end_ms") if d is self.exit else d.get("ts_ms") for d in (self.exit, self.heartbeat) if d]
@@ -43,9 +44,14 @@ def _int(v: Any) -> Optional[int]:
 
 
 def run_state(meta: Dict[str, Any], heartbeat: Optional[Dict[str, Any]], exit_doc: Optional[Dict[str, Any]],
-              now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
+              now_s: Optional[float] = None, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+              seen_ms: Optional[int] = None) -> str:
     """active | finished | failed | preempted | killed | crashed, by the table of docs/run-format.md
-    section 7 (the gateway implements the same table; tests/test_run_state_spec.py holds both to it)."""
+    section 7 (the gateway implements the same table; tests/test_run_state_spec.py holds both to it).
+
+    The last sign of life is ``seen_ms``, when the run's files last changed (their newest modification
+    time, by the file system's clock), capped at now; never a timestamp the node wrote inside a file.
+    Without it the run counts as just seen."""
     attempt = _int(meta.get("attempt")) or 1
     if exit_doc is not None and (_int(exit_doc.get("attempt")) or 1) == attempt:
         reason = exit_doc.get("reason")
@@ -53,8 +59,22 @@ def run_state(meta: Dict[str, Any], heartbeat: Optional[Dict[str, Any]], exit_do
             return str(reason)
         return "finished" if exit_doc.get("exit_code") == 0 else "failed"
     now_ms = (time.time() if now_s is None else now_s) * 1000
-    alive = _int((heartbeat or {}).get("ts_ms")) or _int(meta.get("created_ms")) or 0
+    alive = now_ms if seen_ms is None else min(seen_ms, now_ms)
     return "active" if now_ms - alive < stale_after_s * 1000 else "crashed"
+
+
+def _newest_mtime_ms(path: str) -> Optional[int]:
+    newest = None
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if e.name.startswith(".tmp-") or not e.is_file(follow_symlinks=False):
+                    continue
+                m = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
+                newest = m if newest is None else max(newest, m)
+    except OSError:
+        return None
+    return newest
 
 
 def load_run(path: str) -> RunInfo:
@@ -63,7 +83,7 @@ def load_run(path: str) -> RunInfo:
         raise ValueError(f"{path}: run.json is not a JSON object")
     fmt.check_version(meta, path)
     return RunInfo(path, meta, _maybe_json(os.path.join(path, fmt.HEARTBEAT)),
-                   _maybe_json(os.path.join(path, fmt.EXIT)))
+                   _maybe_json(os.path.join(path, fmt.EXIT)), _newest_mtime_ms(path))
 
 
 def _maybe_json(path: str) -> Optional[Dict[str, Any]]:

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--root", help="the runs root (default: $HPCSYNC_DIR or ./hpc-runs)")
     ls.add_argument("--project", help="only this project")
     ls.add_argument("--stale-after-s", type=float, default=DEFAULT_STALE_AFTER_S,
-                    help="a run without exit record and no heartbeat for this long is 'crashed'")
+                    help="a run without exit record whose files have not changed for this long is 'crashed'")
 
     show = runs.add_parser("show", help="metadata, config, summary and a metric sparkline")
     show.add_argument("run", help="run id, name, project/id or run directory")

@@ -5,7 +5,15 @@ Per run: snapshot (stat only) -> compare with the index -> if changed: open the 
 config, stream records from the cursors (the sink batches them; each cursor is committed after the
 batch that covers it is acknowledged), summary, files, then the run state (so an ended state is set only
 after the data it covers). After the runs, each group is handed to the sink with every member known.
-One run's error is recorded in its state and the pass goes on; an unreachable server ends the pass early.
+
+One run's fault stays in that run: any exception while syncing it is recorded on it (state, index,
+``status``, the pass summary) and the pass goes on. A retryable server error (5xx, 429, a request past its
+deadline) that repeats backs that run off (BACKOFF_BASE_S doubling up to BACKOFF_MAX_S, by the gateway's
+clock) while the others proceed; BREAKER_RUNS such failures in a row, or a server that cannot be reached at all, end the
+pass (the server is down: hammering it run by run helps no one). A batch the server refuses for good is
+quarantined (byte range and answer kept in the run's state) and the cursor moves past it. A stream whose
+bytes before the cursor changed was rewritten: its old server run is kept and marked, the new content goes
+to a new one. Liveness is judged by the gateway's own clock: when it last saw the run's files change.
 """
 from __future__ import annotations
 
@@ -13,13 +21,14 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from ._redact import redact
 from ._settings import Settings
 from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
-from .errors import GatewayError, ServerError
+from .errors import FormatError, GatewayError, RunDeleted, ServerError
 from .readers import discover_runs, reader_for
-from .readers.base import Position, Reader, RunInfo
+from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
 from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
 from .sources.base import RunRef, Source
 
@@ -29,6 +38,10 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 CHUNK_BYTES = 1 << 20      # read size: bounds memory (parsed records of one chunk are ~10x its bytes)
+BREAKER_RUNS = 3           # this many runs in a row failing with a retryable server error end the pass
+BACKOFF_BASE_S = 60.0      # a run's first retry after a retryable error; doubles per failure in a row
+BACKOFF_MAX_S = 3600.0
+QUARANTINE_STATUS = (400, 413, 422)   # a batch refused with these is refused for good
 
 
 @dataclass
@@ -41,14 +54,14 @@ class PassReport:
     roots_skipped: Dict[str, str] = field(default_factory=dict)
     aborted: Optional[str] = None
     experiments: Dict[str, str] = field(default_factory=dict)  # project -> URL of its experiment
+    backing_off: Dict[str, str] = field(default_factory=dict)  # runs not tried: retry time not reached
+    quarantined: int = 0        # batches the server refused for good in this pass (cursor moved past)
+    notes: Dict[str, str] = field(default_factory=dict)        # not errors: deleted on the server, rewritten
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.roots_skipped and self.aborted is None
-
-
-class _Aborted(Exception):
-    pass
+        return (not self.errors and not self.roots_skipped and self.aborted is None and not self.backing_off
+                and not self.quarantined)
 
 
 class _Stopped(Exception):
@@ -63,10 +76,12 @@ class _InFlight:
     def __init__(self, executor: ThreadPoolExecutor, should_stop: Callable[[], bool]):
         self.ex = executor
         self.should_stop = should_stop
-        self.pending: Optional[Tuple[Future, Callable[[int], None]]] = None
+        self.pending: Optional[Tuple[Future, Callable[[int], None], Any]] = None
 
-    def submit(self, send: Callable[[], int], commit: Callable[[int], None]) -> None:
-        prev, self.pending = self.pending, (self.ex.submit(send), commit)
+    def submit(self, send: Callable[[], int], commit: Callable[[int], None],
+               refused: Optional[Callable[[ServerError], None]] = None) -> None:
+        """``refused`` (if given) takes a batch the server refused for good; its cursor then moves on."""
+        prev, self.pending = self.pending, (self.ex.submit(send), commit, refused)
         if prev is not None:
             self._finish(prev)
 
@@ -75,14 +90,15 @@ class _InFlight:
         if prev is not None:
             self._finish(prev)
 
-    def _finish(self, item: Tuple[Future, Callable[[int], None]]) -> None:
-        fut, commit = item
+    def _finish(self, item: Tuple[Future, Callable[[int], None], Any]) -> None:
+        fut, commit, refused = item
         try:
             points = fut.result()
         except ServerError as e:
-            if e.retryable:
-                raise _Aborted(str(e)) from e
-            raise
+            if refused is None or e.retryable or isinstance(e, RunDeleted) or e.status not in QUARANTINE_STATUS:
+                raise
+            refused(e)
+            points = 0
         commit(points)
         if self.should_stop():
             self.flush()  # the batch already in flight is finished and committed too
@@ -108,6 +124,7 @@ class Gateway:
         self._should_stop: Callable[[], bool] = lambda: False
         self._pool: Optional[ThreadPoolExecutor] = None
         self._last_run: Optional[SinkRun] = None
+        self._quarantined = 0
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -126,6 +143,7 @@ class Gateway:
         self._should_stop = should_stop
         index = self.state.load_index()
         before = {k: IndexEntry(**vars(e)) for k, e in index.items()}
+        failing = 0  # runs in a row that failed with a retryable server error (the circuit breaker)
         for source in self.sources:
             try:
                 refs = discover_runs(source, self.settings.wandb_search_depth)
@@ -141,20 +159,46 @@ class Gateway:
                     break
                 rep.runs_seen += 1
                 key = ref.key
+                ent = index.get(key)
+                if ent is not None and ent.retry_at_ms > self.clock() * 1000:
+                    rep.backing_off[key] = ent.error or "backing off"
+                    continue
+                self._quarantined = 0
                 try:
                     changed, sent = self._sync_run(reader_for(source, ref), index)
                 except _Stopped:
                     rep.aborted = "stopped on request"
                     break
-                except _Aborted as e:
-                    self._record_error(key, index, f"{e}; the pass stopped here, the next one resumes")
-                    rep.aborted = str(e)
-                    rep.errors[key] = str(e)
-                    break
-                except (GatewayError, OSError, ValueError) as e:
-                    self._record_error(key, index, str(e))
-                    rep.errors[key] = str(e)
+                except RunDeleted as e:
+                    self._record_deleted(key, index, e)
+                    rep.notes[key] = redact(e)
+                    failing = 0
                     continue
+                except ServerError as e:
+                    msg = redact(e)
+                    if not e.retryable:
+                        rep.errors[key] = self._record_error(key, index, msg)
+                        failing = 0
+                        continue
+                    failing += 1
+                    down = getattr(e, "unreachable", False)
+                    rep.errors[key] = self._record_error(key, index, msg, backoff=not down)
+                    if down or failing >= BREAKER_RUNS:
+                        rep.aborted = msg if down else (
+                            f"{failing} runs in a row failed with a retryable server error (last: {msg}); "
+                            f"the pass stopped here so as not to hammer the server, the next one resumes")
+                        log.error("%s", rep.aborted)
+                        break
+                    continue
+                except Exception as e:  # noqa: BLE001 - one run's failure, of any kind, stays in that run
+                    msg = redact(e if isinstance(e, (GatewayError, OSError)) else f"{e.__class__.__name__}: {e}")
+                    log.debug("%s: traceback", key, exc_info=True)
+                    rep.errors[key] = self._record_error(key, index, msg[:2000])
+                    failing = 0
+                    continue
+                finally:
+                    rep.quarantined += self._quarantined
+                failing = 0
                 rep.points_sent += sent
                 if self._last_run is not None and ref.project not in rep.experiments:
                     rep.experiments[ref.project] = self.sink.experiment_url(self._last_run)
@@ -167,14 +211,48 @@ class Gateway:
             self.state.save_index(index)
         return rep
 
-    def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str) -> None:
-        log.error("%s: %s", key, msg)
-        st = self.state.load(key)
-        st.last_error = msg
-        self.state.save(key, st)
+    def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str, backoff: bool = False) -> str:
+        """Record a run's failure on it (state and index; ``status`` shows it) and return the message.
+        ``backoff``: a retryable error; from the second in a row the run waits BACKOFF_BASE_S x
+        2^(failures-2), at most BACKOFF_MAX_S, while the others go on."""
         ent = index.setdefault(key, IndexEntry())
         ent.sig = None
         ent.error = msg
+        try:
+            st = self.state.load(key)
+            st.last_error = msg
+            if backoff:
+                # The first failure is retried by the next pass (a transient fault, or a configuration
+                # fixed meanwhile); from the second in a row the run waits, doubling each time.
+                st.failures += 1
+                if st.failures == 1:
+                    msg += " (retried by the next pass)"
+                else:
+                    delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(st.failures - 2, 20))
+                    st.retry_at_ms = int((self.clock() + delay_s) * 1000)
+                    msg += f" (failure #{st.failures} in a row: retry in {delay_s:.0f} s)"
+                ent.error = msg
+                st.last_error = msg
+            ent.retry_at_ms = st.retry_at_ms
+            self.state.save(key, st)
+        except OSError as e:  # a full disk: the index still says it, the next pass tries again
+            log.error("%s: cannot record the error in the state directory: %s", key, e)
+        log.error("%s: %s", key, msg)
+        return msg
+
+    def _record_deleted(self, key: str, index: Dict[str, IndexEntry], e: RunDeleted) -> None:
+        """A user deleted the server run: respect it. Forget the run's server state (a restored run gets
+        everything again); it is looked for again every pass (one search) and shown by ``status``."""
+        msg = redact(e)
+        log.warning("%s: %s", key, msg)
+        st = self.state.load(key)
+        st.sink, st.cursors, st.documents, st.artifacts, st.state = {}, {}, {}, {}, None
+        st.last_error = None
+        if not st.notes or st.notes[-1] != msg:
+            st.note(msg)
+        self.state.save(key, st)
+        ent = index.setdefault(key, IndexEntry())
+        ent.sig, ent.error, ent.retry_at_ms = None, None, 0
 
     # -- one run ------------------------------------------------------------------------------
     def _sync_run(self, reader: Reader, index: Dict[str, IndexEntry]) -> Tuple[bool, int]:
@@ -185,7 +263,15 @@ class Gateway:
         ent = index.get(key) or IndexEntry()
         self._last_run = None
         stale_ms = self.settings.stale_after_s * 1000
-        if ent.sig == sig and not (ent.state == "active" and now_ms - ent.alive_ms >= stale_ms):
+        # Liveness by the gateway's own clock: when it last saw the run's files change. A run seen for the
+        # first time counts from its files' newest modification time (never later than now).
+        if ent.live_sig == sig:
+            alive_ms = ent.alive_ms
+        elif ent.live_sig is None:
+            alive_ms = min(now_ms, _newest_mtime_ms(snap) or now_ms)
+        else:
+            alive_ms = now_ms
+        if ent.sig == sig and not (ent.state == "active" and now_ms - alive_ms >= stale_ms):
             return False, 0
         st = self.state.load(key)
         reader.attach_state(st.reader_state)
@@ -194,15 +280,34 @@ class Gateway:
         st.last_error = None
         st.reader = reader.format
         info = reader.info()
-        run = self._open(key, st, info)
+        spec = RunSpec(sync_id=key, info=info)
+        run = self._open(key, st, spec)
         self._last_run = run
+        rewritten = self._rewritten(reader, st, snap)
+        if rewritten:
+            # Recognised by content: resuming would read mid-line or mix two runs' points. The old content
+            # stays in the old server run (marked); the new content is sent whole to a new one.
+            msg = f"{rewritten}: the old content stays in its server run, marked as replaced; the new content " \
+                  f"syncs into a new server run"
+            log.warning("%s: %s", key, msg)
+            self.sink.retire_run(run, rewritten)
+            st.sink, st.cursors, st.documents, st.artifacts, st.state = {}, {}, {}, {}, None
+            st.note(f"{_when(now_ms)} {msg}")
+            self.state.save(key, st)
+            run = self._open(key, st, spec)
+            self._last_run = run
         meta_v = reader.document_version(snap, "metadata")
         if st.documents.get("metadata") != meta_v:
             self.sink.set_metadata(run, info)
             self._save(key, st, run, documents={"metadata": meta_v})
         config_v = reader.document_version(snap, "config")
         if config_v is not None and st.documents.get("config") != config_v:
-            config = reader.config()
+            try:
+                config = reader.config()
+            except FormatError as e:  # an unreadable config does not stop the run's data
+                log.warning("%s: config not sent: %s", key, e)
+                st.note(f"config not sent: {str(e)[:200]}")
+                config = None
             if config is not None:
                 refused = self.sink.set_config(run, config)
                 if refused:
@@ -215,35 +320,77 @@ class Gateway:
             sent += self._stream(reader, st, run, info, stream, size)
         summary_v = reader.document_version(snap, "summary")
         if summary_v is not None and st.documents.get("summary") != summary_v:
-            summary = reader.summary(snap)
+            try:
+                summary = reader.summary(snap)
+            except FormatError as e:
+                log.warning("%s: summary not sent: %s", key, e)
+                st.note(f"summary not sent: {str(e)[:200]}")
+                summary = None
             if summary is not None:
                 self.sink.set_summary(run, summary)
             self._save(key, st, run, documents={"summary": summary_v})
+        limit = self.settings.max_file_bytes
         for entry in reader.files(snap):
             fsig = [entry.stat.size_bytes, entry.stat.mtime_ns]
-            if st.artifacts.get(entry.source_path) != fsig:
-                self.sink.upload(run, entry.dest, reader.read_file(entry))
-                st.artifacts[entry.source_path] = fsig
-                self._save(key, st, run)
+            if st.artifacts.get(entry.source_path) == fsig:
+                continue
+            if limit and entry.stat.size_bytes > limit:
+                msg = (f"{entry.source_path} is {entry.stat.size_bytes / 1e6:,.0f} MB, over max_file_bytes "
+                       f"({limit / 1e6:,.0f} MB): not uploaded; raise max_file_bytes in the config to upload it")
+                log.warning("%s: %s", key, msg)
+                st.note(msg)
+            else:
+                with reader.open_file(entry) as body:  # streamed: memory stays bounded whatever the size
+                    self.sink.upload(run, entry.dest, body, entry.stat.size_bytes)
+            st.artifacts[entry.source_path] = fsig
+            self._save(key, st, run)
         status = reader.status(snap, now_ms, self.settings.stale_after_s)
+        if status.state in ("active", "crashed"):  # no outcome recorded: judged by what the gateway saw
+            live = now_ms - alive_ms < stale_ms
+            status = RunStatus("active" if live else "crashed", None if live else alive_ms, alive_ms)
         if st.state != status.state:
             self.sink.set_state(run, status)
             st.state = status.state
         st.last_sync_ms = now_ms
+        st.failures, st.retry_at_ms = 0, 0
         self._save(key, st, run)
-        index[key] = IndexEntry(sig=sig, state=status.state, error=None, alive_ms=status.alive_ms,
+        index[key] = IndexEntry(sig=sig, state=status.state, error=None, alive_ms=alive_ms,
                                 start_ms=info.created_ms, end_ms=status.end_ms,
-                                group=(info.project, info.group) if info.group else None)
+                                group=(info.project, info.group) if info.group else None, live_sig=sig)
         return True, sent
 
-    def _open(self, key: str, st: RunState, info: RunInfo) -> SinkRun:
+    def _rewritten(self, reader: Reader, st: RunState, snap: Snapshot) -> Optional[str]:
+        """Why a stream is not the one the cursors point into any more (None: it only grew)."""
+        for stream, size in reader.streams(snap):
+            cur = st.cursors.get(stream)
+            if cur is None or cur.offset <= 0:
+                continue
+            if size < cur.offset:
+                return f"{stream} was rewritten: it is shorter ({size} bytes) than the part already synced " \
+                       f"({cur.offset} bytes)"
+            n = cur.fp_len if cur.fp else 1
+            data = reader.stream_bytes(stream, cur.offset - n, n)
+            if data is None:
+                continue
+            if cur.fp and fingerprint(data) != cur.fp:
+                return f"{stream} was rewritten: the bytes before the synced offset {cur.offset} changed"
+            if not cur.fp and data[-1:] != b"\n":
+                return f"{stream} was rewritten: the synced offset {cur.offset} is no longer at a line end"
+        return None
+
+    def _open(self, key: str, st: RunState, spec: RunSpec) -> SinkRun:
         kind = self.sink.kind
-        saved = st.sink if st.sink_kind == kind else None
+        saved = st.sink if st.sink_kind == kind and st.sink else None
         if st.sink_kind not in (None, kind):
             log.warning("%s: was synced to a %s server, now to %s: syncing it anew there", key, st.sink_kind, kind)
             st.cursors, st.documents, st.artifacts, st.state = {}, {}, {}, None
-        run = self.sink.open_run(RunSpec(sync_id=key, info=info), saved)
-        if saved is None:
+        run = self.sink.open_run(spec, saved)
+        if run.replaced:
+            log.warning("%s: %s; sending the whole run again (the server stores nothing twice)", key, run.replaced)
+            st.cursors, st.documents, st.artifacts, st.state = {}, {}, {}, None
+            st.note(f"{_when(self.clock() * 1000)} {run.replaced}")
+            run.replaced = None
+        if saved is None or st.sink != run.to_state():
             self._save(key, st, run)
         return run
 
@@ -257,24 +404,37 @@ class Gateway:
     def _stream(self, reader: Reader, st: RunState, run: SinkRun, info: RunInfo, stream: str, size: int) -> int:
         key = reader.ref.key
         cur = st.cursors.setdefault(stream, Cursor())
-        if size < cur.offset:
-            log.warning("%s/%s shrank below the synced offset (%d < %d bytes): was it rewritten? Sending it "
-                        "again from the start (identical points are stored once)", key, stream, size, cur.offset)
-            cur.offset, cur.seq, cur.records = 0, None, 0
         sent = 0
         pos = Position(cur.offset, cur.seq)  # where reading is; the cursor moves only on acks
         pipe = _InFlight(self._executor(), self._should_stop)
 
-        def commit_to(end: Optional[Position], records: int) -> Callable[[int], None]:
+        def commit_to(end: Optional[Position], records: int, chunk: StreamChunk) -> Callable[[int], None]:
             def commit(points: int) -> None:
                 nonlocal sent
                 # The cursor moves only now, after the server acknowledged everything up to ``end``.
                 if end is not None and end.offset > cur.offset:
+                    fp = chunk.fingerprint_at(end.offset)
                     cur.offset, cur.seq, cur.records = end.offset, end.seq, cur.records + records
+                    cur.fp_len, cur.fp = fp if fp else (0, None)
                     self._save(key, st, run)
                 sent += points
                 self.on_points(points)
             return commit
+
+        def refused_of(end: Optional[Position], payload: Any) -> Callable[[ServerError], None]:
+            def refused(err: ServerError) -> None:
+                start = cur.offset
+                stop = end.offset if end is not None else start
+                why = redact(err)[:500]
+                st.quarantined = (st.quarantined + [{"stream": stream, "bytes": [start, stop],
+                                                     "points": len(payload) if hasattr(payload, "__len__") else 0,
+                                                     "error": why, "at_ms": int(self.clock() * 1000)}]
+                                  )[-RunState.MAX_QUARANTINED:]
+                st.quarantined_total += 1
+                self._quarantined += 1
+                log.error("%s/%s: the server refused bytes %d-%d for good (%s): quarantined (kept in the state, "
+                          "shown by status); the cursor moves past them", key, stream, start, stop, why)
+            return refused
 
         try:
             while pos.offset < size:
@@ -290,7 +450,8 @@ class Gateway:
                     nonlocal done
                     # The last payload of a chunk also carries the cursor over trailing corrupt lines.
                     end = chunk.end if last else (chunk.rows[covered - 1].end if covered > done else None)
-                    pipe.submit(lambda: self.sink.send(run, payload), commit_to(end, max(0, covered - done)))
+                    pipe.submit(lambda: self.sink.send(run, payload), commit_to(end, max(0, covered - done), chunk),
+                                refused_of(end, payload))
                     done = max(done, covered)
 
                 prev: Optional[Tuple[int, object]] = None  # one batch held back to know which is the last
@@ -302,7 +463,7 @@ class Gateway:
                     submit(*prev, last=prev[0] == len(chunk.rows))
                 if prev is None or prev[0] < len(chunk.rows):
                     pipe.flush()  # nothing left to send: commit once what came before is acknowledged
-                    commit_to(chunk.end, len(chunk.rows) - done)(0)
+                    commit_to(chunk.end, len(chunk.rows) - done, chunk)(0)
                 pos = chunk.end
                 if chunk.at_end:
                     break
@@ -329,9 +490,18 @@ class Gateway:
             gst = self.state.load_group(project, group)
             try:
                 new = self.sink.sync_group(GroupView(project, group, tuple(ms)), gst.sink or None)
-            except GatewayError as e:
-                log.error("group %s/%s: %s", project, group, e)
-                rep.errors[f"group:{project}/{group}"] = str(e)
+            except Exception as e:  # noqa: BLE001 - one group's failure stays in that group
+                msg = redact(e if isinstance(e, GatewayError) else f"{e.__class__.__name__}: {e}")
+                log.error("group %s/%s: %s", project, group, msg)
+                rep.errors[f"group:{project}/{group}"] = msg
                 continue
             if new != gst.sink:
                 self.state.save_group(GroupState(project, group, new))
+
+
+def _newest_mtime_ms(snap: Snapshot) -> Optional[int]:
+    return max((f.mtime_ns // 1_000_000 for f in snap.files.values()), default=None)
+
+
+def _when(ms: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))

@@ -9,23 +9,36 @@ TLS trust, first match wins (``resolve_tls``):
 requests lets ``REQUESTS_CA_BUNDLE`` silently override ``Session.verify`` (docs/facts.md), so the session has
 ``trust_env = False``, proxies are resolved here from ``HTTPS_PROXY``/``NO_PROXY``, and ``verify`` is passed
 on every request.
+
+Every request has a total deadline (``request_deadline_s``, plus a second per MB of an upload): urllib3's
+timeouts bound each socket read only, so a server trickling a byte a second would hold a pass forever. A
+watchdog shuts the request's socket down when the deadline passes, and no retry starts after it.
+
+Calls that are not idempotent (MLflow ``runs/create``) go through ``request(..., idempotent=False)``: retried
+only when the connection could not be opened (nothing reached the server), never after a lost answer.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from ._redact import register_secret, split_url_credentials
 from ._settings import AuthSettings, Settings, TlsSettings
 from .errors import ConfigError
 
-__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient"]
+__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient", "DeadlineExceeded"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -64,6 +77,7 @@ def resolve_tls(tls: TlsSettings, environ: Mapping[str, str]) -> TlsChoice:
 class _BearerAuth(requests.auth.AuthBase):
     def __init__(self, token: str):
         self._token = token
+        register_secret(token)
 
     def __call__(self, r):
         r.headers["Authorization"] = f"Bearer {self._token}"
@@ -104,34 +118,136 @@ def resolve_auth(auth: AuthSettings, environ: Mapping[str, str]) -> Optional[req
         else:
             raise ConfigError("auth.username is set without a password: set auth.password_file (mode 0600) "
                               "or auth.password_env")
+        register_secret(password)
         return requests.auth.HTTPBasicAuth(auth.username, password)
     return None
 
 
-class _TruststoreAdapter(HTTPAdapter):
+# -- the total deadline of one request --------------------------------------------------------------
+_current = threading.local()
+
+
+class DeadlineExceeded(requests.exceptions.Timeout):
+    """No complete answer within the request's total deadline (the socket was shut down)."""
+
+
+class _Deadline:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._conns: List[Any] = []
+        self._lock = threading.Lock()
+
+    def watch(self, conn: Any) -> None:
+        with self._lock:
+            self._conns.append(conn)
+            expired = self.expired
+        if expired:
+            self._kill(conn)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            conns = list(self._conns)
+        for c in conns:
+            self._kill(c)
+
+    @staticmethod
+    def _kill(conn: Any) -> None:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv/send returns at once
+            except OSError:
+                pass
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        d = getattr(_current, "deadline", None)
+        if d is not None:
+            d.watch(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        d = getattr(_current, "deadline", None)
+        if d is not None:
+            d.watch(self)
+        return super().request(*args, **kwargs)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _SPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _DeadlineRetry(Retry):
+    """urllib3's Retry that starts no retry after the request's deadline, nor sleeps past it."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:  # type: ignore[override]
+        d = getattr(_current, "deadline", None)
+        if d is not None and (d.expired or time.monotonic() >= d.at):
+            return Retry.increment(self.new(total=0), *args, **kwargs)  # exhausted: raises or returns
+        return super().increment(*args, **kwargs)
+
+    def get_backoff_time(self) -> float:
+        return self._within(super().get_backoff_time())
+
+    def get_retry_after(self, response: Any) -> Optional[float]:
+        t = super().get_retry_after(response)
+        return None if t is None else self._within(t)
+
+    @staticmethod
+    def _within(t: float) -> float:
+        d = getattr(_current, "deadline", None)
+        return t if d is None else max(0.0, min(t, d.at - time.monotonic()))
+
+
+class _Adapter(HTTPAdapter):
+    truststore = False
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        import ssl
+        if self.truststore:
+            import ssl
 
-        import truststore  # optional: only when tls.truststore is on
+            import truststore  # optional: only when tls.truststore is on
 
-        kwargs["ssl_context"] = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            kwargs["ssl_context"] = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        pm = super().proxy_manager_for(*args, **kwargs)
+        pm.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
+        return pm
 
 
-def build_session(settings: Settings, backoff_factor: float = 0.5) -> requests.Session:
-    # POST is retried too: every call the sinks make is idempotent (log-batch stores an identical point
-    # once and an identical param again is accepted; runs/create is preceded by a search by tag, and
-    # artifact PUTs replace the object), so a retry after a lost answer cannot duplicate anything.
-    retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
-                  status=settings.retries, other=0, allowed_methods=None, status_forcelist=RETRY_STATUSES,
-                  backoff_factor=backoff_factor, backoff_max=30.0, backoff_jitter=backoff_factor,
-                  respect_retry_after_header=True, raise_on_status=False)
+class _TruststoreAdapter(_Adapter):
+    truststore = True
+
+
+def build_session(settings: Settings, backoff_factor: float = 0.5, idempotent: bool = True) -> requests.Session:
+    # idempotent: log-batch stores an identical point once, an identical param again is accepted, a tag
+    # or an artifact PUT replaces its value: a retry after a lost answer cannot duplicate anything.
+    # Otherwise (runs/create): only a connection that could not be opened is retried (nothing was sent);
+    # after a lost answer the sink searches by its tag before it creates again.
+    n = settings.retries
+    retry = _DeadlineRetry(total=n, connect=n, read=n if idempotent else 0, status=n if idempotent else 0,
+                           other=0, allowed_methods=None, status_forcelist=RETRY_STATUSES,
+                           backoff_factor=backoff_factor, backoff_max=30.0, backoff_jitter=backoff_factor,
+                           respect_retry_after_header=True, raise_on_status=False)
     s = requests.Session()
     s.trust_env = False  # see the module docstring: we resolve CA bundles and proxies ourselves
     adapter = _TruststoreAdapter(max_retries=retry) if settings.tls.truststore and not settings.tls.ca_bundle \
-        and not settings.tls.insecure else HTTPAdapter(max_retries=retry)
+        and not settings.tls.insecure else _Adapter(max_retries=retry)
     s.mount("https://", adapter)
-    s.mount("http://", HTTPAdapter(max_retries=retry))
+    s.mount("http://", _Adapter(max_retries=retry))
     return s
 
 
@@ -143,13 +259,21 @@ class HttpClient:
         environ = os.environ if environ is None else environ
         if not settings.server_url:
             raise ConfigError("no server URL: set server.url in the config or MLFLOW_TRACKING_URI")
-        self.base_url = settings.server_url.rstrip("/")
+        # Credentials in the URL (https://user:pass@host) become basic auth; the URL kept, logged and
+        # shown never holds them.
+        url, user, password = split_url_credentials(settings.server_url)
+        self.base_url = url.rstrip("/")
         self.tls = resolve_tls(settings.tls, environ)
         self.auth = resolve_auth(settings.auth, environ)
         self.auth_desc = repr(settings.auth)  # names the places credentials come from, never a secret
+        if self.auth is None and user is not None:
+            self.auth = requests.auth.HTTPBasicAuth(user, password or "")
+            self.auth_desc = "credentials in server.url"
         self.timeout_s = settings.timeout_s
+        self.deadline_s = settings.request_deadline_s
         self.retries = settings.retries
         self.session = session or build_session(settings, backoff_factor)
+        self.session_once = build_session(settings, backoff_factor, idempotent=False)
         self.proxies: Dict[str, str] = _proxies(self.base_url, environ)
 
     def warn_if_insecure(self) -> None:
@@ -157,10 +281,29 @@ class HttpClient:
             log.warning("TLS VERIFICATION IS OFF (tls.insecure: true): anyone on the network path can read "
                         "and alter what this gateway sends to %s. Set tls.ca_bundle instead.", self.base_url)
 
-    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+    def request(self, method: str, path: str, idempotent: bool = True, deadline_s: Optional[float] = None,
+                **kw: Any) -> requests.Response:
+        """One request with retries, within a total deadline (``request_deadline_s`` unless given);
+        raises :class:`DeadlineExceeded` when the deadline cut it short."""
         url = path if path.startswith("http") else self.base_url + path
-        return self.session.request(method, url, verify=self.tls.verify, cert=self.tls.cert, auth=self.auth,
-                                    proxies=self.proxies, timeout=self.timeout_s, **kw)
+        session = self.session if idempotent else self.session_once
+        d = _Deadline(self.deadline_s if deadline_s is None else deadline_s)
+        timer = threading.Timer(d.seconds, d.fire)
+        timer.daemon = True
+        _current.deadline = d
+        timer.start()
+        try:
+            r = session.request(method, url, verify=self.tls.verify, cert=self.tls.cert, auth=self.auth,
+                                proxies=self.proxies, timeout=self.timeout_s, **kw)
+        except requests.exceptions.RequestException as e:
+            if d.expired:
+                raise DeadlineExceeded(f"no complete answer within the deadline of {d.seconds:.0f} s "
+                                       f"(request_deadline_s)") from e
+            raise
+        finally:
+            timer.cancel()
+            _current.deadline = None
+        return r
 
 
 def _proxies(url: str, environ: Mapping[str, str]) -> Dict[str, str]:

@@ -72,10 +72,12 @@ class Settings:
     lease_ttl_s: float = 600.0
     interval_s: float = 30.0
     stale_after_s: float = 300.0
-    timeout_s: float = 30.0             # per HTTP request
+    timeout_s: float = 30.0             # per socket read of an HTTP request
+    request_deadline_s: float = 300.0   # total per HTTP request, retries included (+1 s per MB uploaded)
     retries: int = 6                    # per HTTP request, with exponential backoff and jitter
     batch_points: int = 1000            # most points per request; a sink caps it at its server's limit
     wandb_search_depth: int = 4         # how deep below a root W&B run directories are looked for; 0: not
+    max_file_bytes: int = 5_000_000_000  # larger files (files/, output.log) are not uploaded (warned)
 
     @property
     def state_path(self) -> str:
@@ -143,7 +145,8 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
 
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
-        "stale_after_s", "timeout_s", "retries", "batch_points", "wandb_search_depth")
+        "stale_after_s", "timeout_s", "request_deadline_s", "retries", "batch_points", "max_file_bytes",
+        "wandb_search_depth")
 
 
 def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
@@ -168,7 +171,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     _check_keys(path, doc, _TOP)
     upd: Dict[str, Any] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
-              "retries", "batch_points", "wandb_search_depth"):
+              "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth"):
         if k in doc:
             upd[k] = doc[k]
     if "roots" in doc:
@@ -203,7 +206,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
 def _validated(s: Settings) -> Settings:
     if s.server_url and not s.server_url.startswith(("http://", "https://")):
         raise ConfigError(f"server.url {s.server_url!r} must start with http:// or https://")
-    for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s"):
+    for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s", "request_deadline_s"):
         v = getattr(s, k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"{k} must be a positive number of seconds, not {v!r}")
@@ -213,6 +216,8 @@ def _validated(s: Settings) -> Settings:
             or not 0 <= s.wandb_search_depth <= 16:
         raise ConfigError(f"wandb_search_depth must be an integer from 0 (W&B runs are not looked for) to 16, "
                           f"not {s.wandb_search_depth!r}")
+    if not isinstance(s.max_file_bytes, int) or isinstance(s.max_file_bytes, bool) or s.max_file_bytes < 0:
+        raise ConfigError(f"max_file_bytes must be a non-negative integer (0: no limit), not {s.max_file_bytes!r}")
     if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
         raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
     for k in ("insecure", "truststore"):

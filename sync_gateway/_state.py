@@ -38,6 +38,10 @@ class Cursor:
     offset: int = 0
     seq: Optional[int] = None
     records: int = 0
+    # The fingerprint of the ``fp_len`` bytes before ``offset`` (readers.base.fingerprint): a stream
+    # rewritten since (deleted and written anew) is recognised by its content, not its size.
+    fp_len: int = 0
+    fp: Optional[str] = None
 
 
 @dataclass
@@ -53,8 +57,21 @@ class RunState:
     last_sync_ms: Optional[int] = None
     corrupt_lines: int = 0
     refused_config: List[str] = field(default_factory=list)
+    # Batches the server refused for good: {stream, bytes: [start, end], points, error, at_ms}; the cursor
+    # moved past them (the newest MAX_QUARANTINED are kept, ``quarantined_total`` counts them all).
+    quarantined: List[Dict[str, Any]] = field(default_factory=list)
+    quarantined_total: int = 0
+    notes: List[str] = field(default_factory=list)   # what happened to the run (shown by `status`)
+    failures: int = 0                  # consecutive retryable failures (backoff grows with them)
+    retry_at_ms: int = 0               # the gateway's clock: no retry before
     state_version: int = STATE_VERSION
     reader_state: Dict[str, Any] = field(default_factory=dict)  # the reader's own memory (Reader.attach_state)
+
+    MAX_QUARANTINED = 100
+    MAX_NOTES = 20
+
+    def note(self, text: str) -> None:
+        self.notes = (self.notes + [text])[-self.MAX_NOTES:]
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -74,10 +91,12 @@ class IndexEntry:
     sig: Optional[str] = None              # the run's file signature at its last complete sync
     state: Optional[str] = None
     error: Optional[str] = None
-    alive_ms: int = 0                      # the run's last sign of life, to notice it going stale
+    alive_ms: int = 0                      # when the gateway last saw the run's files change (its clock)
     start_ms: int = 0
     end_ms: Optional[int] = None
     group: Optional[Tuple[str, str]] = None   # (project, group name)
+    live_sig: Optional[str] = None         # the signature when alive_ms was set (gateway clock)
+    retry_at_ms: int = 0                   # backing off after a retryable error: not before this
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "IndexEntry":

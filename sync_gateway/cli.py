@@ -14,6 +14,7 @@ import threading
 import time
 from typing import List, Optional
 
+from ._redact import RedactingFilter, redact, redact_url
 from ._runner import Runner
 from ._settings import Settings
 from ._state import StateStore
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for h in logging.getLogger().handlers:  # no secret leaves the process in a log line
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())
     # urllib3 logs every retry; the gateway reports the outcome in one line (-v shows the retries).
     logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
@@ -75,10 +79,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return 0 if doctor(settings, args.config, os.environ) else 1
     except ConfigError as e:
-        print(f"sync-gateway: configuration error: {e}", file=sys.stderr)
+        print(f"sync-gateway: configuration error: {redact(e)}", file=sys.stderr)
         return 2
     except GatewayError as e:
-        print(f"sync-gateway: {e}", file=sys.stderr)
+        print(f"sync-gateway: {redact(e)}", file=sys.stderr)
         return 1
 
 
@@ -89,10 +93,18 @@ def _report(rep) -> int:
         keys = sorted(rep.errors)
         log.error("%d run(s) not fully synced: %s%s", len(keys), ", ".join(keys[:10]),
                   " ..." if len(keys) > 10 else "")
+    if rep.backing_off:
+        keys = sorted(rep.backing_off)
+        log.error("%d run(s) backing off after a server error, retried later: %s%s", len(keys),
+                  ", ".join(keys[:10]), " ..." if len(keys) > 10 else "")
+    if rep.quarantined:
+        log.error("%d batch(es) refused by the server for good and quarantined (see `sync-gateway status`)",
+                  rep.quarantined)
     for project, url in sorted(rep.experiments.items()):
         log.info("experiment %s: %s", project, url)
-    log.info("pass: %d runs seen, %d synced, %d unchanged, %d points sent%s", rep.runs_seen, rep.runs_synced,
-             rep.runs_unchanged, rep.points_sent, f"; aborted: {rep.aborted}" if rep.aborted else "")
+    log.info("pass: %d runs seen, %d synced, %d unchanged, %d failed, %d backing off, %d points sent%s",
+             rep.runs_seen, rep.runs_synced, rep.runs_unchanged, len(rep.errors), len(rep.backing_off),
+             rep.points_sent, f"; aborted: {rep.aborted}" if rep.aborted else "")
     return 0 if rep.ok else 1
 
 
@@ -131,8 +143,8 @@ def _daemon(settings: Settings) -> int:
             started = time.monotonic()
             try:
                 code = _report(runner.run_pass(should_stop=stop.is_set))
-            except (GatewayError, OSError) as e:  # one bad pass (server, full disk) never ends the service
-                log.error("pass failed: %s", e)
+            except Exception as e:  # noqa: BLE001 - one bad pass (server, full disk, a bug) never ends the service
+                log.error("pass failed: %s: %s", e.__class__.__name__, e, exc_info=not isinstance(e, GatewayError))
                 code = 1
             stop.wait(max(0.0, settings.interval_s - (time.monotonic() - started)))
     return 0 if stop.is_set() else code
@@ -152,8 +164,11 @@ def _status(settings: Settings) -> int:
                 sources[ref.key] = (src, ref)
         except GatewayError as e:
             log.warning("root %s: %s", r, e)
-    table = Table(title=f"sync-gateway status ({settings.server_url or 'no server'})")
-    for col in ("run", "state", "records synced / on disk", "behind", "last sync", "last error"):
+    from .sinks import sink_class
+
+    sink_cls = sink_class(settings.server_kind)
+    table = Table(title=f"sync-gateway status ({redact_url(settings.server_url or '') or 'no server'})")
+    for col in ("run", "state", "records synced / on disk", "behind", "last sync", "last error", "notes"):
         table.add_column(col, overflow="fold")
     now_ms = int(time.time() * 1000)
     bad = 0
@@ -166,7 +181,7 @@ def _status(settings: Settings) -> int:
                 reader = reader_for(src, ref)
                 for stream, size in reader.streams(reader.snapshot()):
                     cur = st.cursors.get(stream)
-                    start = Position(cur.offset, cur.seq) if cur else Position()
+                    start = Position(cur.offset, cur.seq) if cur and cur.offset <= size else Position()
                     if size > start.offset:
                         behind += size - start.offset
                         while True:  # count the complete records not yet synced, a chunk at a time
@@ -175,14 +190,24 @@ def _status(settings: Settings) -> int:
                             start = chunk.end
                             if chunk.at_end:
                                 break
-            except GatewayError as e:
-                st.last_error = st.last_error or str(e)
+            except Exception as e:  # noqa: BLE001 - status shows every run, whatever one of them holds
+                st.last_error = st.last_error or f"{e.__class__.__name__}: {e}"
         ent = index.get(key)
         err = st.last_error or (ent.error if ent else None) or ""
-        bad += bool(err)
+        bad += bool(err) + bool(st.quarantined_total)
+        notes = list(st.notes[-3:])
+        if st.quarantined_total:
+            q = st.quarantined[-1]
+            notes.append(f"{st.quarantined_total} batch(es) quarantined (refused by the server for good); last: "
+                         f"{q.get('stream')} bytes {q.get('bytes')}: {q.get('error')}")
+        if st.retry_at_ms and st.retry_at_ms > now_ms:
+            notes.append(f"backing off: next try in {(st.retry_at_ms - now_ms) / 1000:.0f} s")
+        if st.sink_kind == settings.server_kind:
+            notes += sink_cls.notes(st.sink)
         last = st.last_sync_ms
         ago = f"{(now_ms - last) / 1000:.0f} s ago" if last else "never"
-        table.add_row(key, st.state or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, err[:120])
+        table.add_row(key, st.state or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
+                      redact("; ".join(notes))[:600])
     # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 1 if bad else 0

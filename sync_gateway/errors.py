@@ -6,7 +6,7 @@ server rejects, a configuration error), so callers can decide without parsing me
 from __future__ import annotations
 
 __all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError", "ConfigError", "FormatError",
-           "ServerError", "LeaseHeld"]
+           "ServerError", "RunDeleted", "LeaseHeld"]
 
 
 class GatewayError(Exception):
@@ -56,10 +56,19 @@ class FormatError(PermanentError):
 class ServerError(GatewayError):
     """The tracking server refused a request; ``retryable`` says whether a later pass may succeed."""
 
-    def __init__(self, message: str, status: int = 0, retryable: bool = False):
+    def __init__(self, message: str, status: int = 0, retryable: bool = False, unreachable: bool = False):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.unreachable = unreachable   # the server itself cannot be reached: not this run's fault
+
+
+class RunDeleted(ServerError):
+    """A user deleted the server-side run (MLflow: moved it to the trash). The gateway respects that: the
+    run is not synced (and never re-created) until it is restored on the server."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message, status, retryable=False)
 
 
 class LeaseHeld(RetryableError):

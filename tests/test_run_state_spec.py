@@ -24,37 +24,60 @@ def _table():
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[5].startswith("**"):
+        if len(cells) == 5 and cells[4].startswith("**"):
             rows.append(cells)
     assert len(rows) >= 14, "the state table of docs/run-format.md section 7 is missing rows"
     return rows
 
 
 def _case(cells):
-    """(run.json, heartbeat.json or None, exit.json or None, expected state) for one table row."""
-    exit_col, reason, code, hb_col, life, want = cells
-    age_s = STALE_S / 10 if life.startswith("fresh") or life == "any" else STALE_S * 2
-    meta = {"format_version": "1.0", "id": "r", "project": "p", "attempt": 2,
-            "created_ms": NOW_MS - int(age_s * 1000)}
-    heartbeat = {"ts_ms": NOW_MS - int(age_s * 1000)} if hb_col == "present" else None
+    """(run.json, heartbeat.json or None, exit.json or None, when the files last changed, expected state)
+    for one table row. Timestamps inside the files contradict the observation wherever they can: they are
+    data, and the state must not depend on them."""
+    exit_col, reason, code, life, want = cells
+    age_s = STALE_S / 10 if life == "fresh" else STALE_S * 2     # "any": stale, outcomes never depend on it
+    seen_ms = NOW_MS - int(age_s * 1000)
+    contrary_ms = NOW_MS - int(STALE_S * 2000) if life == "fresh" else NOW_MS   # the node's clock disagrees
+    meta = {"format_version": "1.0", "id": "r", "project": "p", "attempt": 2, "created_ms": contrary_ms}
+    heartbeat = {"ts_ms": contrary_ms}
+    if "10 years ahead" in exit_col:
+        heartbeat = {"ts_ms": NOW_MS + 10 * 365 * 86400 * 1000}
+    elif "older than the limit" in exit_col:
+        heartbeat = {"ts_ms": NOW_MS - int(STALE_S * 2000)}
     exit_doc = None
-    if exit_col != "absent":
+    if not exit_col.startswith("absent"):
         exit_doc = {"attempt": 2 if exit_col == "counts" else 1, "end_ms": NOW_MS - 5}
         m = re.match(r"`(\w+)`", reason)
         if m:
             exit_doc["reason"] = m.group(1)
         if code != "missing":
             exit_doc["exit_code"] = int(code)
-    if heartbeat is not None and life.startswith("fresh"):
-        meta["created_ms"] = NOW_MS - int(STALE_S * 3 * 1000)  # only the heartbeat keeps it alive
-    return meta, heartbeat, exit_doc, want.strip("*")
+    return meta, heartbeat, exit_doc, seen_ms, want.strip("*")
 
 
-@pytest.mark.parametrize("cells", _table(), ids=lambda c: "-".join(x or "_" for x in c))
+@pytest.mark.parametrize("cells", _table(), ids=lambda c: "-".join(x[:20] or "_" for x in c))
 def test_both_readers_follow_the_table(cells):
-    meta, heartbeat, exit_doc, want = _case(cells)
-    assert run_state(meta, heartbeat, exit_doc, NOW_MS / 1000, STALE_S) == want
-    assert derive_state(meta, exit_doc, heartbeat, NOW_MS, STALE_S).state == want
+    meta, heartbeat, exit_doc, seen_ms, want = _case(cells)
+    assert run_state(meta, heartbeat, exit_doc, NOW_MS / 1000, STALE_S, seen_ms=seen_ms) == want
+    assert derive_state(meta, exit_doc, heartbeat, NOW_MS, STALE_S, seen_ms=seen_ms).state == want
+
+
+def test_hpc_runs_ls_takes_the_files_modification_time(tmp_path):
+    import json
+    import time
+
+    from hpc._reader import load_run
+
+    d = tmp_path / "p" / "r"
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"format_version": "1.0", "id": "r", "project": "p", "attempt": 1,
+                                            "created_ms": 1}))
+    (d / "heartbeat.json").write_text(json.dumps({"ts_ms": 1}))  # a node clock at 1970: data only
+    assert load_run(str(d)).state() == "active"
+    old = time.time() - 2 * STALE_S
+    for f in ("run.json", "heartbeat.json"):
+        os.utime(d / f, (old, old))
+    assert load_run(str(d)).state(stale_after_s=STALE_S) == "crashed"
 
 
 def test_the_probes_on_which_the_two_readers_once_disagreed():
@@ -72,6 +95,7 @@ def test_the_probes_on_which_the_two_readers_once_disagreed():
 
 def test_odd_types_in_the_documents_do_not_raise():
     meta = {"attempt": "2", "created_ms": [1]}
+    stale = NOW_MS - 400_000
     for hb in ({"ts_ms": {"x": 1}}, {"ts_ms": True}, None):
-        assert run_state(meta, hb, None, NOW_MS / 1000) == "crashed"
-        assert derive_state(meta, None, hb, NOW_MS, 300).state == "crashed"
+        assert run_state(meta, hb, None, NOW_MS / 1000, seen_ms=stale) == "crashed"
+        assert derive_state(meta, None, hb, NOW_MS, 300, seen_ms=stale).state == "crashed"

@@ -22,11 +22,21 @@ _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def decode_value(v: Any) -> Any:
+    """Decode the non-finite strings in a value or in a list of values (one level: the format's lists hold
+    numbers; anything nested deeper is left as it is, and is no metric)."""
     if isinstance(v, str):
         return _NONFINITE.get(v, v)
     if isinstance(v, list):
-        return [decode_value(x) for x in v]
+        return [_NONFINITE.get(x, x) if isinstance(x, str) else x for x in v]
     return v
+
+
+def _loads(data: bytes) -> Any:
+    """json.loads; a document nested deeper than Python's parser allows is invalid, not a crash."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 @dataclass
@@ -75,9 +85,9 @@ def parse_stream(data: bytes, base_offset: int, expected_seq: Optional[int]) -> 
 
 def _record(line: bytes, end_offset: int) -> Tuple[Optional[Record], str]:
     try:
-        obj = json.loads(line)
+        obj = _loads(line)
     except (ValueError, UnicodeDecodeError) as e:
-        return None, f"not valid JSON ({e.__class__.__name__})"
+        return None, f"not valid JSON ({e.__class__.__name__}: {str(e)[:80]})"
     if not isinstance(obj, dict):
         return None, "not a JSON object"
     missing = [k for k in ("seq", "step", "ts_ms", "values") if k not in obj]
@@ -88,14 +98,14 @@ def _record(line: bytes, end_offset: int) -> Tuple[Optional[Record], str]:
         return None, "seq, step and ts_ms must be integers (step >= 0)"
     if not isinstance(values, dict):
         return None, "values must be an object"
-    return Record(seq, step, ts, {k: decode_value(v) for k, v in values.items()}, end_offset), ""
+    return Record(seq, step, ts, {str(k): decode_value(v) for k, v in values.items()}, end_offset), ""
 
 
 def parse_document(data: bytes, name: str) -> Dict[str, Any]:
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"{name} is not valid JSON: {e}") from e
+        raise FormatError(f"{name} is not valid JSON: {str(e)[:200]}") from e
     if not isinstance(obj, dict):
         raise FormatError(f"{name} must hold a JSON object")
     return obj

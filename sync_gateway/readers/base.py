@@ -8,13 +8,23 @@ Nothing here imports a source implementation or a sink.
 from __future__ import annotations
 
 import abc
+import hashlib
+import io
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 from ..sources.base import FileStat, RunRef, Source
 
 __all__ = ["RUN_STATES", "ENDED_STATES", "MetricDef", "RunInfo", "Row", "StreamChunk", "Summary", "FileEntry",
-           "RunStatus", "Snapshot", "Reader", "Position"]
+           "RunStatus", "Snapshot", "Reader", "Position", "SourceFile", "fingerprint", "FINGERPRINT_BYTES"]
+
+#: how many bytes before a cursor its fingerprint covers (at most; at least the whole last record)
+FINGERPRINT_BYTES = 512
+
+
+def fingerprint(data: bytes) -> str:
+    """The fingerprint of the bytes just before a cursor: a stream rewritten since is recognised by it."""
+    return hashlib.sha1(data).hexdigest()
 
 #: Every state a reader may report (docs/run-format.md section 7). A sink decides what each becomes.
 RUN_STATES = ("active", "finished", "failed", "preempted", "killed", "crashed")
@@ -80,6 +90,18 @@ class StreamChunk:
     corrupt: List[Tuple[int, str]] = field(default_factory=list)   # (byte offset, why)
     problems: List[str] = field(default_factory=list)              # e.g. sequence gaps (data still sent)
     at_end: bool = True     # False when more complete lines may follow (read again from ``end``)
+    data: bytes = b""       # the bytes read (from ``base``), for the fingerprints of the cursors in it
+    base: int = 0
+
+    def fingerprint_at(self, offset: int) -> Optional[Tuple[int, str]]:
+        """``(length, fingerprint)`` of the bytes before ``offset`` (a record boundary in this chunk), from
+        the chunk's start at most, so it covers at least the whole record ending there; None when the
+        chunk does not hold them."""
+        rel = offset - self.base
+        if not self.data or rel <= 0 or rel > len(self.data):
+            return None
+        n = min(FINGERPRINT_BYTES, rel)
+        return n, fingerprint(self.data[rel - n:rel])
 
 
 @dataclass(frozen=True)
@@ -199,8 +221,62 @@ class Reader(abc.ABC):
         the document does, or None when the run has none. Default: the stats of its file."""
         return snap.version(self.documents[name])
 
+    def stream_bytes(self, stream: str, offset: int, length: int) -> Optional[bytes]:
+        """The raw bytes of ``stream`` at ``offset`` (for the fingerprint that tells a rewritten stream
+        from a grown one); None when this format cannot say, and then the check is skipped."""
+        return None
+
     def read_file(self, entry: FileEntry) -> bytes:
         if entry.pack is not None:
             name, offset = entry.pack
             return self.source.read_range(self.ref, name, offset, entry.stat.size_bytes)
         return self.source.read_range(self.ref, entry.source_path, 0, entry.stat.size_bytes)
+
+    def open_file(self, entry: FileEntry, buffer_bytes: int = 1 << 20) -> BinaryIO:
+        """The file as a seekable binary stream of exactly the size seen in the snapshot, read through the
+        source ``buffer_bytes`` at a time: an upload never holds a whole file in memory."""
+        if entry.pack is not None:  # a payload inside a packed file (media.bin): its own byte range
+            name, offset = entry.pack
+            raw = SourceFile(self.source, self.ref, name, entry.stat.size_bytes, base_offset=offset)
+        else:
+            raw = SourceFile(self.source, self.ref, entry.source_path, entry.stat.size_bytes)
+        return io.BufferedReader(raw, buffer_size=buffer_bytes)  # type: ignore[return-value]
+
+
+class SourceFile(io.RawIOBase):
+    """A read-only, seekable view of ``size_bytes`` of one file of a run (from ``base_offset``), read
+    through its source."""
+
+    def __init__(self, source: Source, ref: RunRef, name: str, size_bytes: int, base_offset: int = 0):
+        super().__init__()
+        self.source, self.ref, self.name, self.size = source, ref, name, size_bytes
+        self.base = base_offset  # where the view starts in the file (a payload of a packed file)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = self.source.read_range(self.ref, self.name, self.base + self.pos, n)
+        if not data:
+            return 0  # the file shrank meanwhile: the upload ends short and is redone next pass
+        buf[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def __len__(self) -> int:
+        return self.size

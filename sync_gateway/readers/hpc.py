@@ -14,7 +14,7 @@ from ..sources.base import FileStat, RunRef, Source
 from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
 from .base import MetricDef, Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, Summary, FileEntry, Row
 
-__all__ = ["HpcReader", "derive_state", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
+__all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -36,18 +36,20 @@ def _int(v: Any) -> Optional[int]:
 
 
 def derive_state(meta: Mapping[str, Any], exit_doc: Optional[Mapping[str, Any]],
-                 heartbeat: Optional[Mapping[str, Any]], now_ms: int, stale_after_s: float) -> RunStatus:
+                 heartbeat: Optional[Mapping[str, Any]], now_ms: int, stale_after_s: float,
+                 seen_ms: Optional[int] = None) -> RunStatus:
     """The run's state, by the table of docs/run-format.md section 7.
 
     - A missing ``attempt`` (in run.json or exit.json) is attempt 1.
     - An exit.json counts when its attempt equals run.json's; its ``reason`` if it is one of the four
       known reasons, else ``finished`` for exit code 0 and ``failed`` otherwise.
-    - Otherwise the last sign of life is the heartbeat's ``ts_ms``, or run.json's ``created_ms`` when there
-      is no heartbeat yet (a run just created is alive); ``active`` while younger than ``stale_after_s``,
-      else ``crashed`` (presumed dead, until it resumes).
+    - Otherwise the last sign of life is ``seen_ms``: when the run's files were last seen to change, by
+      the reader's clock (``now_ms``'s clock), never a timestamp the node wrote (a node's clock may be
+      off by minutes or years); ``active`` while younger than ``stale_after_s``, else ``crashed``
+      (presumed dead, until its files change again). Without ``seen_ms`` the run counts as just seen.
     """
     attempt = _int(meta.get("attempt")) or 1
-    alive = _int((heartbeat or {}).get("ts_ms")) or _int(meta.get("created_ms")) or 0
+    alive = now_ms if seen_ms is None else min(int(seen_ms), now_ms)
     if exit_doc is not None and (_int(exit_doc.get("attempt")) or 1) == attempt:
         reason = exit_doc.get("reason")
         if reason not in _REASONS:
@@ -105,8 +107,9 @@ class HpcReader(Reader):
 
     def info(self) -> RunInfo:
         m = self.meta()
+        decl = m.get("metrics") if isinstance(m.get("metrics"), list) else []
         metrics = tuple(MetricDef(str(d.get("name", "")), _opt_str(d.get("step_metric")), _opt_str(d.get("summary")))
-                        for d in (m.get("metrics") or []) if isinstance(d, dict))
+                        for d in decl if isinstance(d, dict))
         git = m.get("git") if isinstance(m.get("git"), dict) else {}
         slurm = m.get("slurm") if isinstance(m.get("slurm"), dict) else {}
         argv = m.get("argv")
@@ -133,14 +136,34 @@ class HpcReader(Reader):
             parsed = parse_stream(data, start.offset, start.seq)
             if parsed.consumed == 0 and len(data) >= want:
                 if want >= MAX_LINE_BYTES:
-                    raise FormatError(f"{name}: a line longer than {MAX_LINE_BYTES} bytes at byte {start.offset}")
+                    return self._skip_long_line(name, start, stop, len(data))
                 want *= 2  # one long line: read more of it
                 continue
             end = Position(start.offset + parsed.consumed, parsed.next_seq)
             rows = [Row(r.step, r.ts_ms, r.values, Position(r.end_offset, r.seq + 1)) for r in parsed.records]
             # at_end: nothing complete is left before ``stop`` (at most a line still being written)
             return StreamChunk(rows, end, parsed.corrupt, parsed.seq_problems,
-                               at_end=parsed.consumed == 0 or end.offset >= stop)
+                               at_end=parsed.consumed == 0 or end.offset >= stop, data=data, base=start.offset)
+
+    def stream_bytes(self, stream: str, offset: int, length: int) -> Optional[bytes]:
+        return self.source.read_range(self.ref, STREAMS[stream], offset, length)
+
+    def _skip_long_line(self, name: str, start: Position, stop: int, seen: int) -> StreamChunk:
+        """A line longer than MAX_LINE_BYTES is corrupt: find its newline a chunk at a time (memory stays
+        bounded) and move past it; while it has no newline yet it may still be being written."""
+        pos = start.offset + seen
+        while pos < stop:
+            data = self.source.read_range(self.ref, name, pos, min(1 << 20, stop - pos))
+            if not data:
+                break
+            nl = data.find(b"\n")
+            if nl >= 0:
+                end = pos + nl + 1
+                why = f"a line longer than {MAX_LINE_BYTES} bytes ({end - start.offset} bytes)"
+                return StreamChunk([], Position(end, start.seq), [(start.offset, why)], [],
+                                   at_end=end >= stop)
+            pos += len(data)
+        return StreamChunk([], start, [], [], at_end=True)
 
     def summary(self, snap: Snapshot) -> Optional[Summary]:
         if "summary.json" not in snap.files:
@@ -149,6 +172,8 @@ class HpcReader(Reader):
         if doc is None:
             return None
         values = doc.get("values") if isinstance(doc.get("values"), dict) else {}
+        if not isinstance(doc.get("values", {}), dict):
+            log.warning("%s: summary.json values is not an object: no summary sent", self.ref.key)
         policies = doc.get("policies") if isinstance(doc.get("policies"), dict) else {}
         return Summary({str(k): decode_value(v) for k, v in values.items()},
                        frozenset(_strs(doc.get("set_by_hand"))), {str(k): str(v) for k, v in policies.items()},
@@ -182,6 +207,13 @@ class HpcReader(Reader):
         return out
 
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
+        """Seen for the first time, a run's last sign of life is the newest modification time of its files
+        (the file system's clock, capped at ``now_ms``); the engine, which keeps watching, refines it."""
         exit_doc = self._soft_document("exit.json") if "exit.json" in snap.files else None
         hb = self._soft_document("heartbeat.json") if "heartbeat.json" in snap.files else None
-        return derive_state(self.meta(), exit_doc, hb, now_ms, stale_after_s)
+        return derive_state(self.meta(), exit_doc, hb, now_ms, stale_after_s, seen_ms=newest_mtime_ms(snap))
+
+
+def newest_mtime_ms(snap: Snapshot) -> Optional[int]:
+    """The newest modification time among a run's files, in ms (None for no files)."""
+    return max((s.mtime_ns // 1_000_000 for s in snap.files.values()), default=None)

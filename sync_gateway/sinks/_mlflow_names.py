@@ -47,6 +47,17 @@ def _cut(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
 
 
+#: config levels flattened into param keys; deeper levels stay one JSON value (keys are cut at 250 anyway)
+MAX_DEPTH = 32
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str)
+    except (RecursionError, ValueError):  # nested deeper than the encoder allows: say so, do not crash
+        return "[nested too deeply to show]"
+
+
 def param_value(value: Any) -> str:
     if isinstance(value, str):
         s = value
@@ -55,20 +66,28 @@ def param_value(value: Any) -> str:
     elif isinstance(value, float) and not math.isfinite(value):
         s = str(value)
     else:
-        s = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+        s = _json(value) if isinstance(value, (list, dict)) else str(value)
     return _cut(s, MAX_PARAM_VALUE)
 
 
 def tag_value(value: Any) -> str:
-    return _cut(value if isinstance(value, str) else json.dumps(value, default=str), MAX_TAG_VALUE)
+    return _cut(value if isinstance(value, str) else _json(value), MAX_TAG_VALUE)
 
 
 def flatten_config(config: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, str]]:
-    """Yield ``(param key, param value)``; nested dicts are joined with ``.``, lists kept as JSON."""
-    for k, v in config.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            yield from flatten_config(v, key)
+    """Yield ``(param key, param value)``; nested dicts are joined with ``.`` (iteratively, to MAX_DEPTH
+    levels; what is deeper stays one JSON value), lists kept as JSON."""
+    stack = [(prefix, iter(config.items()), 0)]
+    while stack:
+        pre, items, depth = stack[-1]
+        try:
+            k, v = next(items)
+        except StopIteration:
+            stack.pop()
+            continue
+        key = f"{pre}.{k}" if pre else str(k)
+        if isinstance(v, dict) and v and depth + 1 < MAX_DEPTH:
+            stack.append((key, iter(v.items()), depth + 1))
         else:
             yield metric_key(key), param_value(v)
 

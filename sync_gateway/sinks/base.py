@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence,
-                    Tuple)
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 from ..readers.base import RunInfo, RunStatus, Row, Summary
 
@@ -36,6 +36,11 @@ class RunSpec:
 
 class SinkRun(abc.ABC):
     """A sink's handle on one server-side run; its state is stored by the engine between passes."""
+
+    #: Set by :meth:`Sink.open_run` when the server run in the saved state could not be used and another
+    #: one is returned (it lost a race against a duplicate, it vanished from the server): why, for the
+    #: log and ``status``. The engine then sends the whole run again (the server stores nothing twice).
+    replaced: Optional[str] = None
 
     @abc.abstractmethod
     def to_state(self) -> Dict[str, Any]:
@@ -89,7 +94,15 @@ class Sink(abc.ABC):
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> SinkRun:
         """The server run of ``spec``: from ``saved`` (this sink's stored state), else found again by
         ``spec.sync_id`` (the state was lost), else created. MUST never create a second server run for
-        a sync_id that already has one."""
+        a sync_id that already has one: creation is not retried blindly after a lost answer, and two
+        gateways racing converge on one deterministic winner (see :attr:`SinkRun.replaced`). Raises
+        :class:`~sync_gateway.errors.RunDeleted` when a user deleted the server run."""
+
+    @abc.abstractmethod
+    def retire_run(self, run: SinkRun, reason: str) -> None:
+        """Detach ``run`` from its sync id but keep what it holds (the run was rewritten from scratch:
+        its old content stays on the server, marked with ``reason``); the next ``open_run(spec, None)``
+        creates a new server run."""
 
     @abc.abstractmethod
     def restore(self, saved: Mapping[str, Any]) -> SinkRun:
@@ -122,8 +135,9 @@ class Sink(abc.ABC):
         """Store the summary (only what differs from the last logged values matters)."""
 
     @abc.abstractmethod
-    def upload(self, run: SinkRun, path: str, data: bytes) -> None:
-        """Store (or replace) the file ``path`` of the run."""
+    def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
+        """Store (or replace) the file ``path`` of the run: ``size_bytes`` read from the seekable binary
+        stream ``body`` (streamed, never read whole; seek(0) to send it again)."""
 
     @abc.abstractmethod
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
@@ -136,6 +150,11 @@ class Sink(abc.ABC):
         return this sink's state for the group (given back as ``saved`` next time)."""
 
     # -- diagnostics and links ----------------------------------------------------------------
+    @classmethod
+    def notes(cls, saved: Mapping[str, Any]) -> List[str]:
+        """What ``status`` shows about a run from this sink's saved state (e.g. values skipped)."""
+        return []
+
     @abc.abstractmethod
     def server_version(self) -> str:
         """The server's version string."""

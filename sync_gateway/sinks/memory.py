@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..readers.base import ENDED_STATES, MetricDef, RunInfo, RunStatus, Row, Summary
 from .base import GroupView, RunSpec, Sink, SinkRun
@@ -40,6 +40,7 @@ class StoredRun:
     end_ms: Optional[int] = None
     parent: Optional[str] = None         # the group run it nests under
     start_ms: int = 0
+    retired: Optional[str] = None        # why it was detached from its sync id (rewritten from scratch)
 
 
 class MemorySink(Sink):
@@ -77,6 +78,13 @@ class MemorySink(Sink):
     def restore(self, saved: Mapping[str, Any]) -> SinkRun:
         return MemoryRun(str(saved["run_id"]))
 
+    def retire_run(self, run: SinkRun, reason: str) -> None:
+        self.calls["retire_run"] += 1
+        stored = self._run(run)
+        stored.retired = reason
+        if self.by_sync_id.get(stored.sync_id) == run.run_id:  # type: ignore[attr-defined]
+            del self.by_sync_id[stored.sync_id]
+
     def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
         self.calls["set_metadata"] += 1
         self._run(run).info = info
@@ -101,9 +109,9 @@ class MemorySink(Sink):
         self.calls["set_summary"] += 1
         self._run(run).summary = summary
 
-    def upload(self, run: SinkRun, path: str, data: bytes) -> None:
+    def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         self.calls["upload"] += 1
-        self._run(run).files[path] = bytes(data)
+        self._run(run).files[path] = body.read(size_bytes)
 
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
         self.calls["set_state"] += 1

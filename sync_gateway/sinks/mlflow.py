@@ -8,6 +8,14 @@ RUNNING/FINISHED/FAILED/KILLED, a group as a parent run whose members nest under
 Exactly once rests on two server facts (docs/facts.md): an identical metric point (key,
 value, step, timestamp) is stored once, and an identical param value is accepted again. A server run is
 found again by its tag ``hpc.run_id`` when the gateway's own state is lost.
+
+One hpc run is one MLflow run: ``runs/create`` is never retried after a lost answer (the sink searches by
+tag instead), and when a race between two gateways created two runs with one tag, every gateway that sees
+them picks the same winner (the smallest MLflow run id: a total order, unlike start times, which are equal
+for copies of one run) and marks the losers (tag ``hpc.duplicate_of``, moved to the trash); a gateway
+whose run was marked moves to the winner and sends everything again. Values MLflow cannot store (a step or
+timestamp outside int64, a negative timestamp, an integer beyond float) are skipped point by point and
+counted, never sent: MLflow answers 200 to a step of 10**30 but stores 0 and drops the rest of the batch.
 """
 from __future__ import annotations
 
@@ -15,15 +23,18 @@ import fnmatch
 import logging
 import math
 import re
+import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 import requests
+import urllib3
 
-from .._http import HttpClient
+from .._http import DeadlineExceeded, HttpClient
+from .._redact import redact
 from .._settings import AuthSettings, Settings
-from ..errors import ConfigError, ServerError
+from ..errors import ConfigError, RunDeleted, ServerError
 from ..readers.base import MetricDef, RunInfo, RunStatus, Row, Summary
 from ._mlflow_names import (flatten_config, media_artifact_path, metric_key, metric_value, run_tags,
                             system_metric, tag_value)
@@ -43,6 +54,16 @@ STATUS = {"active": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "pree
           "killed": "KILLED", "crashed": "KILLED"}
 #: MLflow 3 opens a new experiment on its GenAI view unless this experiment tag says otherwise.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DUPLICATE_TAG = "hpc.duplicate_of"   # on a run that lost a creation race: the winner's run id
+RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from scratch: why
+#: a server run is checked for duplicates until a check this long after adopting it found none
+SETTLE_S = 60.0
+INT64_MAX = (1 << 63) - 1
+_DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
+
+
+def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= INT64_MAX
 
 
 def _num(v: float) -> Any:
@@ -62,6 +83,9 @@ class MlflowRun(SinkRun):
     params: Dict[str, str] = field(default_factory=dict)     # what the server holds (params are immutable)
     refused_params: List[str] = field(default_factory=list)  # config keys whose change MLflow refused
     skipped_values: int = 0                                  # logged values that are not metrics (strings)
+    unstorable_points: int = 0     # points MLflow cannot store (step/timestamp/value out of its range)
+    adopted_ms: int = 0            # when this gateway created or found the run (its clock)
+    settled: bool = False          # a check SETTLE_S after adoption found no duplicate
 
     def to_state(self) -> Dict[str, Any]:
         return asdict(self)
@@ -108,13 +132,16 @@ class MlflowSink(Sink):
 
     # -- plumbing -----------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
-              data: Optional[bytes] = None) -> Dict[str, Any]:
+              data: Optional[BinaryIO] = None, size_bytes: int = 0, idempotent: bool = True) -> Dict[str, Any]:
         try:
             if data is not None:
-                r = self.http.request(method, path, data=data,
-                                      headers={"Content-Type": "application/octet-stream"})
+                r = self.http.request(method, path, data=data, deadline_s=self.http.deadline_s + size_bytes / 1e6,
+                                      headers={"Content-Type": "application/octet-stream",
+                                               "Content-Length": str(size_bytes)})
             else:
-                r = self.http.request(method, API + path, json=body, params=params)
+                r = self.http.request(method, API + path, json=body, params=params, idempotent=idempotent)
+        except DeadlineExceeded as e:
+            raise ServerError(f"{method} {path}: {self.http.base_url} sent {e}", retryable=True) from e
         except requests.exceptions.SSLError as e:
             raise ServerError(
                 f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({_reason(e)}). "
@@ -122,18 +149,25 @@ class MlflowSink(Sink):
                 f"`sync-gateway doctor` names the issuer", retryable=False) from e
         except requests.exceptions.RequestException as e:
             raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{_short(e)}", retryable=True) from e
+                              f"{_short(e)}", retryable=True, unreachable=_no_connection(e)) from e
         if r.status_code >= 400:
             try:
                 err = r.json()
-                msg = f"{err.get('error_code', '')}: {err.get('message', '')}"
+                msg = f"{err.get('error_code', '')}: {str(err.get('message', ''))[:500]}"
             except ValueError:
                 err, msg = {}, r.text[:300]
+            if not isinstance(err, dict):
+                err = {}
+            msg = redact(msg)  # a server or proxy may echo the request's headers
             retry = r.status_code in (429,) or r.status_code >= 500
             if r.status_code in (401, 403):
                 msg += " (check the auth section of the config)"
+            if r.status_code == 400 and _DELETED.search(msg):
+                rid = (body or {}).get("run_id", "")
+                raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
+                                 f"the MLflow trash to sync it again)")
             e = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
-            e.error_code = err.get("error_code", "") if isinstance(err, dict) else ""  # type: ignore
+            e.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
             raise e
         try:
             return r.json() if r.content else {}
@@ -177,39 +211,129 @@ class MlflowSink(Sink):
         self._call("POST", "/runs/update", body)
 
     # -- runs ---------------------------------------------------------------------------------
-    def find(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
+    def _tagged(self, experiment_id: str, sync_id: str) -> List[Dict[str, Any]]:
+        """Every run (deleted ones too) carrying the sync tag ``sync_id``: their ``info`` and tags."""
         quoted = sync_id.replace("\\", "\\\\").replace("'", "\\'")
-        res = self._call("POST", "/runs/search", {"experiment_ids": [experiment_id], "max_results": 2,
+        res = self._call("POST", "/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
+                                                  "run_view_type": "ALL",
                                                   "filter": f"tags.`{SYNC_TAG}` = '{quoted}'"})
-        runs = res.get("runs") or []
-        if not runs:
+        out = []
+        for r in res.get("runs") or []:
+            info = dict(r["info"])
+            info["tags"] = {t["key"]: t.get("value", "") for t in (r.get("data") or {}).get("tags", [])}
+            out.append(info)
+        return out
+
+    def _converge(self, experiment_id: str, sync_id: str, found: List[Dict[str, Any]]) -> Optional[MlflowRun]:
+        """The one run of ``sync_id`` among ``found``: the active run with the smallest run id (a total
+        order every gateway computes alike); the other active ones are marked as its duplicates."""
+        active = sorted((r for r in found if r.get("lifecycle_stage", "active") == "active"),
+                        key=lambda r: r["run_id"])
+        if not active:
             return None
-        if len(runs) > 1:
-            log.warning("%d MLflow runs carry %s=%s; syncing into the oldest", len(runs), SYNC_TAG, sync_id)
-            runs.sort(key=lambda r: int(r["info"].get("start_time", 0)))
-        info = runs[0]["info"]
-        return MlflowRun(info["run_id"], experiment_id, info.get("artifact_uri", ""))
+        win = active[0]
+        for loser in active[1:]:
+            log.warning("%s: MLflow runs %s and %s both carry %s=%s (two gateways raced to create it): "
+                        "keeping %s, marking %s as its duplicate", sync_id, win["run_id"], loser["run_id"],
+                        SYNC_TAG, sync_id, win["run_id"], loser["run_id"])
+            self._mark_duplicate(loser["run_id"], win["run_id"], sync_id)
+        return MlflowRun(win["run_id"], experiment_id, win.get("artifact_uri", ""))
+
+    def _mark_duplicate(self, run_id: str, winner: str, sync_id: str) -> None:
+        try:
+            self._set_tags(run_id, {DUPLICATE_TAG: winner, SYNC_TAG: f"duplicate:{sync_id}"})
+            self._call("POST", "/runs/delete", {"run_id": run_id})  # to the trash; the winner gets it all
+        except RunDeleted:
+            pass  # another gateway marked it first
+
+    def find(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
+        """The server run of ``sync_id``, None if there is none; raises RunDeleted when a user deleted it."""
+        found = self._tagged(experiment_id, sync_id)
+        run = self._converge(experiment_id, sync_id, found)
+        if run is None and any(not r["tags"].get(DUPLICATE_TAG) for r in found):
+            raise RunDeleted(f"the MLflow run of {sync_id} was deleted on the server: it is not synced "
+                             f"(restore it from the MLflow trash to sync it again)")
+        return run
 
     def _find_or_create(self, project: str, sync_id: str, name: str, start_ms: int,
                         tags: Mapping[str, str]) -> MlflowRun:
         eid = self.experiment_id(project)
         found = self.find(eid, sync_id)
         if found:
+            found.adopted_ms = _now_ms()
             return found
-        res = self._call("POST", "/runs/create", {
-            "experiment_id": eid, "run_name": name, "start_time": start_ms,
-            "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]})
+        body: Dict[str, Any] = {"experiment_id": eid, "run_name": name,
+                                "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
+        if _int64(start_ms, 1):  # else (0, garbage in run.json) the server takes its own clock
+            body["start_time"] = start_ms
+        try:
+            # Not idempotent: a retry after a lost answer would create a second run. Search instead.
+            res = self._call("POST", "/runs/create", body, idempotent=False)
+        except ServerError as e:
+            if not e.retryable:
+                raise
+            again = self.find(eid, sync_id)
+            if again is None:
+                raise
+            log.info("%s: the answer to runs/create was lost; found the run it created by its tag", sync_id)
+            again.adopted_ms = _now_ms()
+            return again
         info = res["run"]["info"]
-        return MlflowRun(info["run_id"], eid, info.get("artifact_uri", ""))
+        # Another gateway may have raced us between search and create: converge at once on the winner.
+        run = self._converge(eid, sync_id, self._tagged(eid, sync_id)) or \
+            MlflowRun(info["run_id"], eid, info.get("artifact_uri", ""))
+        run.adopted_ms = _now_ms()
+        return run
 
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> MlflowRun:
         if saved and saved.get("run_id"):
-            return self.restore(saved)
+            run = self.restore(saved)
+            if not run.settled:
+                self._check_duplicates(spec.sync_id, run)
+            return run
         info = spec.info
         return self._find_or_create(info.project, spec.sync_id, info.name, info.created_ms, run_tags(info))
 
+    def _check_duplicates(self, sync_id: str, run: MlflowRun) -> None:
+        """A run created in a race may have a twin that another gateway created at the same moment: look
+        until a look at least SETTLE_S after adopting the run found none."""
+        win = self._converge(run.experiment_id, sync_id, self._tagged(run.experiment_id, sync_id))
+        if win is None or win.run_id == run.run_id:
+            run.settled = _now_ms() - run.adopted_ms >= SETTLE_S * 1000
+            return
+        # Ours lost (marked just now, or by the other gateway): move to the winner, send everything again.
+        reason = (f"MLflow run {run.run_id} duplicated {win.run_id} (two gateways created it at once); "
+                  f"syncing into {win.run_id}, the old one is marked {DUPLICATE_TAG} and in the trash")
+        run.__dict__.update(MlflowRun(win.run_id, run.experiment_id, win.artifact_uri,
+                                      adopted_ms=_now_ms()).__dict__)
+        run.replaced = reason
+
+    def retire_run(self, run: SinkRun, reason: str) -> None:
+        assert isinstance(run, MlflowRun)
+        try:
+            cur = self._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
+            tags = {t["key"]: t.get("value", "") for t in cur.get("data", {}).get("tags", [])}
+            sync_id = tags.get(SYNC_TAG, "")
+            if sync_id.startswith("retired:"):
+                return
+            name = tags.get("mlflow.runName") or cur["info"].get("run_name", "")
+            self._set_tags(run.run_id, {SYNC_TAG: f"retired:{_now_ms()}:{sync_id}", RETIRED_TAG: tag_value(reason),
+                                        "mlflow.runName": tag_value(f"{name} (replaced)")})
+        except RunDeleted:
+            pass  # deleted by a user: nothing to detach
+
     def restore(self, saved: Mapping[str, Any]) -> MlflowRun:
         return MlflowRun(**{k: v for k, v in saved.items() if k in MlflowRun.__dataclass_fields__})
+
+    @classmethod
+    def notes(cls, saved: Mapping[str, Any]) -> List[str]:
+        out = []
+        if saved.get("unstorable_points"):
+            out.append(f"{saved['unstorable_points']} points MLflow cannot store skipped (step or timestamp "
+                       f"outside int64, negative timestamp, integer beyond float)")
+        if saved.get("skipped_values"):
+            out.append(f"{saved['skipped_values']} values that are not metrics skipped (strings, lists)")
+        return out
 
     def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
         assert isinstance(run, MlflowRun)
@@ -260,10 +384,18 @@ class MlflowSink(Sink):
     def _points(self, run: MlflowRun, row: Row, system: bool,
                 rules: List[Tuple[Any, Optional[str]]]) -> List[Dict[str, Any]]:
         out: List[Dict[str, Any]] = []
+        row_ok = _int64(row.step) and _int64(row.ts_ms, 0)  # MLflow: int64 steps, non-negative timestamps
         for k, v in row.values.items():
-            val = metric_value(v)
+            try:
+                val = metric_value(v)
+            except OverflowError:   # an integer beyond float (10**400): MLflow cannot store it
+                run.unstorable_points += 1
+                continue
             if val is None:
                 run.skipped_values += 1
+                continue
+            if not row_ok:
+                run.unstorable_points += 1
                 continue
             if system:
                 mkey, factor = system_metric(k)
@@ -273,9 +405,15 @@ class MlflowSink(Sink):
             for match, step_metric in rules:  # define_metric: the first matching declaration wins
                 if match(k):
                     sv = row.values.get(step_metric) if step_metric else None
-                    if isinstance(sv, (int, float)) and not isinstance(sv, bool) and sv == sv:
-                        step = int(sv)
+                    if isinstance(sv, (int, float)) and not isinstance(sv, bool):
+                        if isinstance(sv, float) and not math.isfinite(sv) or not -2.0**63 <= sv < 2.0**63:
+                            step = None  # a non-finite or out-of-range x-axis value: not storable
+                        else:
+                            step = int(sv)
                     break
+            if step is None:
+                run.unstorable_points += 1
+                continue
             out.append({"key": metric_key(k), "value": _num(val), "timestamp": row.ts_ms, "step": step})
         return out
 
@@ -310,7 +448,10 @@ class MlflowSink(Sink):
         assert isinstance(run, MlflowRun)
         pts, tags = [], {}
         for k in summary.special:
-            v = metric_value(summary.values[k])
+            try:
+                v = metric_value(summary.values[k])
+            except OverflowError:
+                v = None  # an integer beyond float: kept as a tag, exactly
             if v is None:
                 tags["summary." + metric_key(k)] = tag_value(summary.values[k])
             else:
@@ -321,7 +462,7 @@ class MlflowSink(Sink):
         if tags:
             self._set_tags(run.run_id, tags)
 
-    def upload(self, run: SinkRun, path: str, data: bytes) -> None:
+    def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         assert isinstance(run, MlflowRun)
         path, image = media_artifact_path(path, run.run_id)
         if image and run.run_id not in self._with_images:  # the tag log_image sets: the UI shows an Images view
@@ -332,11 +473,13 @@ class MlflowSink(Sink):
             raise ServerError(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "
                               f"proxy; start the server with --serve-artifacts", retryable=False)
         rel = prefix[len("mlflow-artifacts:/"):].lstrip("/") + "/" + path
-        self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=data)
+        # Streamed from ``body`` (urllib3 rewinds it for a retry); a PUT replaces the object.
+        self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
 
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
         assert isinstance(run, MlflowRun)
-        self._update(run.run_id, STATUS[status.state], None if status.state == "active" else status.end_ms)
+        end = None if status.state == "active" or not _int64(status.end_ms, 0) else status.end_ms
+        self._update(run.run_id, STATUS[status.state], end)
         self._set_tags(run.run_id, {"hpc.state": status.state})
 
     # -- groups: a parent run spanning its members, which nest under it ------------------------------
@@ -410,6 +553,20 @@ class MlflowSink(Sink):
 
     def close(self) -> None:
         self.http.session.close()
+
+
+def _no_connection(e: Exception) -> bool:
+    """No connection could be opened (refused, DNS, connect timeout): the server is down, not this run's
+    request at fault. A connection reset or a read timeout mid-request may be the request's own doing."""
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError) or \
+        isinstance(e.__context__, urllib3.exceptions.NewConnectionError)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _short(e: Exception) -> str:

@@ -1,40 +1,89 @@
-"""A small HTTP proxy in front of the real MLflow server (reverse, or forward via HTTP_PROXY) that answers
-503 (or 429, 400) to the first N log-batch requests, then forwards everything. Counts what it saw."""
+"""A small HTTP proxy in front of the real MLflow server (reverse, or forward via HTTP_PROXY) that injects
+faults, then forwards everything else. Counts what it saw.
+
+- ``fail_first=N, status=S``: answer S (503, 429, 400, ...) to the first N requests whose path contains
+  ``match`` (and whose body contains ``body_match``, when given);
+- ``lose_first=N``: forward the first N matching requests, then close the connection without an answer
+  (the server did the work, the client never hears of it);
+- ``chaos=(random.Random, p)``: each matching request, with probability p, gets one of: 503, a lost
+  answer, or a connection closed before it was forwarded;
+- ``echo_auth=True``: answer 400 to matching requests with a body that echoes the Authorization header
+  (as some proxies and frameworks do).
+"""
 from __future__ import annotations
 
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
 from urllib.parse import urlsplit
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, fail_first: int, status: int = 503, match: str = "/runs/log-batch"):
+    def __init__(self, upstream: str, fail_first: int = 0, status: int = 503, match: str = "/runs/log-batch",
+                 body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False):
         self.up = urlsplit(upstream)
         self.fail_left = fail_first
+        self.lose_left = lose_first
         self.status = status
         self.match = match
+        self.body_match = body_match
+        self.chaos = chaos
+        self.echo_auth = echo_auth
         self.failed = 0
+        self.lost = 0
+        self.dropped = 0
         self.forwarded = 0
+        self.seen = 0
         self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *a):  # quiet
                 pass
 
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                action = None
                 with proxy.lock:
-                    fail = proxy.match in self.path and proxy.fail_left > 0
-                    if fail:
-                        proxy.fail_left -= 1
+                    hit = proxy.match in self.path and (proxy.body_match is None or proxy.body_match in body)
+                    if hit:
+                        proxy.seen += 1
+                        if proxy.echo_auth:
+                            action = "echo"
+                        elif proxy.fail_left > 0:
+                            proxy.fail_left -= 1
+                            action = "fail"
+                        elif proxy.lose_left > 0:
+                            proxy.lose_left -= 1
+                            action = "lose"
+                        elif proxy.chaos is not None and proxy.chaos[0].random() < proxy.chaos[1]:
+                            action = proxy.chaos[0].choice(["fail", "lose", "drop"])
+                    if action == "fail":
                         proxy.failed += 1
-                if fail:
-                    self.send_response(proxy.status)
+                    elif action == "lose":
+                        proxy.lost += 1
+                    elif action == "drop":
+                        proxy.dropped += 1
+                if action == "echo":
+                    data = ('{"error_code": "BAD_REQUEST", "message": "refused; request headers were: '
+                            f'Authorization: {self.headers.get("Authorization")}"}}').encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                if action == "fail":
+                    self.send_response(proxy.status if proxy.chaos is None else 503)
                     self.send_header("Retry-After", "0")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                if action == "drop":
+                    self.close_connection = True
                     return
                 conn = http.client.HTTPConnection(proxy.up.hostname, proxy.up.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
@@ -45,8 +94,12 @@ class FaultProxy:
                 conn.request(self.command, path, body=body or None, headers=headers)
                 r = conn.getresponse()
                 data = r.read()
+                conn.close()
                 with proxy.lock:
                     proxy.forwarded += 1
+                if action == "lose":  # the server did it; the client never hears
+                    self.close_connection = True
+                    return
                 self.send_response(r.status)
                 for k, v in r.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -54,11 +107,12 @@ class FaultProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda request, client_address: None  # a client that hung up: expected
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import requests
 
@@ -136,7 +137,7 @@ def test_config_params_flattened_and_truncated(settings, root, project):
 
 
 def test_states_running_stale_resumed_failed_killed(settings, root, project):
-    now = [1_800_000_000.0]
+    now = [time.time()]  # the gateway's clock; liveness is judged by it (files first seen: their mtime)
     clock = lambda: now[0]  # noqa: E731
     w = RunWriter(root, project, "st", created_ms=int(now[0] * 1000))
     w.heartbeat(int(now[0] * 1000))

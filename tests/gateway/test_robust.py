@@ -78,12 +78,14 @@ def test_unknown_version_and_broken_run_json_do_not_stop_others(settings, root, 
     assert len(history(sink, server_run(sink, project, "good"), "x")) == 1
 
 
-def test_file_shrunk_below_cursor_is_sent_again_without_duplicates(settings, root, project, caplog):
+def test_a_stream_rewritten_shorter_goes_to_a_new_server_run_old_one_kept(settings, root, project, caplog):
     w = RunWriter(root, project, "shrunk")
     w.log_many({"x": float(i)} for i in range(20))
     w.heartbeat()
     runner = make_runner(settings)
     runner.run_pass()
+    sink = sink_for(settings)
+    old = server_run(sink, project, "shrunk")
     with open(w.path("history.jsonl"), "rb+") as f:
         lines = f.read().split(b"\n")
         f.seek(0)
@@ -92,9 +94,10 @@ def test_file_shrunk_below_cursor_is_sent_again_without_duplicates(settings, roo
     with caplog.at_level(logging.WARNING):
         assert runner.run_pass().ok
     runner.close()
-    assert any("shrank below the synced offset" in r.getMessage() for r in caplog.records)
-    sink = sink_for(settings)
-    assert len(history(sink, server_run(sink, project, "shrunk"), "x")) == 20
+    assert any("was rewritten" in r.getMessage() for r in caplog.records)
+    new = server_run(sink, project, "shrunk")
+    assert new.run_id != old.run_id
+    assert len(history(sink, new, "x")) == 10 and len(history(sink, old, "x")) == 20  # not merged
 
 
 def test_links_out_of_the_root_are_never_followed(settings, root, project, tmp_path, caplog):

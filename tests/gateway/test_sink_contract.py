@@ -2,6 +2,7 @@
 the MLflow sink on a real MLflow server; a new sink adds itself to SINKS with a small read-back view."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -25,7 +26,7 @@ class MemoryView:
         self.sink = sink
 
     def runs_with(self, sync_id: str) -> int:
-        return sum(1 for r in self.sink.runs.values() if r.sync_id == sync_id)
+        return sum(1 for r in self.sink.runs.values() if r.sync_id == sync_id and not r.retired)
 
     def points(self, run: SinkRun, key: str) -> List[Tuple[int, int, float]]:
         return sorted((step, ts, math.nan if v == "NaN" else v)
@@ -171,8 +172,8 @@ def test_config_summary_files_and_every_state_are_accepted(sink_and_view):
     refused = sink.set_config(run, {"lr": 0.2, "model": {"depth": 4}})
     assert refused in ([], ["lr"])  # stored anew, or reported: never silently dropped
     sink.set_summary(run, Summary({"best": 0.9, "loss": 0.1}, frozenset({"best"}), {}, T0))
-    sink.upload(run, "files/a.txt", b"hello")
-    sink.upload(run, "files/a.txt", b"hello again")  # replaced
+    sink.upload(run, "files/a.txt", io.BytesIO(b"hello"), 5)
+    sink.upload(run, "files/a.txt", io.BytesIO(b"hello again"), 11)  # replaced
     assert view.file(run, "files/a.txt") == b"hello again"
     for state in RUN_STATES:
         sink.set_state(run, RunStatus(state, None if state == "active" else T0 + 5, T0))
@@ -196,3 +197,17 @@ def test_a_group_spans_its_members_and_is_created_once(sink_and_view):
     assert view.group_run(project, "job-7") == (parent_id, T0 + 1000, T0 + 21_000)  # ends with the last
     sink.sync_group(GroupView(project, "job-7", tuple(done)), None)  # state lost: found, not created again
     assert view.runs_with(f"group:{project}/job-7") == 1
+
+
+def test_a_retired_run_keeps_its_content_and_the_next_open_creates_a_new_one(sink_and_view):
+    sink, view = sink_and_view
+    project = "c" + uuid.uuid4().hex[:8]
+    spec = RunSpec(f"{project}/re", info(project, "re"))
+    old = sink.open_run(spec, None)
+    send_all(sink, old, "history", rows(3, width=1))
+    sink.retire_run(old, "history was rewritten")
+    sink.retire_run(old, "history was rewritten")  # idempotent
+    new = sink.open_run(spec, None)
+    assert new.to_state()["run_id"] != old.to_state()["run_id"]
+    assert len(view.points(old, "k0")) == 3 and view.points(new, "k0") == []
+    assert view.runs_with(f"{project}/re") == 1

@@ -94,3 +94,22 @@ def test_version_1_state_is_migrated_and_nothing_is_sent_again(tmp_path):
     with Runner(settings, sink=sink) as r:
         rep = r.run_pass()
     assert rep.ok and rep.runs_unchanged == 1 and not sink.calls
+
+
+def test_version_2_state_written_before_the_fault_fields_still_loads(tmp_path):
+    """Fields added later (cursor fingerprints, quarantine, notes, backoff, liveness) have defaults."""
+    store = StateStore(str(tmp_path))
+    _write(store._run_path("p/r"), {
+        "sink_kind": "mlflow", "sink": {"run_id": "x", "experiment_id": "1", "artifact_uri": "", "params": {},
+                                        "refused_params": [], "skipped_values": 0},
+        "reader": "hpc", "cursors": {"history": {"offset": 120, "seq": 3, "records": 3}}, "documents": {},
+        "artifacts": {}, "state": "active", "last_error": None, "last_sync_ms": T0, "corrupt_lines": 0,
+        "refused_config": [], "state_version": 2})
+    _write(os.path.join(str(tmp_path), "index.json"), {"state_version": 2, "runs": {"p/r": {
+        "sig": "s", "state": "active", "error": None, "alive_ms": T0, "start_ms": T0, "end_ms": None,
+        "group": None}}})
+    st = store.load("p/r")
+    assert st.cursors["history"].offset == 120 and st.cursors["history"].fp is None
+    assert st.quarantined == [] and st.notes == [] and st.retry_at_ms == 0 and st.failures == 0
+    ent = store.load_index()["p/r"]
+    assert ent.live_sig is None and ent.retry_at_ms == 0 and ent.sig == "s"
