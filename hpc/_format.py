@@ -14,14 +14,21 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from .errors import FormatVersionError
 
 __all__ = [
-    "FORMAT_VERSION", "NAME_RE", "atomic_write_json", "read_json", "check_version", "encode_values",
+    "FORMAT_VERSION", "NAME_RE", "is_name", "atomic_write_json", "read_json", "check_version", "encode_values",
     "decode_value", "repair_torn_tail", "reserve_document", "write_reserved", "RUN_JSON", "HISTORY", "SYSTEM", "SUMMARY", "CONFIG",
     "HEARTBEAT", "EXIT", "OUTPUT", "FILES_DIR", "CODE_DIR",
 ]
 
 FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# docs/run-format.md section 1. Use is_name(): fullmatch, because "$" also matches before a trailing newline
+# and would accept a directory named "run\n".
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` may name a project or run directory."""
+    return NAME_RE.fullmatch(value) is not None
 
 RUN_JSON = "run.json"
 CONFIG = "config.json"

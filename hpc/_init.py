@@ -54,7 +54,7 @@ def _user() -> Optional[str]:
 
 
 def check_name(kind: str, value: str) -> None:
-    if not fmt.NAME_RE.match(value):
+    if not fmt.is_name(value):
         raise UsageError(f"{kind} {value!r} is not usable as a directory name: use 1 to 128 letters, digits, "
                          "'.', '_' or '-', starting with a letter or digit")
 

@@ -102,11 +102,11 @@ def iter_runs(root: str, project: Optional[str] = None) -> Iterator[Tuple[str, A
         return
     for name in projects:
         project_dir = os.path.join(root, name)
-        if not fmt.NAME_RE.match(name) or os.path.islink(project_dir) or not os.path.isdir(project_dir):
+        if not fmt.is_name(name) or os.path.islink(project_dir) or not os.path.isdir(project_dir):
             continue
         for run_id in sorted(os.listdir(project_dir)):
             path = os.path.join(project_dir, run_id)
-            if not fmt.NAME_RE.match(run_id) or os.path.islink(path):
+            if not fmt.is_name(run_id) or os.path.islink(path):
                 continue
             if not os.path.isfile(os.path.join(path, fmt.RUN_JSON)):
                 continue

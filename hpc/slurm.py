@@ -124,7 +124,7 @@ def _tracking_env(tracking: Mapping[str, Any]) -> Dict[str, str]:
             continue
         if not isinstance(value, str) or not value.strip():
             raise UsageError(f"slurm_job: {key}={value!r} must be a non-empty string")
-        if key == "project" and not fmt.NAME_RE.match(value):
+        if key == "project" and not fmt.is_name(value):
             raise UsageError(f"slurm_job: project {value!r} is not usable as a directory name: use 1 to 128 "
                              "letters, digits, '.', '_' or '-', starting with a letter or digit")
         env[_ENV[key]] = value

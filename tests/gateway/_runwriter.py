@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 def enc(v: Any) -> Any:

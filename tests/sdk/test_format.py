@@ -126,3 +126,18 @@ def test_the_c_encoder_is_used_only_while_its_private_signature_holds(monkeypatc
 
     monkeypatch.setattr(json.encoder, "c_make_encoder", wrong_output)
     assert _format._c_encoder() is None
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_run_name(tmp_path):
+    """'$' matches before a trailing newline: the rule must hold for the whole name (both halves)."""
+    from hpc import _format, _reader
+    from hpc.errors import UsageError
+
+    assert _format.is_name("run1") and not _format.is_name("run\n") and not _format.is_name("a/b")
+    with pytest.raises(UsageError):
+        import hpc
+
+        hpc.init(project="p", id="run\n", dir=str(tmp_path))
+    (tmp_path / "p" / "run\n").mkdir(parents=True)
+    (tmp_path / "p" / "run\n" / "run.json").write_text('{"format_version": "1.0", "id": "x", "project": "p"}')
+    assert list(_reader.iter_runs(str(tmp_path))) == []
