@@ -7,7 +7,7 @@ EXTRAS ?= dev
 # Tests honour CI=true (every service must be present) and PYTEST_ARGS.
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast soak bench clean
+.PHONY: venv demo test test-fast lint soak bench clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: venv
 # Unit tier: no servers, no process-and-wait tests (under a minute); `make test` runs everything.
 test-fast: venv
 	$(PY) -m pytest -q -m "not (mlflow or postgres or slurm or sshd or faults or gpu or slow)" $(PYTEST_ARGS)
+
+# ruff and mypy, configured in pyproject.toml (CI runs this before the tests).
+lint: venv
+	$(VENV)/bin/ruff check hpc sync_gateway tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 soak: venv
 	HPCSYNC_SOAK=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS)

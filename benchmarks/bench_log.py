@@ -162,7 +162,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as root:
                 results[name].append(globals()[f"bench_{name}"](data, root))
     print(f"{args.steps} steps x 10 floats, {args.repeat} repeats, Python {sys.version.split()[0]}")
-    print(f"{'logger':<10} {'log() p50 us':>13} {'p99 us':>8} {'end to end s':>13} {'per step us':>12} {'vs baseline':>12}")
+    print(f"{'logger':<10} {'log() p50 us':>13} {'p99 us':>8} {'end to end s':>13} {'per step us':>12} "
+          f"{'vs baseline':>12}")
     base_e2e = statistics.median(e for e, _ in results["baseline"])
     for name in contenders:
         e2e = statistics.median(e for e, _ in results[name])

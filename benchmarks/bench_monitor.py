@@ -20,8 +20,8 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hpc._stats import start_monitor  # noqa: E402
 from hpc._settings import Settings  # noqa: E402
+from hpc._stats import start_monitor  # noqa: E402
 
 BASELINE = "import psutil, json, time\nwhile True: time.sleep(2)\n"
 
@@ -72,7 +72,7 @@ def main() -> int:
           f"{psutil.cpu_count()} CPUs")
     print(f"{'process':40s} {'CPU s/min':>9s} {'% core':>7s} {'start-up CPU s':>14s} {'peak RSS MB':>11s} "
           f"{'USS MB':>7s} {'RSS / baseline':>14s}")
-    for label, p in procs.items():
+    for label in procs:
         per_min = (end[label] - start[label]) / wall * 60
         print(f"{label:40s} {per_min:9.3f} {per_min / 60 * 100:7.3f} {start[label]:14.3f} "
               f"{peak_rss[label] / 1e6:11.1f} {uss[label] / 1e6:7.1f} {peak_rss[label] / peak_rss[base_label]:14.2f}")

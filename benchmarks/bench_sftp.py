@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             subprocess.run([os.path.join(REPO, "scripts/sshd/start.sh"), state], check=True,
                            stdout=subprocess.DEVNULL)
             started = True
-        env = dict(l.split("=", 1) for l in open(os.path.join(state, "env")).read().splitlines() if "=" in l)
+        env = dict(line.split("=", 1) for line in open(os.path.join(state, "env")).read().splitlines() if "=" in line)
         many, large = os.path.join(work, "many"), os.path.join(work, "large")
         t0 = time.perf_counter()
         make_runs(many, args.runs)
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         else:
             g_local = gateway_no_change(work, many, lambda: local_source(many), "local")
             g_remote = gateway_no_change(work, sftp(many).display, lambda: sftp(many), "sftp")
-            print(f"the gateway's own no-change pass (Runner.run_pass, connect included), one run each:")
+            print("the gateway's own no-change pass (Runner.run_pass, connect included), one run each:")
             print(f"  local                   {g_local * 1000:8.1f} ms")
             print(f"  sftp                    {g_remote * 1000:8.1f} ms   = {g_remote / g_local:5.1f} x local")
 

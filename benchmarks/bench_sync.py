@@ -29,9 +29,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, REPO)
 
+import mlflow_server  # noqa: E402
 import requests  # noqa: E402
 
-import mlflow_server  # noqa: E402
 from sync_gateway._runner import Runner, make_sink  # noqa: E402
 from sync_gateway._settings import Settings  # noqa: E402
 from sync_gateway.sinks.memory import MemorySink  # noqa: E402

@@ -21,7 +21,6 @@ from ._media import Histogram, Image, Table
 from ._run import Config, DisabledRun, Run, Summary
 from ._settings import Settings
 from ._wandb import as_wandb, login, util
-from ._wandb_run import watch_notice as _watch_notice
 from .errors import HpcError, ResumeError, UsageError
 
 __version__ = "0.1.0"

@@ -58,7 +58,7 @@ class Config(dict):
 class Summary(MutableMapping):
     """``run.summary``: last logged value per key (or its min/max/mean policy); a value set by hand wins."""
 
-    def __init__(self, run: "Run"):
+    def __init__(self, run: Run):
         self._run = run
 
     def _values(self) -> Dict[str, Any]:

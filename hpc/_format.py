@@ -15,7 +15,8 @@ from .errors import FormatVersionError
 
 __all__ = [
     "FORMAT_VERSION", "NAME_RE", "is_name", "atomic_write_json", "read_json", "check_version", "encode_values",
-    "decode_value", "repair_torn_tail", "reserve_document", "write_reserved", "RUN_JSON", "HISTORY", "SYSTEM", "SUMMARY", "CONFIG",
+    "decode_value", "repair_torn_tail", "reserve_document", "write_reserved", "RUN_JSON", "HISTORY", "SYSTEM",
+    "SUMMARY", "CONFIG",
     "HEARTBEAT", "EXIT", "OUTPUT", "FILES_DIR", "CODE_DIR",
 ]
 

@@ -17,9 +17,9 @@ from ._names import random_id, random_name
 from ._run import DisabledRun, Run, _set_module_globals
 from ._settings import Settings
 from ._stats import start_monitor
+from ._stream import Stream
 from ._terminal import Terminal
 from ._values import plain_config
-from ._stream import Stream
 from ._wandb import WandbSettings, wandb_settings
 from .errors import ResumeError, UsageError
 

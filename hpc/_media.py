@@ -277,8 +277,9 @@ class MediaFile:
         self._bin.flush()
         index = self._names.get((key, step), 0)
         self._names[(key, step)] = index + 1
-        values: Dict[str, Any] = {"key": key, "kind": media.kind, "path": media_path(media.kind, key, step, ts_ms, index, ext),
-                                  "offset": offset, "length": len(data), "format": ext, **extra}
+        values: Dict[str, Any] = {"key": key, "kind": media.kind,
+                                  "path": media_path(media.kind, key, step, ts_ms, index, ext), "offset": offset,
+                                  "length": len(data), "format": ext, **extra}
         if media.caption is not None:
             values["caption"] = media.caption
         self.index.append(step, ts_ms, encode(values))

@@ -14,8 +14,8 @@ from ._config import Config, Summary
 from ._context import RunContext
 from ._names import random_id
 from ._settings import Settings
-from ._terminal import Terminal
 from ._stream import Stream
+from ._terminal import Terminal
 from ._values import MAX_KEY_CHARS, key_problem
 from ._wandb_run import WandbRunMethods
 from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SYNC, TEXT, Writer
@@ -33,7 +33,7 @@ _KEY_BYTES = 52
 _TEXT_BYTES = 80
 _time = time.time
 _SUMMARY_POLICIES = ("min", "max", "mean", "last")
-_active: Optional["Run"] = None
+_active: Optional[Run] = None
 _active_lock = threading.RLock()  # re-entrant: a signal handler may finish the run mid-finish
 
 
@@ -92,9 +92,10 @@ class Run(WandbRunMethods):
     # ---- logging --------------------------------------------------------------------------------------
     def log(self, data: Mapping[str, Any], step: Optional[int] = None, commit: Optional[bool] = None,
             sync: Any = None) -> None:
-        """Queue a row (``sync``, W&B's, is accepted and ignored). W&B semantics: without ``step`` each call is one row at an auto-incremented step
-        (``commit=False`` merges into the current row); with ``step`` the row is written when the step
-        changes, or now with ``commit=True``. A ``step`` below the current one is refused with a warning.
+        """Queue a row (``sync``, W&B's, is accepted and ignored). W&B semantics: without ``step`` each call
+        is one row at an auto-incremented step (``commit=False`` merges into the current row); with ``step``
+        the row is written when the step changes, or now with ``commit=True``. A ``step`` below the current
+        one is refused with a warning.
         """
         if type(data) is not dict:
             if not isinstance(data, Mapping):
@@ -371,7 +372,7 @@ class Run(WandbRunMethods):
                                 f"{_FINISH_TIMEOUT_S:.0f} s (hung file system?); exit.json may be missing")
         _set_module_globals(None)
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
@@ -421,7 +422,7 @@ class DisabledRun(WandbRunMethods):
     def _finish(self, exit_code: int, reason: str) -> None:
         self.finish(exit_code)
 
-    def __enter__(self) -> "DisabledRun":
+    def __enter__(self) -> DisabledRun:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -158,7 +158,7 @@ class Settings:
     def resolve(
         cls, explicit: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None,
         fallback: Optional[Mapping[str, Any]] = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Explicit values (``None`` means "not given") beat ``HPCSYNC_*`` variables, which beat ``fallback``
         (values a caller offers below the environment, such as W&B's ``dir=``), which beat defaults."""
         explicit = dict(explicit or {})

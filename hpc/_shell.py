@@ -17,9 +17,9 @@ from ._context import detect
 from ._init import check_name, check_resume, load_summary_state, prepare_run_dir
 from ._names import random_id
 from ._settings import Settings
+from ._stream import Stream
 from ._terminal import Terminal
 from ._values import key_problem
-from ._stream import Stream
 from ._writer import ROW, Writer
 from .errors import UsageError
 

@@ -24,7 +24,7 @@ log.addHandler(logging.NullHandler())
 class MonitorHandle:
     """What :func:`start_monitor` returns; call :meth:`stop` from ``finish``."""
 
-    def __init__(self, process: "subprocess.Popen[bytes]"):
+    def __init__(self, process: subprocess.Popen[bytes]):
         self.process = process
         self._owner_pid = os.getpid()
 

@@ -116,7 +116,6 @@ def _module(name: str, doc: str, **attrs: Any) -> types.ModuleType:
 
 def _build() -> Dict[str, types.ModuleType]:
     hpc = sys.modules["hpc"]
-    from . import errors as hpc_errors
     from ._run import DisabledRun, Run
 
     root = _module("wandb", "hpc standing in for wandb (hpc.as_wandb()); see docs/coming-from-wandb.md.")

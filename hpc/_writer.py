@@ -356,7 +356,7 @@ class Writer(threading.Thread):
             return False
         return True
 
-    def _finish(self, exit_code: int, reason: str, caller: "CallerCounts") -> None:
+    def _finish(self, exit_code: int, reason: str, caller: CallerCounts) -> None:
         for pattern, base in self._end_saves:
             self._guard(self._save, pattern, base)
         self._guard(self._history.close)

@@ -26,7 +26,7 @@ class HpcError(Exception):
         return (_restore, (type(self), self.args), dict(self.__dict__))
 
 
-def _restore(cls: type, args: tuple) -> "HpcError":
+def _restore(cls: type, args: tuple) -> HpcError:
     # The fields come back as the pickle's state (BaseException.__setstate__ updates __dict__).
     error = cls.__new__(cls, *args)
     error.args = args

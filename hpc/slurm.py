@@ -206,7 +206,7 @@ class SlurmFunction:
         """A plain call in this process: no submitit, no tracking variables."""
         return self.function(*args, **kwargs)
 
-    def with_params(self, **params: Any) -> "SlurmFunction":
+    def with_params(self, **params: Any) -> SlurmFunction:
         """A copy with some parameters changed (validated like the decorator's)."""
         return SlurmFunction(self.function, {**self.params, **params})
 

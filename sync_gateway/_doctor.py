@@ -18,10 +18,12 @@ __all__ = ["doctor"]
 Check = Tuple[bool, str, str]  # ok, name, detail
 
 
-def _issuer_of(der: bytes) -> Tuple[str, str]:
+def _issuer_of(der: Optional[bytes]) -> Tuple[str, str]:
     """(issuer, subject) of a DER certificate, as RFC 4514 strings."""
     from cryptography import x509
 
+    if not der:
+        raise ValueError("the server sent no certificate")
     cert = x509.load_der_x509_certificate(der)
     return cert.issuer.rfc4514_string(), cert.subject.rfc4514_string()
 
@@ -81,7 +83,7 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
     u = urlsplit(settings.server_url)
     host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
     try:
-        addrs = sorted({a[4][0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+        addrs = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
         add(True, "dns", f"{host} -> {', '.join(addrs)}")
     except OSError as e:
         add(False, "dns", f"{host}: {e}; check the host name in server.url")

@@ -30,7 +30,7 @@ from .errors import FormatError, GatewayError, RunDeleted, ServerError
 from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
 from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
-from .sources.base import RunRef, Source
+from .sources.base import Source
 
 __all__ = ["Gateway", "PassReport"]
 
@@ -446,7 +446,8 @@ class Gateway:
                 st.corrupt_lines += len(chunk.corrupt)
                 done = 0  # rows fully covered by the payloads submitted so far
 
-                def submit(covered: int, payload: object, last: bool) -> None:
+                # Called only within this iteration of the loop, so it binds this iteration's chunk.
+                def submit(covered: int, payload: object, last: bool, chunk: StreamChunk = chunk) -> None:
                     nonlocal done
                     # The last payload of a chunk also carries the cursor over trailing corrupt lines.
                     end = chunk.end if last else (chunk.rows[covered - 1].end if covered > done else None)
@@ -484,7 +485,7 @@ class Gateway:
             st = self.state.load(key)
             if st.sink_kind != self.sink.kind or not st.sink:
                 continue
-            members.setdefault(ent.group, []).append(GroupMember(  # type: ignore[arg-type]
+            members.setdefault(ent.group, []).append(GroupMember(
                 key, ent.state, ent.start_ms, ent.end_ms, self.sink.restore(st.sink)))
         for (project, group), ms in sorted(members.items()):
             gst = self.state.load_group(project, group)

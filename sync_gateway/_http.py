@@ -164,7 +164,7 @@ class _Deadline:
 
 
 class _WatchedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.watch(self)
@@ -172,7 +172,7 @@ class _WatchedHTTPConnection(HTTPConnection):
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.watch(self)

@@ -6,8 +6,8 @@ to the lease name: ``link`` is atomic on NFS and fails if the name exists (the c
 ``O_EXCL`` is not reliable on NFSv2). An expired lease is broken by renaming it aside (only one breaker's
 rename succeeds); the breaker then checks that what it moved is the expired lease it judged, and puts it
 back otherwise. A lease whose owner ran on this host and is no longer alive (a gateway killed by
-SIGKILL, checked with ``kill(pid, 0)``) is broken at once instead of waiting for it to expire. The holder renews the lease between runs. Hosts' clocks must agree to well within the
-lease time (``lease_ttl_s``, default 600 s).
+SIGKILL, checked with ``kill(pid, 0)``) is broken at once instead of waiting for it to expire. The holder
+renews the lease between runs. Hosts' clocks must agree to well within the lease time (``lease_ttl_s``, default 600 s).
 """
 from __future__ import annotations
 

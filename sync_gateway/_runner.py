@@ -70,7 +70,7 @@ class Runner:
             s.close()
         return rep
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -89,7 +89,7 @@ class Settings:
 
     @classmethod
     def resolve(cls, config_path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
-                overrides: Optional[Dict[str, Any]] = None) -> "Settings":
+                overrides: Optional[Dict[str, Any]] = None) -> Settings:
         """Defaults, then the environment (the generic HPCSYNC_* variables, then the sink's own, such as
         MLFLOW_TRACKING_URI), then the YAML file, then ``overrides`` (CLI flags)."""
         from .sinks import sink_class  # the sink decides about its own keys and variables
@@ -112,8 +112,9 @@ class Settings:
         if overrides:
             s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
         s = _validated(s)
+        valid = ", ".join(("kind", "url") + tuple(sink.options))
         _check_keys("server", s.server_options, sink.options,
-                    f"valid keys for server.kind {s.server_kind} are: {', '.join(('kind', 'url') + tuple(sink.options))}")
+                    f"valid keys for server.kind {s.server_kind} are: {valid}")
         sink.validate(s)
         return s
 

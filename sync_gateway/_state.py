@@ -77,7 +77,7 @@ class RunState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "RunState":
+    def from_json(cls, doc: Mapping[str, Any]) -> RunState:
         if doc.get("state_version") is None:
             doc = _migrate_run_v1(doc)
         known = {f.name for f in fields(cls)}
@@ -99,11 +99,11 @@ class IndexEntry:
     retry_at_ms: int = 0                   # backing off after a retryable error: not before this
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "IndexEntry":
+    def from_json(cls, doc: Mapping[str, Any]) -> IndexEntry:
         if "hb_ms" in doc or "hpc_state" in doc:   # version 1
             return cls(sig=doc.get("sig"), state=doc.get("hpc_state"), error=doc.get("error"),
                        alive_ms=int(doc.get("hb_ms") or 0),
-                       group=tuple(doc["group"]) if doc.get("group") else None)  # type: ignore[arg-type]
+                       group=tuple(doc["group"]) if doc.get("group") else None)
         known = {f.name for f in fields(cls)}
         e = cls(**{k: v for k, v in doc.items() if k in known})
         e.group = tuple(e.group) if e.group else None  # type: ignore[assignment]
@@ -222,7 +222,7 @@ class StateStore:
             return GroupState(project, group)
         if doc.get("state_version") is None:  # version 1: MLflow ids at the top level
             server = doc.get("server") or {}
-            sink = {"run_id": server.get("run_id"), "parent": dict(server), "members": [],
+            sink: Dict[str, Any] = {"run_id": server.get("run_id"), "parent": dict(server), "members": [],
                     "status": doc.get("state"), "end_ms": None} if server.get("run_id") else {}
             return GroupState(project, group, sink)
         return GroupState(project, group, dict(doc.get("sink") or {}))

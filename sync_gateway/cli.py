@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ._redact import RedactingFilter, redact, redact_url
 from ._runner import Runner
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         # The options work before and after the subcommand; the subcommand's copy must not reset a value
         # given before it, hence SUPPRESS there.
         p = argparse.ArgumentParser(add_help=False)
-        kw = {} if defaults else {"default": argparse.SUPPRESS}
+        kw: Dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
         p.add_argument("--config", help="YAML config (default: ~/.config/hpc-sync/gateway.yaml)", **kw)
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging", **kw)
         p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar",
@@ -120,7 +120,8 @@ def _sync(settings: Settings, quiet: bool) -> int:
         progress.start()
         task = progress.add_task("syncing", total=None)
     try:
-        with Runner(settings, on_points=(lambda n: progress.advance(task, n)) if progress else None) as runner:
+        on_points = (lambda n: progress.advance(task, n)) if progress is not None and task is not None else None
+        with Runner(settings, on_points=on_points) as runner:
             rep = runner.run_pass()
     finally:
         if progress is not None:

@@ -22,7 +22,7 @@ class GatewayError(Exception):
         return (_restore, (type(self), self.args), dict(self.__dict__))
 
 
-def _restore(cls: type, args: tuple) -> "GatewayError":
+def _restore(cls: type, args: tuple) -> GatewayError:
     error = cls.__new__(cls, *args)
     error.args = args
     return error

@@ -240,7 +240,7 @@ class Reader(abc.ABC):
             raw = SourceFile(self.source, self.ref, name, entry.stat.size_bytes, base_offset=offset)
         else:
             raw = SourceFile(self.source, self.ref, entry.source_path, entry.stat.size_bytes)
-        return io.BufferedReader(raw, buffer_size=buffer_bytes)  # type: ignore[return-value]
+        return io.BufferedReader(raw, buffer_size=buffer_bytes)
 
 
 class SourceFile(io.RawIOBase):

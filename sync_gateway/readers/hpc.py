@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from ..errors import FormatError
 from ..sources.base import FileStat, RunRef, Source
 from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
-from .base import MetricDef, Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, Summary, FileEntry, Row
+from .base import FileEntry, MetricDef, Position, Reader, Row, RunInfo, RunStatus, Snapshot, StreamChunk, Summary
 
 __all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
@@ -107,7 +107,8 @@ class HpcReader(Reader):
 
     def info(self) -> RunInfo:
         m = self.meta()
-        decl = m.get("metrics") if isinstance(m.get("metrics"), list) else []
+        raw_decl = m.get("metrics")
+        decl: List[Any] = raw_decl if isinstance(raw_decl, list) else []
         metrics = tuple(MetricDef(str(d.get("name", "")), _opt_str(d.get("step_metric")), _opt_str(d.get("summary")))
                         for d in decl if isinstance(d, dict))
         git = m.get("git") if isinstance(m.get("git"), dict) else {}
@@ -171,10 +172,12 @@ class HpcReader(Reader):
         doc = self._document("summary.json")
         if doc is None:
             return None
-        values = doc.get("values") if isinstance(doc.get("values"), dict) else {}
+        raw_values = doc.get("values")
+        values: Dict[str, Any] = raw_values if isinstance(raw_values, dict) else {}
         if not isinstance(doc.get("values", {}), dict):
             log.warning("%s: summary.json values is not an object: no summary sent", self.ref.key)
-        policies = doc.get("policies") if isinstance(doc.get("policies"), dict) else {}
+        raw_policies = doc.get("policies")
+        policies: Dict[str, Any] = raw_policies if isinstance(raw_policies, dict) else {}
         return Summary({str(k): decode_value(v) for k, v in values.items()},
                        frozenset(_strs(doc.get("set_by_hand"))), {str(k): str(v) for k, v in policies.items()},
                        snap.files["summary.json"].mtime_ns // 1_000_000)

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..errors import FormatError
 from ..sources.base import RunRef, Source, is_run_name
@@ -62,7 +62,7 @@ def _label(rel: str) -> str:
 
 
 # -- discovery ----------------------------------------------------------------------------------------------
-def discover_wandb(source: Source, max_depth: int, skip: Set[str] = frozenset()) -> List[RunRef]:
+def discover_wandb(source: Source, max_depth: int, skip: AbstractSet[str] = frozenset()) -> List[RunRef]:
     """W&B runs below ``source``'s root, at most ``max_depth`` directories deep (``<root>/offline-run-*`` is
     depth 1, ``<root>/wandb/offline-run-*`` depth 2). ``skip``: root-relative directories not to enter
     (the hpc runs already found). Every level is listed in one call (one pipelined round over SFTP); the
@@ -116,7 +116,7 @@ def _schema() -> Any:
     global _pb
     if _pb is None:
         try:
-            from wandb.proto import wandb_internal_pb2  # type: ignore[import-not-found]
+            from wandb.proto import wandb_internal_pb2
         except ImportError as e:
             raise FormatError("W&B runs need the wandb package for its record schema: "
                               f"pip install 'hpc-sync[gateway,wandb]' ({e})") from e
@@ -444,7 +444,8 @@ class WandbReader(Reader):
             return StreamChunk([], start, at_end=True)
         if k < last and self._file(k) not in self._snap.files:  # type: ignore[union-attr]
             return StreamChunk([], Position(_join(k + 1, 0), seq), at_end=False)
-        size = self._size(k) if k < last else min(self._size(k), stop & _MASK if _split(stop)[0] == k else self._size(k))
+        in_last = stop & _MASK if _split(stop)[0] == k else self._size(k)
+        size = self._size(k) if k < last else min(self._size(k), in_last)
         off = max(off, HEADER_LEN)
         rows: List[Row] = []
         corrupt: List[Tuple[int, str]] = []

@@ -28,6 +28,6 @@ def sink_class(kind: str) -> Type[Sink]:
     return getattr(importlib.import_module(module), name)
 
 
-def make_sink(settings: "Settings", environ: Optional[Mapping[str, str]] = None, **kw: Any) -> Sink:
+def make_sink(settings: Settings, environ: Optional[Mapping[str, str]] = None, **kw: Any) -> Sink:
     """The sink for ``settings.server_kind``, built from the settings (``kw`` goes to its constructor)."""
     return sink_class(settings.server_kind).from_settings(settings, environ, **kw)

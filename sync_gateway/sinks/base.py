@@ -12,10 +12,22 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    BinaryIO,
+    Callable,
+    ClassVar,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
-from ..readers.base import RunInfo, RunStatus, Row, Summary
+from ..readers.base import Row, RunInfo, RunStatus, Summary
 
 if TYPE_CHECKING:
     from .._settings import Settings
@@ -76,17 +88,17 @@ class Sink(abc.ABC):
     # -- configuration ------------------------------------------------------------------------
     @classmethod
     @abc.abstractmethod
-    def from_settings(cls, settings: "Settings", environ: Optional[Mapping[str, str]] = None,
-                      **kw: Any) -> "Sink":
+    def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
+                      **kw: Any) -> Sink:
         """The sink for resolved settings; ``environ`` defaults to ``os.environ``."""
 
     @classmethod
-    def settings_from_environ(cls, settings: "Settings", environ: Mapping[str, str]) -> "Settings":
+    def settings_from_environ(cls, settings: Settings, environ: Mapping[str, str]) -> Settings:
         """Apply this server's own environment variables (below the config file in precedence)."""
         return settings
 
     @classmethod
-    def validate(cls, settings: "Settings") -> None:
+    def validate(cls, settings: Settings) -> None:
         """Raise ConfigError for a setting this sink cannot work with (unknown option, bad value)."""
 
     # -- runs ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ..readers.base import ENDED_STATES, MetricDef, RunInfo, RunStatus, Row, Summary
+from ..readers.base import ENDED_STATES, MetricDef, Row, RunInfo, RunStatus, Summary
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MemorySink", "MemoryRun", "StoredRun"]
@@ -54,7 +54,7 @@ class MemorySink(Sink):
 
     @classmethod
     def from_settings(cls, settings: Any = None, environ: Optional[Mapping[str, str]] = None,  # noqa: ARG003
-                      **kw: Any) -> "MemorySink":
+                      **kw: Any) -> MemorySink:
         return cls()
 
     def _run(self, run: SinkRun) -> StoredRun:

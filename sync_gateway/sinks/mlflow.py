@@ -35,9 +35,16 @@ from .._http import DeadlineExceeded, HttpClient
 from .._redact import redact
 from .._settings import AuthSettings, Settings
 from ..errors import ConfigError, RunDeleted, ServerError
-from ..readers.base import MetricDef, RunInfo, RunStatus, Row, Summary
-from ._mlflow_names import (flatten_config, media_artifact_path, metric_key, metric_value, run_tags,
-                            system_metric, tag_value)
+from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
+from ._mlflow_names import (
+    flatten_config,
+    media_artifact_path,
+    metric_key,
+    metric_value,
+    run_tags,
+    system_metric,
+    tag_value,
+)
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
@@ -105,7 +112,7 @@ class MlflowSink(Sink):
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
-                      **http_kw: Any) -> "MlflowSink":
+                      **http_kw: Any) -> MlflowSink:
         return cls(HttpClient(settings, environ, **http_kw), settings.batch_points)
 
     # -- configuration: MLflow's own variables, so an existing MLflow setup needs nothing new ----------
@@ -166,9 +173,9 @@ class MlflowSink(Sink):
                 rid = (body or {}).get("run_id", "")
                 raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
                                  f"the MLflow trash to sync it again)")
-            e = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
-            e.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
-            raise e
+            refused = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
+            refused.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
+            raise refused
         try:
             return r.json() if r.content else {}
         except ValueError:
@@ -401,7 +408,7 @@ class MlflowSink(Sink):
                 mkey, factor = system_metric(k)
                 out.append({"key": mkey, "value": _num(val * factor), "timestamp": row.ts_ms, "step": row.step})
                 continue
-            step = row.step
+            step: Optional[int] = row.step
             for match, step_metric in rules:  # define_metric: the first matching declaration wins
                 if match(k):
                     sv = row.values.get(step_metric) if step_metric else None

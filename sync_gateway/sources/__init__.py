@@ -13,12 +13,12 @@ if TYPE_CHECKING:
 __all__ = ["FileStat", "RunRef", "Source", "LocalSource", "open_source"]
 
 
-def open_source(root: str, settings: "Settings") -> Source:
+def open_source(root: str, settings: Settings) -> Source:
     """The source for one configured root: ``ssh://[user@]host[:port]/path`` or a local directory."""
     if root.startswith("ssh://"):
         # Imported lazily: paramiko is only needed (extra [remote]) by those who sync over SSH.
         try:
-            from .sftp import SftpSource  # type: ignore[import-not-found]
+            from .sftp import SftpSource
         except ImportError as e:
             raise ConfigError(f"root {root}: ssh:// roots need the SFTP source and paramiko "
                               f"(pip install 'hpc-sync[gateway,remote]'): {e}") from e

@@ -6,8 +6,8 @@ lets a client keep many requests in flight, answered by request id; this module 
 whole batch of directories at once, then their READDIRs, then their CLOSEs.
 
 It uses paramiko's request machinery (request numbering, ``_expecting``, ``_read_response``: the same
-one its file prefetch uses), which is not public API: :func:`pipelined_supported` checks for it, and callers fall back to
-``listdir_attr`` when it is missing.
+one its file prefetch uses), which is not public API: :func:`pipelined_supported` checks for it, and callers
+fall back to ``listdir_attr`` when it is missing.
 """
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ import struct
 from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
 
 import paramiko
-from paramiko.sftp import (CMD_CLOSE, CMD_DATA, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ, CMD_READDIR,
-                           CMD_STATUS, SFTP_EOF)
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_HANDLE,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_STATUS,
+    SFTP_EOF,
+)
 from paramiko.sftp_attr import SFTPAttributes
 
 __all__ = ["pipelined_supported", "listdirs", "read_range"]
@@ -49,7 +58,7 @@ def _send(sftp: paramiko.SFTPClient, replies: _Replies, requests: Sequence[Tuple
     (uint32), an :class:`_Int64`, or a string/bytes."""
     nums: List[int] = []
     frames: List[bytes] = []
-    with sftp._lock:
+    with sftp._lock:  # type: ignore[attr-defined]  # private
         for command, args in requests:
             msg = paramiko.Message()
             msg.add_int(sftp.request_number)
@@ -61,12 +70,12 @@ def _send(sftp: paramiko.SFTPClient, replies: _Replies, requests: Sequence[Tuple
                 else:
                     msg.add_string(arg)
             num = sftp.request_number
-            sftp._expecting[num] = replies
+            sftp._expecting[num] = replies  # type: ignore[attr-defined]  # private
             sftp.request_number += 1
             nums.append(num)
             packet = msg.asbytes()
             frames.append(struct.pack(">I", len(packet) + 1) + bytes((command,)) + packet)
-    sftp._write_all(b"".join(frames))
+    sftp._write_all(b"".join(frames))  # type: ignore[attr-defined]  # private
     return nums
 
 
@@ -74,13 +83,14 @@ class _Int64(NamedTuple):
     value: int
 
 
-def _round(sftp: paramiko.SFTPClient, requests: Sequence[Tuple[int, int, tuple]]) -> Dict[int, Tuple[int, paramiko.Message]]:
+def _round(sftp: paramiko.SFTPClient,
+           requests: Sequence[Tuple[int, int, tuple]]) -> Dict[int, Tuple[int, paramiko.Message]]:
     """Send every (key, command, args) request, then read until each one has its answer: key -> reply."""
     replies = _Replies()
     nums = _send(sftp, replies, [(command, args) for _, command, args in requests])
     keys = {num: key for num, (key, _, _) in zip(nums, requests)}
     while len(replies.got) < len(keys):
-        sftp._read_response()   # one packet; raises SSHException when the link drops
+        sftp._read_response()  # type: ignore[attr-defined]  # private; one packet, SSHException if the link drops
     return {keys[num]: reply for num, reply in replies.got.items()}
 
 
@@ -96,14 +106,14 @@ def read_range(sftp: paramiko.SFTPClient, handle: bytes, offset: int, length: in
     replies = _Replies()
     asked: Dict[int, Tuple[int, int]] = {}   # request number -> (offset, size)
     while pending or asked:
-        batch = []
+        batch: List[Tuple[int, int]] = []
         while pending and len(asked) + len(batch) < in_flight:
             batch.append(pending.pop())
         if batch:
             nums = _send(sftp, replies, [(CMD_READ, (handle, _Int64(start), size)) for start, size in batch])
             asked.update(zip(nums, batch))
         while not replies.got:
-            sftp._read_response()
+            sftp._read_response()  # type: ignore[attr-defined]  # private
         for num, (t, msg) in list(replies.got.items()):
             del replies.got[num]
             start, size = asked.pop(num)
@@ -120,7 +130,7 @@ def read_range(sftp: paramiko.SFTPClient, handle: bytes, offset: int, length: in
                     raise err
                 eof_at = min(eof_at, start)
             else:
-                raise IOError(f"unexpected SFTP reply {t} to READ")
+                raise OSError(f"unexpected SFTP reply {t} to READ")
     out: List[bytes] = []
     position = offset
     while position < eof_at and position in got:
@@ -135,12 +145,12 @@ class _EofError(IOError):
 
 def _status_error(sftp: paramiko.SFTPClient, msg: paramiko.Message) -> IOError:
     try:
-        sftp._convert_status(msg)
+        sftp._convert_status(msg)  # type: ignore[attr-defined]  # private
     except EOFError as err:
         return _EofError(str(err))
-    except IOError as err:
+    except OSError as err:
         return err
-    return IOError("unexpected OK status")
+    return OSError("unexpected OK status")
 
 
 def listdirs(sftp: paramiko.SFTPClient, paths: Sequence[str]) -> Dict[str, Listing]:
@@ -161,7 +171,7 @@ def _listdirs_batch(sftp: paramiko.SFTPClient, paths: Sequence[str]) -> Dict[str
         elif t == CMD_STATUS:
             out[paths[i]] = _status_error(sftp, msg)
         else:
-            out[paths[i]] = IOError(f"unexpected SFTP reply {t} to OPENDIR")
+            out[paths[i]] = OSError(f"unexpected SFTP reply {t} to OPENDIR")
     reading = dict(handles)
     # A dropped link raises out of _round (SSHException, timeout): the handles died with the session.
     while reading:
@@ -173,7 +183,7 @@ def _listdirs_batch(sftp: paramiko.SFTPClient, paths: Sequence[str]) -> Dict[str
                 for _ in range(msg.get_int()):
                     filename = msg.get_text()
                     longname = msg.get_text()
-                    attr = SFTPAttributes._from_msg(msg, filename, longname)
+                    attr = SFTPAttributes._from_msg(msg, filename, longname)  # type: ignore[attr-defined]  # private
                     if filename not in (".", ".."):
                         entries.append(attr)
                 continue
@@ -181,9 +191,9 @@ def _listdirs_batch(sftp: paramiko.SFTPClient, paths: Sequence[str]) -> Dict[str
             if t == CMD_STATUS:
                 code = msg.get_int()
                 if code != SFTP_EOF:
-                    out[paths[i]] = IOError(f"reading the directory failed (SFTP status {code})")
+                    out[paths[i]] = OSError(f"reading the directory failed (SFTP status {code})")
             else:
-                out[paths[i]] = IOError(f"unexpected SFTP reply {t} to READDIR")
+                out[paths[i]] = OSError(f"unexpected SFTP reply {t} to READDIR")
     if handles:
         _round(sftp, [(i, CMD_CLOSE, (h,)) for i, h in handles.items()])
     return out

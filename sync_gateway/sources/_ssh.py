@@ -407,7 +407,8 @@ def open_connection(display: str, hops: List[SshHop], options: SshOptions,
             _verify_host_key(hop, known, transport.get_remote_server_key())
             if on_step:
                 key = transport.get_remote_server_key()
-                on_step("host key", hop, f"{hop.known_hosts_name} {key.get_name()} {key.fingerprint} matches known_hosts")
+                on_step("host key", hop,
+                        f"{hop.known_hosts_name} {key.get_name()} {key.fingerprint} matches known_hosts")
             used = _authenticate(display, hop, transport, options)
             if on_step:
                 on_step("auth", hop, f"{hop.user} authenticated with {used}")
@@ -418,7 +419,9 @@ def open_connection(display: str, hops: List[SshHop], options: SshOptions,
                                       f"is 'Subsystem sftp' enabled in the server's sshd_config?") from err
         if conn.sftp is None:
             raise SshUnreachableError(display, f"{hops[-1].label}: the SFTP subsystem did not start")
-        conn.sftp.get_channel().settimeout(options.io_timeout_s)
+        channel = conn.sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(options.io_timeout_s)
         return conn
     except BaseException:
         conn.close()

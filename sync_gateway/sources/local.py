@@ -108,12 +108,12 @@ class LocalSource(Source):
         except OSError as e:
             raise SourceError(self.display, run.key, f"cannot list the run: {e.strerror}") from e
         out: Dict[str, FileStat] = {}
-        for e in entries:
-            if e.name.startswith(".tmp-"):
+        for entry in entries:
+            if entry.name.startswith(".tmp-"):
                 continue
-            s = self._stat(e.path, e.is_symlink())
+            s = self._stat(entry.path, entry.is_symlink())
             if s is not None and st.S_ISREG(s.st_mode):
-                out[e.name] = FileStat(s.st_size, s.st_mtime_ns)
+                out[entry.name] = FileStat(s.st_size, s.st_mtime_ns)
         return out
 
     def _stat(self, path: str, is_link: bool) -> Optional[os.stat_result]:

@@ -24,15 +24,26 @@ import posixpath
 import stat as stat_mod
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 import paramiko
 
 from ..errors import GatewayError, SourceError
 from ._pipeline import listdirs, pipelined_supported
 from ._pipeline import read_range as pipelined_read
-from ._ssh import (ConnectionPool, SshAuthError, SshConfigError, SshConnection, SshHop, SshHostKeyError, SshOptions,
-                   SshUnreachableError, open_connection, parse_ssh_url, resolve_hops)
+from ._ssh import (
+    ConnectionPool,
+    SshAuthError,
+    SshConfigError,
+    SshConnection,
+    SshHop,
+    SshHostKeyError,
+    SshOptions,
+    SshUnreachableError,
+    open_connection,
+    parse_ssh_url,
+    resolve_hops,
+)
 from .base import DirEntry, DirListing, FileStat, RunRef, Source, is_run_name
 
 __all__ = [
@@ -72,8 +83,9 @@ class SftpSource(Source):
                      connect_timeout_s=connect_timeout_s, keepalive_s=keepalive_s, io_timeout_s=io_timeout_s,
                      allow_agent=allow_agent)
         from_config = _ssh_section(settings)
-        self.options = SshOptions(**{k: v if v is not None else from_config[k]
-                                     for k, v in given.items() if v is not None or k in from_config})
+        chosen: Dict[str, Any] = {k: v if v is not None else from_config[k]
+                                  for k, v in given.items() if v is not None or k in from_config}
+        self.options = SshOptions(**chosen)
         self.display = root_url
         self._root_path = path
         self._hops = resolve_hops(host, user, port, self.options)
@@ -96,7 +108,7 @@ class SftpSource(Source):
         self._failed: Optional[Tuple[float, GatewayError]] = None
 
     @classmethod
-    def from_settings(cls, root_url: str, settings: object, **kwargs) -> "SftpSource":
+    def from_settings(cls, root_url: str, settings: object, **kwargs) -> SftpSource:
         """The same as ``SftpSource(root_url, settings, **kwargs)``."""
         return cls(root_url, settings, **kwargs)
 
@@ -124,10 +136,12 @@ class SftpSource(Source):
                 raise
             self._failed = None
             self.connects += opened
+            sftp = conn.sftp
+            assert sftp is not None  # open_connection raises when the SFTP subsystem did not start
             try:
                 with conn.lock:
-                    root_real = conn.sftp.normalize(self._root_path)
-            except IOError as err:
+                    root_real = sftp.normalize(self._root_path)
+            except OSError as err:
                 self._pool.release(self._pool_key, id(self))
                 raise SourceError(self.display, self._root_path, f"the root is not readable over SFTP ({err})") from err
             except _CONNECTION_ERRORS as err:
@@ -136,7 +150,7 @@ class SftpSource(Source):
             self._conn, self._root_real = conn, root_real
             self._regular.clear()
             self._prefetched.clear()
-            return conn.sftp
+            return sftp
 
     def _drop(self) -> None:
         """The link is dead: forget it (for every source sharing it)."""
@@ -191,7 +205,7 @@ class SftpSource(Source):
         """Attributes of a link's target if it lies inside the root; ``None`` (reported) otherwise."""
         try:
             real = sftp.normalize(path)
-        except IOError:
+        except OSError:
             self._warn_once(path, "a dangling link: skipped")
             return None
         if not self._inside(real):
@@ -224,7 +238,7 @@ class SftpSource(Source):
         for path in paths:
             try:
                 out[path] = [_entry(a) for a in sftp.listdir_attr(path)]
-            except IOError as err:
+            except OSError as err:
                 if err.errno is None:
                     raise
                 out[path] = err
@@ -351,12 +365,13 @@ class SftpSource(Source):
                 top = posixpath.join(run.location, subdir)
                 try:
                     real = sftp.normalize(top)   # the subdir itself may be a link: it must stay in the root
-                except IOError as err:
+                except OSError as err:
                     if err.errno is None:
                         raise
                     return found
                 if not self._inside(real):
-                    self._warn_once(top, f"a link to {real}, outside the root: skipped (links never lead out of a root)")
+                    self._warn_once(top, f"a link to {real}, outside the root: skipped "
+                                         f"(links never lead out of a root)")
                     return found
             # Breadth first, each level's listings in one pipelined round. Linked directories are not
             # entered below the top (as os.walk), so there is no cycle.
@@ -391,7 +406,7 @@ class SftpSource(Source):
         if name not in self._regular.get(run.location, ()):
             try:
                 attr = sftp.lstat(path)
-            except IOError as err:
+            except OSError as err:
                 if err.errno is None:
                     raise
                 return None
@@ -404,7 +419,7 @@ class SftpSource(Source):
                 raise SourceError(self.display, path, "not a regular file: not read")
         try:
             return sftp.open(path, "rb")
-        except IOError as err:
+        except OSError as err:
             if err.errno is None:
                 raise
             return None
@@ -487,7 +502,7 @@ def _read_exact(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, offset: in
     if length < _READV_MIN_BYTES or not pipelined_supported(sftp):
         handle.seek(offset)
         return handle.read(length)
-    return pipelined_read(sftp, handle.handle, offset, length)
+    return pipelined_read(sftp, cast(bytes, handle.handle), offset, length)  # the raw SFTP handle
 
 
 class SshCheck(NamedTuple):
@@ -525,14 +540,16 @@ def check_ssh_root(root_url: str, *, known_hosts: Optional[str] = None, ssh_conf
         return checks + [SshCheck("auth", False, str(err))]
     except SshUnreachableError as err:
         return checks + [SshCheck("reachable", False, str(err))]
+    sftp = conn.sftp
+    assert sftp is not None  # open_connection raises when the SFTP subsystem did not start
     try:
-        real = conn.sftp.normalize(path)
-        count = len(conn.sftp.listdir(real))
+        real = sftp.normalize(path)
+        count = len(sftp.listdir(real))
         checks.append(SshCheck("path", True, f"{real} is readable ({count} entries)"))
-    except IOError as err:
+    except OSError as err:
         checks.append(SshCheck("path", False, f"{path} on {hops[-1].label} is not readable ({err}): check the "
                                               f"path in the root URL and the permissions of {hops[-1].user}"))
-    except (EOFError, paramiko.SSHException, OSError) as err:
+    except (EOFError, paramiko.SSHException) as err:
         checks.append(SshCheck("path", False, f"the connection dropped while listing {path} ({err})"))
     finally:
         conn.close()

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from compat_support import REPO, environ, need_packages
 
 import hpc
-from compat_support import REPO, environ, need_packages
 
 pytestmark = pytest.mark.usefixtures("wandb_restored")
 
@@ -22,10 +22,10 @@ def doc(run_dir, name):
 def test_import_wandb_and_its_submodules_give_hpc():
     stand_in = hpc.as_wandb()
     import wandb
+    import wandb.sdk.wandb_run
     from wandb.sdk.lib import RunDisabled
     from wandb.sdk.lib.config_util import ConfigError
     from wandb.wandb_run import Run
-    import wandb.sdk.wandb_run
 
     assert wandb is stand_in and wandb.init is hpc.init and wandb.log is hpc.log
     assert Run is hpc.Run and RunDisabled is hpc.DisabledRun and wandb.sdk.wandb_run.Run is hpc.Run

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from compat_support import SCRIPTS, environ, need_packages
 
 pytestmark = pytest.mark.slow

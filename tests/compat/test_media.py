@@ -6,8 +6,9 @@ import json
 import os
 import zlib
 
-import hpc
 from compat_support import need_packages
+
+import hpc
 
 
 def media(run_dir):

@@ -29,8 +29,10 @@ if _MISSING and not IN_CI:
 else:
     from sync_gateway._runner import Runner, make_sink  # noqa: E402
     from sync_gateway._settings import Settings  # noqa: E402
-    from sync_gateway.sinks.mlflow import MlflowRun  # noqa: E402
-    from sync_gateway.sinks.mlflow import MlflowSink  # noqa: E402
+    from sync_gateway.sinks.mlflow import (
+        MlflowRun,  # noqa: E402
+        MlflowSink,  # noqa: E402
+    )
 
 
 def pytest_collection_modifyitems(items):

@@ -6,9 +6,9 @@ import os
 import time
 
 import requests
-
 from _runwriter import RunWriter, check_run_dir
 from conftest import history, make_runner, run_info, server_run, sink_for, sync_once
+
 from sync_gateway.sinks._mlflow_names import TRUNCATION_MARKER
 
 

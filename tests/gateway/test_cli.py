@@ -9,9 +9,9 @@ import sys
 import time
 
 import yaml
-
 from _runwriter import RunWriter
 from conftest import REPO, history, server_run, sink_for
+
 from sync_gateway.cli import main
 
 

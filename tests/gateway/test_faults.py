@@ -15,12 +15,13 @@ import time
 from dataclasses import replace
 
 import pytest
-
 from _faultproxy import FaultProxy
 from _runwriter import RunWriter, read_stream
 from conftest import history, make_runner, run_info, server_run, sink_for, sync_once
+
 from sync_gateway import cli
 from sync_gateway._state import StateStore
+from sync_gateway.errors import GatewayError
 from sync_gateway.readers.base import Position, Row, RunInfo
 from sync_gateway.sinks.base import RunSpec
 
@@ -242,8 +243,8 @@ def test_a_lost_answer_to_runs_create_does_not_create_a_second_run(settings, roo
         _good(root, project, f"c{i}")
     with FaultProxy(settings.server_url, lose_first=4, match="/runs/create") as proxy:
         s = replace(settings, server_url=proxy.url, retries=4)
-        for _ in range(3):
-            with make_runner(s, clock=lambda: time.time() + 10 ** 4 * _) as runner:
+        for n in range(3):
+            with make_runner(s, clock=lambda n=n: time.time() + 10 ** 4 * n) as runner:
                 runner.run_pass()
     assert proxy.lost == 4
     sink = sink_for(settings)
@@ -268,7 +269,7 @@ def test_two_gateways_racing_converge_on_one_run(settings, root, project):
         for _, payload in sink.batches(run, "history", rows):
             try:
                 sink.send(run, payload)
-            except Exception:  # a's run may already be marked as the duplicate
+            except GatewayError:  # a's run may already be marked as the duplicate
                 pass
     again = a.open_run(spec, ra.to_state())  # a's next pass checks (its run is not settled yet)
     assert again.run_id == winner and (ra.run_id == winner or again.replaced)

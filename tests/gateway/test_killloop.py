@@ -15,7 +15,6 @@ import time
 
 import pytest
 import yaml
-
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, server_run, sink_for
 from support import soak_count
@@ -43,7 +42,7 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
         attempts += 1
         if written < ROWS:  # the run keeps growing while the gateway is being killed
             n = min(chunk, ROWS - written)
-            w.log_many(({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0} for i in range(n)))
+            w.log_many({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0} for i in range(n))
             written += n
             w.heartbeat()
             w.save("ckpt.txt", str(written).encode())
@@ -58,8 +57,8 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
         proc.wait()
     assert kills >= KILLS, f"only {kills} kills landed during a sync in {attempts} attempts {seed_note}"
     if written < ROWS:
-        w.log_many(({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0}
-                    for i in range(ROWS - written)))
+        w.log_many({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0}
+                    for i in range(ROWS - written))
     w.exit(0)
     done = subprocess.run([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once", "--config",
                            str(cfg)], env=env, cwd=REPO, timeout=1200)

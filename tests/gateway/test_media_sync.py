@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-import hpc
-from conftest import server_run, sink_for, sync_once, run_info
+from conftest import run_info, server_run, sink_for, sync_once
 from test_basic import _artifact
+
+import hpc
 
 
 def _listing(sink, run, folder):

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 import requests
-
 from _faultproxy import FaultProxy
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
+
 from sync_gateway._http import resolve_auth
 from sync_gateway._settings import AuthSettings
 from sync_gateway.errors import ConfigError

@@ -5,7 +5,6 @@ import importlib.util
 import tempfile
 
 import pytest
-
 from _runwriter import RunWriter
 from conftest import history, server_run, sink_for, sync_once
 from support import need

@@ -6,11 +6,11 @@ import shutil
 from dataclasses import replace
 
 import pytest
-
 from _runwriter import RunWriter
 from conftest import history, run_info, server_run, sink_for, sync_once
-from sync_gateway._settings import Settings
 from test_killloop import test_kill_minus_nine_loop_exactly_once as kill_loop
+
+from sync_gateway._settings import Settings
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.postgres]
 

@@ -8,14 +8,14 @@ import os
 from dataclasses import replace
 
 import pytest
-
-from sync_gateway.sinks.memory import MemorySink
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
-from sync_gateway.readers._hpc_format import parse_run_json, parse_stream
+
 from sync_gateway._runner import Runner
 from sync_gateway._settings import Settings
 from sync_gateway.errors import FormatError
+from sync_gateway.readers._hpc_format import parse_run_json, parse_stream
+from sync_gateway.sinks.memory import MemorySink
 
 
 def test_parse_stream_complete_lines_nonfinite_and_corrupt():

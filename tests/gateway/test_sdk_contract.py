@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import hpc
-
 from _runwriter import check_run_dir, read_stream
 from conftest import history, run_info, server_run, sink_for, sync_once
+
+import hpc
 
 
 def test_sdk_run_syncs_exactly(settings, root, project, tmp_path):

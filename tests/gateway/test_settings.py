@@ -8,10 +8,16 @@ import re
 import pytest
 
 from sync_gateway._http import resolve_tls
-from sync_gateway.sinks._mlflow_names import (SYSTEM_METRICS, TRUNCATION_MARKER, flatten_config, metric_key, param_value,
-                                   system_metric)
 from sync_gateway._settings import Settings, TlsSettings
 from sync_gateway.errors import ConfigError
+from sync_gateway.sinks._mlflow_names import (
+    SYSTEM_METRICS,
+    TRUNCATION_MARKER,
+    flatten_config,
+    metric_key,
+    param_value,
+    system_metric,
+)
 
 
 def test_yaml_beats_environment_beats_defaults(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 
 from _runwriter import RunWriter
+
 from sync_gateway._runner import Runner
 from sync_gateway._settings import Settings
 from sync_gateway._state import STATE_VERSION, StateStore

@@ -6,10 +6,10 @@ import os
 from dataclasses import replace
 
 import pytest
-
-from support import need
 from _runwriter import RunWriter
 from conftest import make_runner
+from support import need
+
 from sync_gateway._doctor import doctor
 from sync_gateway._runner import make_sink
 from sync_gateway._settings import Settings, TlsSettings
@@ -114,13 +114,13 @@ def test_doctor_names_the_issuer_and_the_fix(tls_settings, pki):
     lines = []
     ok = doctor(tls_settings, "/etc/gw.yaml", SYSTEM_ENV, out=lines.append)
     assert not ok
-    tls_line = next(l for l in lines if l.startswith("[FAIL] tls"))
+    tls_line = next(line for line in lines if line.startswith("[FAIL] tls"))
     assert "issued by" in tls_line and "trustme" in tls_line.lower() and "tls.ca_bundle" in tls_line
     assert "/etc/gw.yaml" in tls_line
     lines.clear()
     ok = doctor(replace(tls_settings, tls=TlsSettings(ca_bundle=pki["ca"])), None, {}, out=lines.append)
     assert ok, lines
-    assert any(l.startswith("[ok] server: MLflow 3.") for l in lines)
+    assert any(line.startswith("[ok] server: MLflow 3.") for line in lines)
 
 
 def test_mutual_tls(tmp_path_factory, root, tmp_path, pki):

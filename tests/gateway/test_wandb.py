@@ -15,12 +15,12 @@ import time
 import uuid
 from typing import Any, Dict, List
 
+import _wandbwriter as wb
 import pytest
 import yaml
-
-import _wandbwriter as wb
 from conftest import REPO, history, make_runner, run_info, sink_for, sync_once
 from support import soak_count
+
 from sync_gateway.sinks.mlflow import MlflowRun
 
 SEED = int(os.environ.get("HPCSYNC_SEED") or random.randrange(1 << 30))

@@ -6,7 +6,6 @@ import os
 from typing import Any, Dict
 
 import pytest
-
 from monitor_helpers import FAKE_DIR
 
 

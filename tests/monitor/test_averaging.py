@@ -9,9 +9,9 @@ import textwrap
 import time
 
 import pytest
+from monitor_helpers import read_records
 
 from hpc._monitor import Averager, Monitor, SystemStream
-from monitor_helpers import read_records
 
 
 class FakeTime:

@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
+from monitor_helpers import gpu, read_records
 
 from hpc._monitor import select_devices
 from hpc._nvml import Nvml, parse_visible_devices
 from hpc._sampling import Sampler, WarnOnce
 from hpc.errors import GpuError, HpcError
-from monitor_helpers import gpu, read_records
 
 UUIDS = ["GPU-1111aaaa-0000", "GPU-2222bbbb-0000", "GPU-2233cccc-0000", "GPU-4444dddd-0000"]
 

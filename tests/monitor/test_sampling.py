@@ -10,9 +10,9 @@ import time
 
 import psutil
 import pytest
+from support import need
 
 from hpc._sampling import METRICS, ProcessTree, Sampler, disk_io, disk_usage, memory_system
-from support import need
 
 BURN = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass\n"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import psutil
-
 from monitor_helpers import read_records, wait_records
 
 

@@ -88,6 +88,7 @@ def test_incremental_reads_from_a_cursor(root, source_factory):
     src = source_factory(str(root))
     (run,) = list(src.list_runs())
     cursor, consumed = 0, b""
+    prev_line = prev_tail = b""  # the line the previous batch left half written
     expected = b"".join(record(i, i, loss=1.0 / (i + 1), acc="NaN" if i == 3 else i / 100) for i in range(10))
     for batch in range(5):
         size = src.scan(run)["history.jsonl"].size_bytes

@@ -19,7 +19,6 @@ from typing import Any, Dict
 
 import pytest
 from _runs import append, record, write_document, write_run
-
 from support import need
 
 from sync_gateway._runner import Runner, make_sink

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from _runs import write_run
-
 from support import need
+
 from sync_gateway.readers import discover_runs, reader_for
 from sync_gateway.readers.base import Position
 from sync_gateway.sources.local import LocalSource

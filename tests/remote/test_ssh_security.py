@@ -10,8 +10,7 @@ import pytest
 from _runs import write_run
 
 from sync_gateway.errors import PermanentError, RetryableError
-from sync_gateway.sources.sftp import (SshAuthError, SshConfigError, SshHostKeyError, SshUnreachableError,
-                                       check_ssh_root)
+from sync_gateway.sources.sftp import SshAuthError, SshConfigError, SshHostKeyError, SshUnreachableError, check_ssh_root
 
 
 def _keygen(path, *extra):

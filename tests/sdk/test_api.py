@@ -95,7 +95,7 @@ def test_config_dict_like_attribute_access_and_persisted(root):
     assert doc(run, fmt.CONFIG) == {"lr": 0.1, "model": {"depth": 50}, "batch_size": 32, "epochs": 3,
                                      "opt": 0.5}
     with pytest.raises(AttributeError):
-        run.config.missing
+        _ = run.config.missing
 
 
 def test_values_numpy_items_nested_lists_and_bad_types(root, capsys):

@@ -160,8 +160,8 @@ def test_cli_runs_ls_and_show(root, capsys, tmp_path):
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert lines[0].split() == ["ID", "NAME", "PROJECT", "GROUP", "STATE", "STEPS", "LAST", "UPDATE"]
-    assert any(l.split()[1:6] == ["alpha", "p", "g", "finished", "30"] for l in lines)
-    assert any(l.split()[0] == "crash" and "crashed" in l.split() for l in lines)
+    assert any(line.split()[1:6] == ["alpha", "p", "g", "finished", "30"] for line in lines)
+    assert any(line.split()[0] == "crash" and "crashed" in line.split() for line in lines)
     assert "version 9.0 is not supported" in err
     assert hpc_main(["runs", "show", "alpha", "--root", root, "--metric", "loss"]) == 0
     out = capsys.readouterr().out

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "slurm_examples"
 HOSTILE = "it's a \"dir\"; echo x"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from _slurmtools import EXAMPLES, HOSTILE, sinfo_problem
-
 from support import need
 
 

@@ -6,8 +6,19 @@ import subprocess
 import sys
 
 import pytest
-from _slurmtools import (HOSTILE_JOB_NAME, WAIT_S, history, job_env, job_output, read_json, runs, sbatch,
-                      squeue_states, wait_job, wait_until)
+from _slurmtools import (
+    HOSTILE_JOB_NAME,
+    WAIT_S,
+    history,
+    job_env,
+    job_output,
+    read_json,
+    runs,
+    sbatch,
+    squeue_states,
+    wait_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slurm
 

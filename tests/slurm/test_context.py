@@ -1,6 +1,7 @@
 """hpc._context.detect: SLURM and torch environments -> run defaults (pure functions of an environment dict)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -155,5 +156,5 @@ def test_detect_defaults_to_os_environ(monkeypatch):
 
 
 def test_context_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         detect({}).group = "x"  # type: ignore[misc]

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from support import need
 
 try:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from _slurmtools import REPO
-
 from support import need
 
 START = REPO / "scripts" / "slurm" / "start.sh"

@@ -3,9 +3,9 @@
 Used in-process (tests build one with :func:`make`) and in a real monitor process (the test puts this
 directory first on PYTHONPATH and names the JSON file in ``FAKE_NVML_CONFIG``). Config:
 ``{"init_error": null | code, "devices": [{"uuid", "name", "total", "used", "gpu", "memory", "temp",
-"power_mw", "limit_mw", "sm_mhz", "ecc": [c, u] | null, "lost_after": n | null, "open_error": code | null}]}``. A device with
-``lost_after: n`` answers n samples (counted by utilization queries), then fails every query with GPU_IS_LOST, as a GPU that
-fell off the bus does.
+"power_mw", "limit_mw", "sm_mhz", "ecc": [c, u] | null, "lost_after": n | null, "open_error": code | null}]}``.
+A device with ``lost_after: n`` answers n samples (counted by utilization queries), then fails every query with
+GPU_IS_LOST, as a GPU that fell off the bus does.
 """
 import json
 import os
