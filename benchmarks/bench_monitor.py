@@ -20,8 +20,8 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from hpc._monitor_control import start_monitor  # noqa: E402
 from hpc._settings import Settings  # noqa: E402
-from hpc._stats import start_monitor  # noqa: E402
 
 BASELINE = "import psutil, json, time\nwhile True: time.sleep(2)\n"
 

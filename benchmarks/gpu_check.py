@@ -23,8 +23,8 @@ import time
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from hpc._monitor_control import start_monitor  # noqa: E402
 from hpc._settings import Settings  # noqa: E402
-from hpc._stats import start_monitor  # noqa: E402
 
 LOAD = """
 import sys, time, torch

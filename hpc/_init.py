@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Mapping, Optional
 from . import _format as fmt
 from . import _run, _signals
 from ._context import RunContext, detect
+from ._monitor_control import start_monitor
 from ._names import random_id, random_name
 from ._run import DisabledRun, Run, _set_module_globals
 from ._settings import Settings
-from ._stats import start_monitor
 from ._stream import Stream
 from ._terminal import Terminal
 from ._values import plain_config

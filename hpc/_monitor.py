@@ -1,7 +1,7 @@
 """The system-metrics monitor: a separate process that samples every ``stats_sample_s`` and appends one
 averaged record per ``stats_average_s`` window to ``system.jsonl`` (its only writer), plus ``hardware.json``.
 
-This module is the process (``python -m hpc._monitor``): ``hpc._stats.start_monitor`` starts it from
+This module is the process (``python -m hpc._monitor``): ``hpc._monitor_control.start_monitor`` starts it from
 ``hpc.init`` and nothing in the SDK imports this module, so ``-m`` runs its only copy.
 
 It dies with the run: ``PR_SET_PDEATHSIG`` wakes it the moment its parent dies, a parent-pid check on every

@@ -83,7 +83,7 @@ class Run(WandbRunMethods):
         self.summary = Summary(self)
         self._hooks = _signals.ExitHooks()
         self._console: Optional[tuple] = None
-        self._monitor: Optional[Any] = None  # the system-metrics process (hpc._stats), started by init
+        self._monitor: Optional[Any] = None  # the system-metrics process (hpc._monitor_control), started by init
         self._writer.start()
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from ._settings import Settings
 from ._stream import Stream
 from ._terminal import Terminal
 from ._values import key_problem
-from ._writer import ROW, Writer
+from ._writer import Writer
 from .errors import UsageError
 
 __all__ = ["start", "log", "finish", "parse_pairs"]
@@ -86,8 +86,8 @@ def start(settings: Settings, name: Optional[str], job_type: Optional[str], conf
     writer = Writer(run_dir, ready.meta, ready.history, settings, terminal, ready.summary_state, ready.config,
                     capture_code=False)
     if not settings.disable_code:
-        writer._capture()  # the SDK's own code capture, here synchronously
-    writer._heartbeat()
+        writer.capture_code()  # the SDK's own code capture, here synchronously
+    writer.heartbeat()
     return run_dir
 
 
@@ -105,19 +105,18 @@ def log(run_dir: str, values: Dict[str, Any], step: Optional[int], settings: Set
         problem = key_problem(key)
         if problem:
             raise UsageError(problem)
-    writer._row((ROW, step, int(time.time() * 1000), values, 0))
-    writer._history.close()
-    writer._write_documents()
-    writer._heartbeat()
-    if writer._history.dropped:
-        raise OSError(f"could not write {writer._history.path}")
+    written = writer.write_row(step, int(time.time() * 1000), values)
+    writer.write_documents()
+    writer.heartbeat()
+    if not written:
+        raise OSError(f"could not write {os.path.join(run_dir, fmt.HISTORY)}")
     return step
 
 
 def finish(run_dir: str, exit_code: int, settings: Settings) -> Dict[str, Any]:
     writer = _writer_for(run_dir, settings, Terminal(settings.silent))
-    writer._summary_dirty = True
+    writer.mark_summary_changed()
     # Each `hpc log` wrote its row or failed with an error the script saw: nothing was dropped silently.
-    writer._finish(exit_code, "finished" if exit_code == 0 else "failed",
+    writer.finish(exit_code, "finished" if exit_code == 0 else "failed",
                    {"logged_rows": None, "dropped_rows": 0, "dropped_output_bytes": 0})
     return writer.outcome or {}

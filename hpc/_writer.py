@@ -87,8 +87,8 @@ class Writer(threading.Thread):
     def run(self) -> None:
         self._guard(fmt.reserve_document, os.path.join(self._dir, fmt.EXIT))
         if self._capture_code:
-            self._guard(self._capture)
-        self._guard(self._heartbeat)
+            self._guard(self.capture_code)
+        self._guard(self.heartbeat)
         poll_s = min(0.1, self._settings.flush_interval_s)
         next_flush = self._clock() + self._settings.flush_interval_s
         next_beat = self._clock() + self._settings.heartbeat_interval_s
@@ -96,14 +96,14 @@ class Writer(threading.Thread):
             finish = self._guard(self._drain)
             now = self._clock()
             if finish is not None:
-                self._guard(self._finish, *finish)
+                self._guard(self.finish, *finish)
                 return
             if now >= next_flush:
                 self._guard(self._flush)
                 next_flush = now + self._settings.flush_interval_s
             if now >= next_beat:
-                self._guard(self._write_documents)
-                self._guard(self._heartbeat)
+                self._guard(self.write_documents)
+                self._guard(self.heartbeat)
                 next_beat = now + self._settings.heartbeat_interval_s
             if not self.queue:
                 self.wake.wait(poll_s)
@@ -153,6 +153,19 @@ class Writer(threading.Thread):
             self._terminal.warn_once(f"bug-row-{type(err).__name__}",
                                      f"internal error in the hpc writer ({type(err).__name__}: {err}); the row "
                                      "is dropped and counted in exit.json; please report it; training goes on")
+
+    # -- the synchronous half: what the thread does for each item, called directly by the shell commands
+    #    (`hpc run start`, `hpc log`, `hpc run finish`), which have no thread --------------------------
+    def write_row(self, step: int, ts_ms: int, values: Dict[str, Any]) -> bool:
+        """Write one row now and close the stream; False if it could not be written (counted as dropped)."""
+        before = self._history.dropped
+        self._row((ROW, step, ts_ms, values, 0))
+        self._history.close()
+        return self._history.dropped == before
+
+    def mark_summary_changed(self) -> None:
+        """The summary document is written again by the next :meth:`write_documents`."""
+        self._summary_dirty = True
 
     def _row(self, item: tuple) -> None:
         _, step, ts_ms, data, _ = item
@@ -310,7 +323,7 @@ class Writer(threading.Thread):
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
 
-    def _capture(self) -> None:
+    def capture_code(self) -> None:
         git, diff = capture_git(self._meta.get("cwd") or os.getcwd(), self._settings.ignore_globs)
         if git is None:
             return
@@ -323,9 +336,9 @@ class Writer(threading.Thread):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(diff)
             os.replace(tmp, os.path.join(code_dir, "diff.patch"))
-        self._write_documents()
+        self.write_documents()
 
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> None:
         fmt.atomic_write_json(os.path.join(self._dir, fmt.HEARTBEAT), {
             "ts_ms": int(self._wall() * 1000), "attempt": self._meta["attempt"],
             "pid": os.getpid(), "host": self._meta.get("host")}, fsync=False)
@@ -335,7 +348,7 @@ class Writer(threading.Thread):
         self._output.flush()
         self._media.flush()
 
-    def _write_documents(self, fsync: bool = True) -> None:
+    def write_documents(self, fsync: bool = True) -> None:
         # Each flag is cleared only once its document is on disk: a write that failed (a full disk) is due
         # again at the next heartbeat, and at finish.
         if self._meta_dirty:
@@ -356,13 +369,13 @@ class Writer(threading.Thread):
             return False
         return True
 
-    def _finish(self, exit_code: int, reason: str, caller: CallerCounts) -> None:
+    def finish(self, exit_code: int, reason: str, caller: CallerCounts) -> None:
         for pattern, base in self._end_saves:
             self._guard(self._save, pattern, base)
         self._guard(self._history.close)
         self._guard(self._media.close)
         self._guard(self._output.close)
-        self._guard(self._write_documents)
+        self._guard(self.write_documents)
         written = self._history.next_seq - self._first_seq
         dropped = self._history.dropped + self.rows_failed + caller["dropped_rows"]
         logged = caller["logged_rows"]

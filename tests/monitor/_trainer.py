@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 
+from hpc._monitor_control import start_monitor
 from hpc._settings import Settings
-from hpc._stats import start_monitor
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from monitor_helpers import FAKE_DIR, gpu, read_records, wait_records
 
+from hpc._monitor_control import start_monitor
 from hpc._settings import Settings
-from hpc._stats import start_monitor
 
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer.py")
 
