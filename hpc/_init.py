@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from . import _format as fmt
 from . import _run, _signals
@@ -75,7 +75,7 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
          force: Optional[bool] = None, anonymous: Optional[str] = None, reinit: Any = None,
          resume_from: Optional[str] = None, fork_from: Optional[str] = None, save_code: Optional[bool] = None,
          tensorboard: Optional[bool] = None, sync_tensorboard: Optional[bool] = None,
-         monitor_gym: Optional[bool] = None, **unknown: Any) -> Any:
+         monitor_gym: Optional[bool] = None, **unknown: Any) -> Union[Run, DisabledRun]:
     """Start (or resume) a run written offline under ``<root>/<project>/<id>/``. See docs/sdk.md.
 
     W&B's whole signature is accepted (docs/coming-from-wandb.md): ``dir=`` is where the run's files go

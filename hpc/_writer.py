@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, TypedDict
 
 from . import _format as fmt
 from ._code import capture_git, ignored
@@ -28,6 +28,9 @@ from ._media import Media, MediaFile
 from ._stream import OutputLog, Stream, describe
 from ._terminal import Terminal
 from ._values import flatten_row, plain_config
+
+if TYPE_CHECKING:
+    from ._settings import Settings
 
 __all__ = ["Writer", "ROW", "TEXT"]
 
@@ -47,7 +50,7 @@ class CallerCounts(TypedDict):
 
 
 class Writer(threading.Thread):
-    def __init__(self, run_dir: str, meta: Dict[str, Any], history: Stream, settings: Any,
+    def __init__(self, run_dir: str, meta: Dict[str, Any], history: Stream, settings: Settings,
                  terminal: Terminal, summary_state: Dict[str, Any], config: Dict[str, Any],
                  capture_code: bool, wall_clock: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic, first_seq: Optional[int] = None):
