@@ -41,3 +41,16 @@ def test_test_module_names_are_unique():
             if name.startswith("test_") and name.endswith(".py"):
                 assert name not in seen, f"{name} in both {seen[name]} and {folder}: rename one"
                 seen[name] = folder
+
+
+def test_conftest_helpers_are_imported_at_collection_time():
+    """`from conftest import ...` inside a test function runs after every directory's conftest has been
+    imported under that one name, and gets another directory's: import at module level instead."""
+    import re
+
+    for folder, _, files in os.walk(os.path.join(REPO, "tests")):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(folder, name), encoding="utf-8").read()
+                assert not re.search(r"^[ \t]+(from conftest import|import conftest)", text, re.M), \
+                    f"{os.path.join(folder, name)}: import conftest helpers at module level"

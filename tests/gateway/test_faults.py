@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 from _faultproxy import FaultProxy
 from _runwriter import RunWriter, read_stream
-from conftest import history, make_runner, run_info, server_run, sink_for, sync_once
+from conftest import REPO, history, make_runner, run_info, server_run, sink_for, sync_once
 
 from sync_gateway import cli
 from sync_gateway._state import StateStore
@@ -354,8 +354,6 @@ def test_a_large_artifact_is_streamed_with_bounded_memory(settings, root, projec
     import subprocess
     import sys
 
-    from conftest import REPO
-
     size = 300 * 10 ** 6
     w = RunWriter(root, project, "bigfile")
     path = os.path.join(w.dir, "files", "ckpt.bin")
@@ -519,8 +517,6 @@ def test_the_daemon_goes_on_past_hostile_runs_and_keeps_passing(settings, root, 
     import signal
     import subprocess
     import sys
-
-    from conftest import REPO
 
     bad = RunWriter(root, project, "abad")
     bad.raw("history.jsonl", b'{"seq":0,"step":0,"ts_ms":1,"values":{"x":1' + b"0" * 400 + b"}}\n")

@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 from _runwriter import RunWriter, read_stream
-from conftest import REPO, history, server_run, sink_for
+from conftest import REPO, history, make_runner, server_run, sink_for
 from support import soak_count
 
 # Read at import: tests/conftest.py clears HPCSYNC_* variables before each test.
@@ -91,7 +91,6 @@ def test_kill_loop_with_mixed_faults_exactly_once_for_points_and_runs(settings, 
     directory racing the first, and state directories deleted: afterwards every run holds exactly the
     points on disk, in exactly one active MLflow run, and no gateway process crashed."""
     from _faultproxy import FaultProxy
-    from conftest import make_runner
 
     rng = random.Random(SEED)
     seed_note = f"(HPCSYNC_SEED={SEED} replays the kill times and faults)"
