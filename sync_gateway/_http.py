@@ -163,20 +163,22 @@ class _Deadline:
                 pass
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Mixed into urllib3's connections: the request's deadline watches the connection it goes out on."""
+
     def request(self, *args: Any, **kwargs: Any) -> None:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.watch(self)
-        return super().request(*args, **kwargs)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        d = getattr(_current, "deadline", None)
-        if d is not None:
-            d.watch(self)
-        return super().request(*args, **kwargs)
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _Pool(HTTPConnectionPool):
