@@ -257,7 +257,14 @@ def _connections(sshd) -> int:
     """Connections the main sshd serves now: its direct children (one per connection)."""
     import psutil
 
-    return len([p for p in psutil.Process(sshd.pid).children() if p.status() != psutil.STATUS_ZOMBIE])
+    def alive(p) -> bool:
+        # A connection's process may exit between children() and status(): a gone child is not open
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return len([p for p in psutil.Process(sshd.pid).children() if alive(p)])
 
 
 def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
