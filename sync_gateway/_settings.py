@@ -20,7 +20,9 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path"]
+__all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path", "MIN_BUNDLE_BYTES"]
+
+MIN_BUNDLE_BYTES = 64 << 10   # a bundle must hold its manifest and some data
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Settings:
     batch_points: int = 1000            # most points per request; a sink caps it at its server's limit
     wandb_search_depth: int = 4         # how deep below a root W&B run directories are looked for; 0: not
     max_file_bytes: int = 5_000_000_000  # larger files (files/, output.log) are not uploaded (warned)
+    bundle_max_bytes: int = 256 << 20   # air gap (docs/airgap.md): the most bytes one exported bundle file holds
 
     @property
     def state_path(self) -> str:
@@ -147,7 +150,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
         "stale_after_s", "timeout_s", "request_deadline_s", "retries", "batch_points", "max_file_bytes",
-        "wandb_search_depth")
+        "wandb_search_depth", "bundle_max_bytes")
 
 
 def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
@@ -172,7 +175,8 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     _check_keys(path, doc, _TOP)
     upd: Dict[str, Any] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
-              "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth"):
+              "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth",
+              "bundle_max_bytes"):
         if k in doc:
             upd[k] = doc[k]
     if "roots" in doc:
@@ -219,6 +223,10 @@ def _validated(s: Settings) -> Settings:
                           f"not {s.wandb_search_depth!r}")
     if not isinstance(s.max_file_bytes, int) or isinstance(s.max_file_bytes, bool) or s.max_file_bytes < 0:
         raise ConfigError(f"max_file_bytes must be a non-negative integer (0: no limit), not {s.max_file_bytes!r}")
+    if not isinstance(s.bundle_max_bytes, int) or isinstance(s.bundle_max_bytes, bool) \
+            or s.bundle_max_bytes < MIN_BUNDLE_BYTES:
+        raise ConfigError(f"bundle_max_bytes must be an integer of at least {MIN_BUNDLE_BYTES} (64 KiB), "
+                          f"not {s.bundle_max_bytes!r}")
     if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
         raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
     for k in ("insecure", "truststore"):

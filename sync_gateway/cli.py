@@ -1,7 +1,8 @@
-"""``sync-gateway``: sync runs to a tracking server once (cron), as a daemon, show status, diagnose.
+"""``sync-gateway``: sync runs to a tracking server once (cron), as a daemon, show status, diagnose; across
+an air gap, export bundles on the cluster side and import them on the connected side (docs/airgap.md).
 
-Exit status of ``sync --once``: 0 everything synced; 1 some run or root failed (see the log and
-``status``); 2 the configuration is invalid.
+Exit status of ``sync --once``, ``export``, ``import`` and ``verify``: 0 everything done; 1 some run, root
+or bundle failed or was refused (see the log and ``status``); 2 the configuration is invalid.
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--interval-s", type=float, help="seconds between passes (config: interval_s)")
     sub.add_parser("status", parents=[common], help="a table per run: state, records synced, lag, error")
     sub.add_parser("doctor", parents=[common], help="check config, DNS, TCP, TLS, auth and the server")
+    e = sub.add_parser("export", parents=[common], help="air gap, cluster side: write what is new into bundles")
+    e.add_argument("--to", required=True, metavar="DIR", help="directory the bundle files are written into")
+    i = sub.add_parser("import", parents=[common], help="air gap, connected side: apply bundles, sync them")
+    i.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle files (any order; none: finish a pass)")
+    v = sub.add_parser("verify", parents=[common], help="check bundles' checksums without importing them")
+    v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     return ap
 
 
@@ -67,6 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose, args.quiet)
     try:
+        if args.cmd == "verify":  # needs no configuration: it runs anywhere on the transfer path
+            return _verify(args.bundles)
         overrides = {"interval_s": getattr(args, "interval_s", None)}
         settings = Settings.resolve(args.config, overrides=overrides)
         if args.cmd == "sync":
@@ -75,6 +84,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _daemon(settings)
         if args.cmd == "status":
             return _status(settings)
+        if args.cmd == "export":
+            return _export(settings, args.to)
+        if args.cmd == "import":
+            return _import(settings, args.bundles)
         from ._doctor import doctor
 
         return 0 if doctor(settings, args.config, os.environ) else 1
@@ -129,6 +142,86 @@ def _sync(settings: Settings, quiet: bool) -> int:
     return _report(rep)
 
 
+def _export(settings: Settings, to_dir: str) -> int:
+    from ._export import export
+
+    rep = export(settings, to_dir)
+    for b in rep.bundles:
+        print(f"wrote {os.path.join(to_dir, b['name'])}: {b['entries']} entries, {b['data_bytes']:,} bytes of "
+              f"data in {b['bytes']:,} bytes, sha256 {b['sha256']}")
+    if not rep.bundles:
+        print(f"nothing new since the last export ({rep.runs} runs, {rep.files} files): no bundle written")
+    return 0 if rep.ok else 1
+
+
+def _import(settings: Settings, bundles: List[str]) -> int:
+    from ._import import import_bundles
+
+    rep = import_bundles(settings, bundles)
+    for name in rep.skipped:
+        print(f"{name}: imported before, nothing to apply")
+    for name in rep.applied:
+        print(f"{name}: applied")
+    for why in rep.refused.values():
+        print(f"refused: {why}")
+    code = _report(rep.sync) if rep.sync is not None else 0
+    return 0 if rep.ok and code == 0 else 1
+
+
+def _verify(bundles: List[str]) -> int:
+    from ._bundle import verify
+
+    bad = 0
+    for path in bundles:
+        try:
+            m = verify(path)
+        except GatewayError as e:
+            print(f"FAILED {e}")
+            bad += 1
+            continue
+        print(f"OK {os.path.basename(path)}: export {m.export_id} from {m.host or '?'}, sequence {m.seq}, "
+              f"{len(m.entries)} entries, {m.data_bytes:,} bytes of data, created "
+              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(m.created_ms / 1000))}, sha256 {m.sha256}")
+    return 1 if bad else 0
+
+
+def _airgap_lines(settings: Settings) -> List[str]:
+    """What ``status`` says about bundles, on whichever side this state directory is."""
+    from ._export import ExportState, pending
+    from ._import import ImportState
+
+    lines: List[str] = []
+    ex = ExportState.load(settings)
+    if ex.export_id:
+        last = ex.bundles[-1] if ex.bundles else None
+        files, size = pending(settings, ex) if settings.roots else (0, 0)
+        lines.append(f"export {ex.export_id}: {ex.bundles_total} bundle(s) written" + (
+            f", last {last['name']} ({last['bytes']:,} bytes) at {_utc(last['created_ms'])}" if last else "") +
+            f"; pending: {files} file(s), {size:,} bytes changed since the last export")
+    im = ImportState.load(settings)
+    for eid, e in sorted(im.exports.items()):
+        lines.append(f"import from export {eid} ({e.get('host') or '?'}): {e.get('imported', 0)} bundle(s) "
+                     f"imported, last {_bundle_name(eid, int(e.get('seq') or 0))}, data captured at "
+                     f"{_utc(int(e.get('capture_ms') or 0))}; next expected: "
+                     f"{_bundle_name(eid, int(e.get('seq') or 0) + 1)}")
+    if im.last_pass:
+        ok = im.last_pass.get("ok")
+        lines.append(f"import: last pass at {_utc(int(im.last_pass.get('at_ms') or 0))} " + (
+            "synced everything" if ok else "did not sync everything: run `sync-gateway import` again (the "
+                                           "bundles already applied are not needed)"))
+    return lines
+
+
+def _bundle_name(export_id: str, seq: int) -> str:
+    from ._bundle import bundle_name
+
+    return bundle_name(export_id, seq)
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+
+
 def _daemon(settings: Settings) -> int:
     stop = threading.Event()
 
@@ -155,10 +248,12 @@ def _status(settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ._import import mirror_roots
+
     store = StateStore(settings.state_path)
     index = store.load_index()
     sources = {}
-    for r in settings.roots:
+    for r in list(settings.roots) + mirror_roots(settings):  # the mirror: what `import` syncs
         try:
             src = open_source(r, settings)
             for ref in src.list_runs():
@@ -210,7 +305,10 @@ def _status(settings: Settings) -> int:
         table.add_row(key, st.state or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
                       redact("; ".join(notes))[:600])
     # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for line in _airgap_lines(settings):
+        console.print(line, highlight=False, markup=False)
     return 1 if bad else 0
 
 

@@ -6,7 +6,7 @@ server rejects, a configuration error), so callers can decide without parsing me
 from __future__ import annotations
 
 __all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError", "ConfigError", "FormatError",
-           "ServerError", "RunDeleted", "LeaseHeld"]
+           "ServerError", "RunDeleted", "LeaseHeld", "BundleError"]
 
 
 class GatewayError(Exception):
@@ -73,3 +73,8 @@ class RunDeleted(ServerError):
 
 class LeaseHeld(RetryableError):
     """Another gateway holds the lease on a root; this one skips that root until the lease expires."""
+
+
+class BundleError(PermanentError):
+    """An air-gap bundle (docs/airgap.md) is corrupt, truncated, out of order or of an unknown format: it is
+    refused whole and nothing of it is applied; the message names the bundle and what to do."""

@@ -95,5 +95,11 @@ class Source(abc.ABC):
         directory that is absent or unreadable. Sources that cannot list return ``{}`` for everything."""
         return {}
 
+    def relative(self, location: str) -> Optional[str]:
+        """``location`` (a RunRef's, or a listing's) relative to the root, ``/``-separated (``""``: the root
+        itself); None when it is not below the root or this source cannot say. Used by ``export``
+        (docs/airgap.md) to mirror a root's layout on the other side."""
+        return None
+
     def close(self) -> None:
         """Release connections; the source may be used again afterwards (it reconnects)."""

@@ -148,6 +148,14 @@ class LocalSource(Source):
                     dirs.remove(name)
         return out
 
+    def relative(self, location: str) -> Optional[str]:
+        rel = os.path.relpath(os.path.abspath(location), self.root)
+        if rel == ".":
+            return ""
+        if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+            return None
+        return rel.replace(os.sep, "/")
+
     def _open_path(self, run: RunRef, name: str) -> Optional[str]:
         path = os.path.join(run.location, *name.split("/"))
         if ".." in name.split("/") or not self._inside(path):

@@ -279,6 +279,17 @@ class SftpSource(Source):
 
         yield from self._call(self.display, listing)
 
+    def relative(self, location: str) -> Optional[str]:
+        for root in (self._root_real, self._root_path):
+            if not root:
+                continue
+            rel = posixpath.relpath(posixpath.normpath(location), root)
+            if rel == ".":
+                return ""
+            if not (rel == ".." or rel.startswith("../")):
+                return rel
+        return None
+
     def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
         """Every directory's listing in one pipelined round; links checked as in ``walk``."""
         for rel in dirs:

@@ -1,0 +1,330 @@
+"""``sync-gateway export``: the cluster side of an air gap (docs/airgap.md). Writes what is new in the roots
+since the previous export into bundle files (``_bundle.py``): the bytes of the run format itself, never
+server calls, so the connected side runs the same readers, engine and sink over a faithful mirror.
+
+Per file an export cursor (its size and mtime when last exported and a fingerprint of the bytes before the
+cursor) decides: unchanged -> nothing; only grew -> an ``append`` entry; rewritten or shrunk -> a
+``replace`` (a file too large for one bundle: ``reset`` plus ``append`` ranges in the next bundles).
+Bytes are read through the Source API only, so a link out of a root is never followed.
+
+Durability: ``intent.json`` names the bundle about to be written; the bundle goes to a temporary name in
+the target directory, is fsynced and renamed into place, the directory fsynced, and only then the cursors
+are saved (atomic rename, fsynced). Killed before the rename, the next export writes the same sequence
+number again (the temporary file still exists, so that number never left); killed after it, the next
+export uses the next number and re-exports the same ranges, which import applies by absolute offset (no
+harm, no duplicate).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from ._bundle import ENTRY_OVERHEAD_BYTES, OVERHEAD_BYTES, BundleWriter, bundle_name, check_path, verify
+from ._lease import Lease
+from ._settings import Settings
+from ._state import _atomic_write, _read
+from .errors import BundleError, GatewayError
+from .readers import discover_runs, reader_for
+from .readers.base import fingerprint
+from .sources import open_source
+from .sources.base import RunRef, Source
+
+__all__ = ["export", "ExportReport", "ExportState", "root_id", "export_dir", "pending"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+FP_BYTES = 64 << 10         # the fingerprint covers up to this many bytes before a cursor (a whole small doc)
+READ_BYTES = 1 << 20        # read size: memory stays bounded whatever a file's size
+MIN_SPLIT_BYTES = 4 << 10   # a file is not split into pieces smaller than this (next bundle instead)
+MAX_LOGGED = 100            # bundles kept in the export state's log (the total is counted)
+
+
+def root_id(display: str) -> str:
+    """A root's stable short id in bundle paths: ``r`` + the first 12 hex digits of sha256(display)."""
+    return "r" + hashlib.sha256(display.encode()).hexdigest()[:12]
+
+
+def export_dir(settings: Settings) -> str:
+    return os.path.join(settings.state_path, "export")
+
+
+@dataclass
+class ExportState:
+    export_id: str = ""
+    next_seq: int = 1
+    files: Dict[str, List[Any]] = field(default_factory=dict)   # path -> [size, mtime_ns, fp_len, fp]
+    bundles: List[Dict[str, Any]] = field(default_factory=list)  # the newest MAX_LOGGED written
+    bundles_total: int = 0
+    last_export_ms: int = 0
+    roots: Dict[str, str] = field(default_factory=dict)         # root id -> display
+
+    @classmethod
+    def load(cls, settings: Settings) -> ExportState:
+        doc = _read(os.path.join(export_dir(settings), "state.json"))
+        if not isinstance(doc, dict):
+            return cls()
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+    def save(self, settings: Settings) -> None:
+        _atomic_write(os.path.join(export_dir(settings), "state.json"), dict(vars(self), state_version=1))
+
+
+@dataclass
+class _Piece:
+    """One entry to write: ``length`` bytes of ``name`` (run-relative) from ``offset``."""
+
+    path: str           # in the bundle: <root id>/<path below the root>
+    source: Source
+    ref: RunRef
+    name: str
+    kind: str
+    offset: int
+    length: int
+    mtime_ns: int
+
+
+@dataclass
+class ExportReport:
+    bundles: List[Dict[str, Any]] = field(default_factory=list)
+    errors: Dict[str, str] = field(default_factory=dict)   # root or run -> why (the rest was exported)
+    runs: int = 0
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _files(settings: Settings, sources: List[Source], rep: ExportReport
+           ) -> Iterator[Tuple[Source, RunRef, str, str, int, int]]:
+    """``(source, run, run-relative name, bundle path, size, mtime_ns)`` of every file of every run."""
+    for source in sources:
+        rid = root_id(source.display)
+        try:
+            refs = discover_runs(source, settings.wandb_search_depth)
+        except GatewayError as e:
+            rep.errors[source.display] = str(e)
+            log.error("root %s not exported: %s", source.display, e)
+            continue
+        for ref in refs:
+            rel = source.relative(ref.location)
+            try:
+                if rel is None:
+                    raise GatewayError(f"{ref.location} is not below the root {source.display}")
+                snap = reader_for(source, ref).snapshot()
+            except GatewayError as e:
+                rep.errors[f"{source.display}: {ref.key}"] = str(e)
+                log.error("%s: %s: not exported: %s", source.display, ref.key, e)
+                continue
+            rep.runs += 1
+            for name, st in sorted(snap.files.items()):
+                path = f"{rid}/{rel}/{name}" if rel else f"{rid}/{name}"
+                try:
+                    check_path(path)
+                except BundleError as e:
+                    log.warning("%s: %s", ref.key, e)
+                    continue
+                rep.files += 1
+                yield source, ref, name, path, st.size_bytes, st.mtime_ns
+
+
+def _plan(settings: Settings, sources: List[Source], state: ExportState, rep: ExportReport) -> List[_Piece]:
+    """What is new since the cursors, one piece per file (split across bundles later)."""
+    out: List[_Piece] = []
+    for source, ref, name, path, size, mtime_ns in _files(settings, sources, rep):
+        cur = state.files.get(path)
+        if cur is not None and cur[0] == size and cur[1] == mtime_ns:
+            continue
+        kind, offset = "replace", 0
+        if cur is not None and size >= cur[0]:
+            size0, _, fp_len, fp = cur
+            try:
+                before = source.read_range(ref, name, size0 - fp_len, fp_len) if fp_len else b""
+            except GatewayError as e:
+                log.warning("%s: %s: %s", ref.key, name, e)
+                continue
+            if len(before) == fp_len and (not fp_len or fingerprint(before) == fp):
+                kind, offset = "append", size0     # it only grew (or was only touched: 0 bytes, new mtime)
+        out.append(_Piece(path, source, ref, name, kind, offset, size - offset, mtime_ns))
+    return out
+
+
+def _cost(n: int) -> int:
+    # zlib's stored blocks add 5 bytes per 16 KiB on incompressible data; 1/1000 covers it
+    return n + n // 1000 + ENTRY_OVERHEAD_BYTES
+
+
+def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool]) -> List[List[_Piece]]:
+    """Pieces into bundles of at most ``max_bytes``: a whole file when it fits, else split by byte range
+    (the first part of a rewritten file is a ``reset``, the rest ``append``s). ``fresh(path)``: no cursor
+    yet (a first export): a large file's first part is then an ``append`` at 0, so a mirror that holds it
+    already (an export state lost) is not cut short meanwhile."""
+    budget = max_bytes - OVERHEAD_BYTES
+    bundles: List[List[_Piece]] = []
+    cur: List[_Piece] = []
+    used = 0
+    for p in pieces:
+        while True:
+            room = budget - used
+            if _cost(p.length) <= room:
+                cur.append(p)
+                used += _cost(p.length)
+                break
+            if cur and (_cost(p.length) <= budget or room < _cost(MIN_SPLIT_BYTES)):
+                bundles.append(cur)     # it fits a bundle of its own, or too little room is left here
+                cur, used = [], 0
+                continue
+            n = max(1, (room - ENTRY_OVERHEAD_BYTES) * 1000 // 1001)
+            kind = p.kind if p.kind == "append" else ("append" if fresh(p.path) else "reset")
+            cur.append(_Piece(p.path, p.source, p.ref, p.name, kind, p.offset, n, p.mtime_ns))
+            bundles.append(cur)
+            cur, used = [], 0
+            p = _Piece(p.path, p.source, p.ref, p.name, "append", p.offset + n, p.length - n, p.mtime_ns)
+    if cur:
+        bundles.append(cur)
+    return bundles
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recover(settings: Settings, state: ExportState) -> None:
+    """Settle a bundle an earlier export was killed while writing (``intent.json``)."""
+    path = os.path.join(export_dir(settings), "intent.json")
+    intent = _read(path)
+    if not isinstance(intent, dict):
+        return
+    tmp, final, seq = str(intent.get("tmp")), str(intent.get("final")), int(intent.get("seq") or 0)
+    if os.path.exists(tmp):
+        os.unlink(tmp)  # never renamed into place: that sequence number never left; write it again
+        log.info("an earlier export was killed before bundle %d was complete: it is written again", seq)
+    elif seq >= state.next_seq:
+        # Renamed into place (and maybe moved on already), cursors not saved: the next bundle re-exports
+        # the same ranges, which import applies by absolute offset.
+        state.next_seq = seq + 1
+        if os.path.exists(final) and not os.path.exists(final + ".sha256"):
+            _sidecar(final, verify(final).sha256)
+        state.save(settings)
+    os.unlink(path)
+
+
+def _sidecar(final: str, sha: str) -> None:
+    tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final) + ".sha256")
+    with open(tmp, "w") as f:
+        f.write(f"{sha}  {os.path.basename(final)}\n")  # the format `sha256sum -c` reads
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final + ".sha256")
+
+
+def _chunks(p: _Piece, short: List[bool]) -> Iterator[bytes]:
+    off, left = p.offset, p.length
+    while left:
+        data = p.source.read_range(p.ref, p.name, off, min(READ_BYTES, left))
+        if not data:
+            short[0] = True     # the file shrank since its stat: the cursor makes the next export look again
+            return
+        off += len(data)
+        left -= len(data)
+        yield data
+
+
+def _write(settings: Settings, to_dir: str, state: ExportState, pieces: List[_Piece], roots: Dict[str, str],
+           clock: Callable[[], float]) -> Dict[str, Any]:
+    seq = state.next_seq
+    name = bundle_name(state.export_id, seq)
+    final, tmp = os.path.join(to_dir, name), os.path.join(to_dir, ".tmp-" + name)
+    _atomic_write(os.path.join(export_dir(settings), "intent.json"), {"seq": seq, "tmp": tmp, "final": final})
+    cursors: Dict[str, List[Any]] = {}
+    data_bytes = 0
+    created_ms = int(clock() * 1000)
+    with open(tmp, "wb") as f:
+        w = BundleWriter(f, state.export_id, seq, created_ms, socket.gethostname(), roots)
+        for p in pieces:
+            short = [False]
+            n, tail = w.add(p.path, p.kind, p.offset, p.mtime_ns, _chunks(p, short))
+            data_bytes += n
+            old = state.files.get(p.path)
+            k = min(len(tail), FP_BYTES)
+            fp_len, fp = (k, fingerprint(tail[-k:])) if k else ((old[2], old[3]) if old and p.kind == "append"
+                                                                else (0, None))
+            cursors[p.path] = [p.offset + n, 0 if short[0] else p.mtime_ns, fp_len, fp]
+        sha = w.finish()
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    os.replace(tmp, final)
+    _sidecar(final, sha)
+    _fsync_dir(to_dir)
+    # Only now, with the bundle durably in place, do the cursors move.
+    state.files.update(cursors)
+    state.next_seq = seq + 1
+    info = {"name": name, "seq": seq, "bytes": size, "entries": len(pieces), "created_ms": created_ms,
+            "data_bytes": data_bytes, "sha256": sha}
+    state.bundles = (state.bundles + [info])[-MAX_LOGGED:]
+    state.bundles_total += 1
+    state.save(settings)
+    os.unlink(os.path.join(export_dir(settings), "intent.json"))
+    return info
+
+
+def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = None,
+           clock: Callable[[], float] = time.time) -> ExportReport:
+    """One export: every bundle needed for what is new, written into ``to_dir`` (see the module doc)."""
+    if not settings.roots and sources is None:
+        raise GatewayError("no roots to export: set roots in the config or HPCSYNC_GATEWAY_ROOTS")
+    to_dir = os.path.abspath(os.path.expanduser(to_dir))
+    if not os.path.isdir(to_dir):
+        raise GatewayError(f"--to {to_dir} is not a directory: create it (the bundles are written there)")
+    os.makedirs(export_dir(settings), exist_ok=True)
+    lease = Lease(settings.lease_path, "export:" + settings.state_path, settings.lease_ttl_s)
+    if not lease.acquire():
+        raise GatewayError(f"another export holds the lease {lease.path}; wait for it to finish")
+    srcs = sources if sources is not None else [open_source(r, settings) for r in settings.roots]
+    try:
+        state = ExportState.load(settings)
+        if not state.export_id:
+            state.export_id = secrets.token_hex(8)   # once per export side: orders its bundles on import
+        _recover(settings, state)
+        roots = {root_id(s.display): s.display for s in srcs}
+        state.roots.update(roots)
+        rep = ExportReport()
+        pieces = _plan(settings, srcs, state, rep)
+        for group in _pack(pieces, settings.bundle_max_bytes, lambda p: p not in state.files):
+            rep.bundles.append(_write(settings, to_dir, state, group, roots, clock))
+        state.last_export_ms = int(clock() * 1000)
+        state.save(settings)
+        return rep
+    finally:
+        for s in srcs:
+            s.close()
+        lease.release()
+
+
+def pending(settings: Settings, state: ExportState) -> Tuple[int, int]:
+    """``(files, bytes)`` changed on disk since the last export (stats only, no reads)."""
+    rep = ExportReport()
+    files = size_sum = 0
+    srcs = [open_source(r, settings) for r in settings.roots]
+    try:
+        for _s, _ref, _name, path, size, mtime_ns in _files(settings, srcs, rep):
+            cur = state.files.get(path)
+            if cur is None or cur[0] != size or cur[1] != mtime_ns:
+                files += 1
+                size_sum += size - cur[0] if cur is not None and size >= cur[0] else size
+    finally:
+        for s in srcs:
+            s.close()
+    return files, size_sum
