@@ -88,7 +88,7 @@ class Manifest:
     roots: Dict[str, str]
     entries: Tuple[Entry, ...]
     version: str
-    sha256: str            # the whole file's digest (the trailer's)
+    sha256: str            # the whole file's digest (as sha256sum prints it)
     size_bytes: int        # the bundle file's size
     payload_offset: int
     payload_bytes: int     # compressed
@@ -148,14 +148,17 @@ class BundleWriter:
         return n, tail
 
     def finish(self) -> str:
-        """Flush the payload, write manifest and trailer; returns the whole file's sha256 (hex)."""
+        """Flush the payload, write manifest and trailer; returns the whole file's sha256 (hex), the one
+        ``sha256sum`` prints (the trailer holds the digest of everything before the trailer's digest)."""
         self._payload(self.z.flush())
         manifest = json.dumps(dict(self.head, entries=self.entries), separators=(",", ":")).encode()
         self._put(manifest)
         self._put(_LENGTHS.pack(self.payload_bytes, len(manifest)))
         digest = self.hash.digest()
         self.f.write(digest + TAIL)
-        return digest.hex()
+        whole = self.hash.copy()
+        whole.update(digest + TAIL)
+        return whole.hexdigest()
 
 
 def _int(doc: Dict[str, Any], key: str, where: str) -> int:
@@ -189,6 +192,8 @@ def _manifest(name: str, f: BinaryIO) -> Manifest:
             break
         h.update(data)
         left -= len(data)
+    whole = h.copy()
+    whole.update(digest + TAIL)
     if h.digest() != digest:
         raise BundleError(f"{name}: checksum mismatch (the file was damaged in transfer): refused, nothing "
                           f"applied; copy it again from the export side")
@@ -228,7 +233,7 @@ def _manifest(name: str, f: BinaryIO) -> Manifest:
     if seq < 1:
         raise BundleError(f"{name}: sequence number {seq} is not valid: refused")
     return Manifest(export_id, seq, _int(doc, "created_ms", name), str(doc.get("host", "")),
-                    {str(k): str(v) for k, v in roots.items()}, tuple(entries), version, digest.hex(), size,
+                    {str(k): str(v) for k, v in roots.items()}, tuple(entries), version, whole.hexdigest(), size,
                     len(HEAD), payload_bytes)
 
 

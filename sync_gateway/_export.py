@@ -29,7 +29,7 @@ from ._bundle import ENTRY_OVERHEAD_BYTES, OVERHEAD_BYTES, BundleWriter, bundle_
 from ._lease import Lease
 from ._settings import Settings
 from ._state import _atomic_write, _read
-from .errors import BundleError, GatewayError
+from .errors import BundleError, ConfigError, GatewayError
 from .readers import discover_runs, reader_for
 from .readers.base import fingerprint
 from .sources import open_source
@@ -284,7 +284,7 @@ def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = No
            clock: Callable[[], float] = time.time) -> ExportReport:
     """One export: every bundle needed for what is new, written into ``to_dir`` (see the module doc)."""
     if not settings.roots and sources is None:
-        raise GatewayError("no roots to export: set roots in the config or HPCSYNC_GATEWAY_ROOTS")
+        raise ConfigError("no roots to export: set roots in the config or HPCSYNC_GATEWAY_ROOTS")
     to_dir = os.path.abspath(os.path.expanduser(to_dir))
     if not os.path.isdir(to_dir):
         raise GatewayError(f"--to {to_dir} is not a directory: create it (the bundles are written there)")
