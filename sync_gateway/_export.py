@@ -17,6 +17,7 @@ harm, no duplicate).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -156,32 +157,35 @@ def _plan(settings: Settings, sources: List[Source], state: ExportState, rep: Ex
     return out
 
 
-def _cost(n: int) -> int:
-    # zlib's stored blocks add 5 bytes per 16 KiB on incompressible data; 1/1000 covers it
-    return n + n // 1000 + ENTRY_OVERHEAD_BYTES
+def _cost(n: int, path: str) -> int:
+    # zlib's stored blocks add 5 bytes per 16 KiB on incompressible data (1/1000 covers it); the entry's
+    # manifest line is its path and less than ENTRY_OVERHEAD_BYTES of fields
+    return n + n // 1000 + ENTRY_OVERHEAD_BYTES + len(path.encode())
 
 
-def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool]) -> List[List[_Piece]]:
+def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool], fixed_bytes: int
+          ) -> List[List[_Piece]]:
     """Pieces into bundles of at most ``max_bytes``: a whole file when it fits, else split by byte range
     (the first part of a rewritten file is a ``reset``, the rest ``append``s). ``fresh(path)``: no cursor
     yet (a first export): a large file's first part is then an ``append`` at 0, so a mirror that holds it
-    already (an export state lost) is not cut short meanwhile."""
-    budget = max_bytes - OVERHEAD_BYTES
+    already (an export state lost) is not cut short meanwhile. ``fixed_bytes``: what every bundle holds
+    besides its entries."""
+    budget = max_bytes - fixed_bytes
     bundles: List[List[_Piece]] = []
     cur: List[_Piece] = []
     used = 0
     for p in pieces:
         while True:
             room = budget - used
-            if _cost(p.length) <= room:
+            if _cost(p.length, p.path) <= room:
                 cur.append(p)
-                used += _cost(p.length)
+                used += _cost(p.length, p.path)
                 break
-            if cur and (_cost(p.length) <= budget or room < _cost(MIN_SPLIT_BYTES)):
+            if cur and (_cost(p.length, p.path) <= budget or room < _cost(MIN_SPLIT_BYTES, p.path)):
                 bundles.append(cur)     # it fits a bundle of its own, or too little room is left here
                 cur, used = [], 0
                 continue
-            n = max(1, (room - ENTRY_OVERHEAD_BYTES) * 1000 // 1001)
+            n = max(1, (room - ENTRY_OVERHEAD_BYTES - len(p.path.encode())) * 1000 // 1001)
             kind = p.kind if p.kind == "append" else ("append" if fresh(p.path) else "reset")
             cur.append(_Piece(p.path, p.source, p.ref, p.name, kind, p.offset, n, p.mtime_ns))
             bundles.append(cur)
@@ -302,7 +306,8 @@ def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = No
         state.roots.update(roots)
         rep = ExportReport()
         pieces = _plan(settings, srcs, state, rep)
-        for group in _pack(pieces, settings.bundle_max_bytes, lambda p: p not in state.files):
+        fixed = OVERHEAD_BYTES + len(json.dumps(roots)) + len(socket.gethostname())
+        for group in _pack(pieces, settings.bundle_max_bytes, lambda p: p not in state.files, fixed):
             rep.bundles.append(_write(settings, to_dir, state, group, roots, clock))
         state.last_export_ms = int(clock() * 1000)
         state.save(settings)
