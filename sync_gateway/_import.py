@@ -229,7 +229,12 @@ def import_bundles(settings: Settings, paths: List[str], sink: Optional[Sink] = 
                 rep.refused[name] = (f"{name}: {bundle_name(m.export_id, last + 1)} has not been imported yet: "
                                      f"import it first (or together with this one)")
                 continue
-            _apply(f, m, name, mirror_dir(settings))
+            try:
+                _apply(f, m, name, mirror_dir(settings))
+            except OSError as e:   # a full disk, a file where a directory belongs: not recorded, so retried
+                rep.refused[name] = (f"{name}: cannot write it into the mirror {mirror_dir(settings)}: {e}; "
+                                     f"fix that and import it again (applying it twice is harmless)")
+                break
             state.exports[m.export_id] = {"seq": m.seq, "host": m.host, "roots": dict(m.roots),
                                           "capture_ms": max(m.created_ms, int(ex.get("capture_ms") or 0)),
                                           "imported": int(ex.get("imported") or 0) + 1,
@@ -245,7 +250,8 @@ def import_bundles(settings: Settings, paths: List[str], sink: Optional[Sink] = 
         for why in rep.refused.values():
             log.error("%s", why)
         if not state.exports:
-            return rep   # nothing was ever applied: no mirror to sync
+            log.info("nothing imported yet: no mirror to sync")
+            return rep
         sink = sink or make_sink(settings)
         rep.sync = _sync_mirror(settings, state, sink)
         state.last_pass = {"at_ms": int(clock() * 1000), "ok": rep.sync.ok, "capture_ms": state.capture_ms,
