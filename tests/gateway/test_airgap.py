@@ -356,3 +356,22 @@ def test_make_runner_is_untouched_by_the_import_side(settings):
 
     with pytest.raises(ConfigError):
         make_runner(replace(settings, roots=[]))
+
+
+def test_root_relative_locations_local_and_sftp(tmp_path):
+    """Bundle paths are <root id>/<path below the root>, for local roots and ssh:// roots alike."""
+    from sync_gateway.sources.local import LocalSource
+
+    src = LocalSource(str(tmp_path))
+    assert src.relative(str(tmp_path / "p" / "r")) == "p/r"
+    assert src.relative(str(tmp_path)) == ""
+    assert src.relative(str(tmp_path.parent)) is None
+    pytest.importorskip("paramiko")
+    from sync_gateway.sources.sftp import SftpSource
+
+    (tmp_path / "none").write_text("")
+    sftp = SftpSource("ssh://127.0.0.1:1/scratch/runs", known_hosts=str(tmp_path / "kh"),
+                      ssh_config=str(tmp_path / "none"))
+    assert sftp.relative("/scratch/runs/a/wandb") == "a/wandb"
+    assert sftp.relative("/scratch/runs") == ""
+    assert sftp.relative("/scratch/other") is None

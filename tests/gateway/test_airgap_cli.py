@@ -23,6 +23,8 @@ from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, server_run, sink_for
 from support import soak_count
 
+pytestmark = pytest.mark.slow   # every test runs the CLI in a subprocess
+
 SEED = int(os.environ.get("HPCSYNC_SEED") or random.randrange(1 << 30))
 KILLS = soak_count(6, 40)
 ROWS = soak_count(8_000, 100_000)
