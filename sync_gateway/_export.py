@@ -125,7 +125,9 @@ def _files(settings: Settings, sources: List[Source], rep: ExportReport
                 log.error("%s: %s: not exported: %s", source.display, ref.key, e)
                 continue
             rep.runs += 1
-            for name, st in sorted(snap.files.items()):
+            # In the order the files were last written: a backlog split across bundles then never shows
+            # the import side a state the cluster never had (an exit record before the rows it follows).
+            for name, st in sorted(snap.files.items(), key=lambda kv: (kv[1].mtime_ns, kv[0])):
                 path = f"{rid}/{rel}/{name}" if rel else f"{rid}/{name}"
                 try:
                     check_path(path)

@@ -375,3 +375,21 @@ def test_root_relative_locations_local_and_sftp(tmp_path):
     assert sftp.relative("/scratch/runs/a/wandb") == "a/wandb"
     assert sftp.relative("/scratch/runs") == ""
     assert sftp.relative("/scratch/other") is None
+
+
+def test_a_runs_files_are_exported_in_the_order_they_were_written(tmp_path):
+    """A backlog split across bundles: the exit record comes after the last rows, so an import of the
+    first bundles alone never shows a finished run with rows missing."""
+    from sync_gateway._bundle import verify
+
+    root, out = tmp_path / "runs", tmp_path / "out"
+    root.mkdir()
+    out.mkdir()
+    w = RunWriter(str(root), "p", "r1")
+    w.log_many(({"x": float(i), "pad": "z" * 50} for i in range(5000)), ts0_ms=T0)
+    w.exit(0)
+    ex = Settings(roots=[str(root)], state_dir=str(tmp_path / "s"), bundle_max_bytes=64 << 10)
+    made = export(ex, str(out)).bundles
+    assert len(made) >= 2
+    order = [e.path.rsplit("/", 1)[1] for b in made for e in verify(os.path.join(str(out), b["name"])).entries]
+    assert order[0] == "run.json" and order[-1] == "exit.json" and "exit.json" not in order[:-1]
