@@ -17,6 +17,7 @@ harm, no duplicate).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -213,8 +214,10 @@ def _recover(settings: Settings, state: ExportState) -> None:
     if not isinstance(intent, dict):
         return
     tmp, final, seq = str(intent.get("tmp")), str(intent.get("final")), int(intent.get("seq") or 0)
+    renamed = os.path.exists(final) or not os.path.exists(tmp)
     if os.path.exists(tmp):
-        os.unlink(tmp)  # never renamed into place: that sequence number never left; write it again
+        os.unlink(tmp)
+    if not renamed:  # that sequence number never left: it is written again
         log.info("an earlier export was killed before bundle %d was complete: it is written again", seq)
     elif seq >= state.next_seq:
         # Renamed into place (and maybe moved on already), cursors not saved: the next bundle re-exports
@@ -238,7 +241,11 @@ def _sidecar(final: str, sha: str) -> None:
 def _chunks(p: _Piece, short: List[bool]) -> Iterator[bytes]:
     off, left = p.offset, p.length
     while left:
-        data = p.source.read_range(p.ref, p.name, off, min(READ_BYTES, left))
+        try:
+            data = p.source.read_range(p.ref, p.name, off, min(READ_BYTES, left))
+        except GatewayError as e:   # the file or its run vanished since its stat
+            log.warning("%s: %s: %s", p.ref.key, p.name, e)
+            data = b""
         if not data:
             short[0] = True     # the file shrank since its stat: the cursor makes the next export look again
             return
@@ -252,15 +259,22 @@ def _write(settings: Settings, to_dir: str, state: ExportState, pieces: List[_Pi
     seq = state.next_seq
     name = bundle_name(state.export_id, seq)
     final, tmp = os.path.join(to_dir, name), os.path.join(to_dir, ".tmp-" + name)
-    _atomic_write(os.path.join(export_dir(settings), "intent.json"), {"seq": seq, "tmp": tmp, "final": final})
     cursors: Dict[str, List[Any]] = {}
     data_bytes = 0
     created_ms = int(clock() * 1000)
     with open(tmp, "wb") as f:
+        # The temporary file exists before the intent names it, so that a recovery finding neither it nor
+        # the final name knows the bundle was renamed into place and moved on.
+        _atomic_write(os.path.join(export_dir(settings), "intent.json"), {"seq": seq, "tmp": tmp, "final": final})
         w = BundleWriter(f, state.export_id, seq, created_ms, socket.gethostname(), roots)
         for p in pieces:
             short = [False]
-            n, tail = w.add(p.path, p.kind, p.offset, p.mtime_ns, _chunks(p, short))
+            chunks = _chunks(p, short)
+            first = next(chunks, b"")
+            if p.length and not first:
+                continue  # vanished or cut short since its stat: no entry (an empty replace would empty
+                # the mirror's copy); its cursor stays, so the next export looks again
+            n, tail = w.add(p.path, p.kind, p.offset, p.mtime_ns, itertools.chain([first], chunks))
             data_bytes += n
             old = state.files.get(p.path)
             k = min(len(tail), FP_BYTES)
@@ -277,7 +291,7 @@ def _write(settings: Settings, to_dir: str, state: ExportState, pieces: List[_Pi
     # Only now, with the bundle durably in place, do the cursors move.
     state.files.update(cursors)
     state.next_seq = seq + 1
-    info = {"name": name, "seq": seq, "bytes": size, "entries": len(pieces), "created_ms": created_ms,
+    info = {"name": name, "seq": seq, "bytes": size, "entries": len(cursors), "created_ms": created_ms,
             "data_bytes": data_bytes, "sha256": sha}
     state.bundles = (state.bundles + [info])[-MAX_LOGGED:]
     state.bundles_total += 1

@@ -393,3 +393,28 @@ def test_a_runs_files_are_exported_in_the_order_they_were_written(tmp_path):
     assert len(made) >= 2
     order = [e.path.rsplit("/", 1)[1] for b in made for e in verify(os.path.join(str(out), b["name"])).entries]
     assert order[0] == "run.json" and order[-1] == "exit.json" and "exit.json" not in order[:-1]
+
+
+def test_a_file_that_vanishes_during_an_export_is_looked_at_again(tmp_path, monkeypatch):
+    from sync_gateway.errors import SourceError
+    from sync_gateway.sources.local import LocalSource
+
+    root, out = tmp_path / "runs", tmp_path / "out"
+    root.mkdir()
+    out.mkdir()
+    w = RunWriter(str(root), "p", "r1")
+    w.log_many(({"x": float(i)} for i in range(100)), ts0_ms=T0)
+    ex = Settings(roots=[str(root)], state_dir=str(tmp_path / "s"))
+    real = LocalSource.read_range
+
+    def flaky(self, run, name, offset, length):
+        if name == "history.jsonl":
+            raise SourceError(self.display, name, "No such file or directory")
+        return real(self, run, name, offset, length)
+
+    monkeypatch.setattr(LocalSource, "read_range", flaky)
+    (first,) = export(ex, str(out)).bundles     # the rest is exported; that file is not lost
+    assert first["entries"] == 1                # run.json, and no empty history.jsonl
+    monkeypatch.undo()
+    (b,) = export(ex, str(out)).bundles         # the next export carries it whole
+    assert b["data_bytes"] == os.path.getsize(w.path("history.jsonl"))
