@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -34,7 +34,7 @@ import urllib3
 from .._http import DeadlineExceeded, HttpClient
 from .._redact import redact
 from .._settings import AuthSettings, Settings
-from ..errors import ConfigError, RunDeleted, ServerError
+from ..errors import ConfigError, FileTooLarge, RunDeleted, ServerError
 from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
 from ._mlflow_names import (
     flatten_config,
@@ -67,6 +67,10 @@ RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from 
 SETTLE_S = 60.0
 INT64_MAX = (1 << 63) - 1
 _DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
+#: MLflow 3's answer (403, text/plain) to a Host header not in its --allowed-hosts (DNS-rebinding guard)
+_BAD_HOST = "Invalid Host header"
+#: doctor's probes of a proxy's body limit: above nginx's 1 MB default, then a size some files reach
+BODY_PROBES_BYTES = (256 << 10, (1 << 20) + (4 << 10), 8 << 20)
 
 
 def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
@@ -109,6 +113,7 @@ class MlflowSink(Sink):
         self._experiments: Dict[str, str] = {}
         self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._matchers: Dict[Tuple[MetricDef, ...], List[Tuple[Any, Optional[str]]]] = {}
+        self._too_large_warned = False
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
@@ -167,8 +172,13 @@ class MlflowSink(Sink):
                 err = {}
             msg = redact(msg)  # a server or proxy may echo the request's headers
             retry = r.status_code in (429,) or r.status_code >= 500
-            if r.status_code in (401, 403):
+            if r.status_code == 403 and _BAD_HOST in r.text:
+                msg = host_refused(self.http.base_url)
+            elif r.status_code in (401, 403):
                 msg += " (check the auth section of the config)"
+            elif r.status_code == 413:
+                msg = f"request body of {_body_bytes(r):,} bytes refused as too large (HTTP 413, by the server or " \
+                      f"a proxy before it; nginx's default limit is 1 MB: client_max_body_size)"
             if r.status_code == 400 and _DELETED.search(msg):
                 rid = (body or {}).get("run_id", "")
                 raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
@@ -204,7 +214,27 @@ class MlflowSink(Sink):
         return eid
 
     def _log_batch(self, run_id: str, **lists: List[Dict[str, Any]]) -> None:
-        self._call("POST", "/runs/log-batch", {"run_id": run_id, **lists})
+        """One ``runs/log-batch``. A body refused as too large (413: a proxy's limit, nginx's default is
+        1 MB) is split in halves until it passes; later batches are made smaller from the start. Sending
+        the halves separately is safe: identical points and param values are stored once (docs/facts.md).
+        A single item that is still too large is refused for good (the engine quarantines its batch)."""
+        try:
+            self._call("POST", "/runs/log-batch", {"run_id": run_id, **lists})
+        except ServerError as e:
+            items = [(name, x) for name, xs in lists.items() for x in xs]
+            if e.status != 413 or len(items) <= 1:
+                raise
+            half = len(items) // 2
+            if not self._too_large_warned:
+                self._too_large_warned = True
+                log.warning("%s: batches are split to fit; raise the proxy's body limit for speed", e)
+            if "metrics" in lists:
+                self.batch_points = max(1, min(self.batch_points, len(lists["metrics"]) // 2))
+            for part in (items[:half], items[half:]):
+                grouped: Dict[str, List[Dict[str, Any]]] = {}
+                for name, x in part:
+                    grouped.setdefault(name, []).append(x)
+                self._log_batch(run_id, **grouped)
 
     def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         items = list(tags.items())
@@ -481,7 +511,14 @@ class MlflowSink(Sink):
                               f"proxy; start the server with --serve-artifacts", retryable=False)
         rel = prefix[len("mlflow-artifacts:/"):].lstrip("/") + "/" + path
         # Streamed from ``body`` (urllib3 rewinds it for a retry); a PUT replaces the object.
-        self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
+        try:
+            self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
+        except ServerError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLarge(f"{path} ({size_bytes / 1e6:,.1f} MB) was refused as too large (HTTP 413) by the "
+                               f"server or a proxy before it: raise its body limit (nginx: client_max_body_size) "
+                               f"to upload it", 413) from e
 
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
         assert isinstance(run, MlflowRun)
@@ -528,13 +565,43 @@ class MlflowSink(Sink):
 
     def doctor(self, add: Any) -> None:
         r = self.http.request("GET", "/version")
+        if r.status_code in (502, 503, 504):
+            add(False, "server", f"GET /version -> HTTP {r.status_code} from a proxy: the MLflow server behind it is "
+                                 f"not running or not reachable; its log says why (a server on PostgreSQL "
+                                 f"without its driver stops at start with: No module named 'psycopg')")
+            return
         add(r.ok, "server", f"MLflow {r.text.strip()}" if r.ok else f"GET /version -> HTTP {r.status_code}")
         r = self.http.request("POST", API + "/experiments/search", json={"max_results": 1})
         auth = self.http.auth_desc
+        if r.status_code == 403 and _BAD_HOST in r.text:  # /version is exempt from the guard: only this shows it
+            add(False, "host", host_refused(self.http.base_url))
+            return
         if r.status_code in (401, 403):
             add(False, "auth", f"HTTP {r.status_code}: the server refused the credentials from {auth}")
-        else:
-            add(r.ok, "auth", f"{auth} accepted" if r.ok else f"HTTP {r.status_code}: {r.text[:200]}")
+            return
+        add(r.ok, "auth", f"{auth} accepted" if r.ok else f"HTTP {r.status_code}: {r.text[:200]}")
+        if r.ok:
+            self._doctor_body_limit(add)
+
+    def _doctor_body_limit(self, add: Any) -> None:
+        """Probe the largest request body that passes (a proxy's limit; nginx's default is 1 MB) with a
+        read-only search padded by a field the server ignores: nothing is written."""
+        accepted = 0
+        for size in BODY_PROBES_BYTES:
+            r = self.http.request("POST", API + "/experiments/search",
+                                  json={"max_results": 1, "hpc_sync_probe": "x" * size})
+            if r.status_code == 413:
+                add(False, "body limit",
+                    f"a request of {size / 2**20:,.2f} MiB was refused as too large (HTTP 413)"
+                    + (f", {accepted / 2**20:,.2f} MiB passed" if accepted else "")
+                    + ": batches are split to fit (slower), but larger files cannot be uploaded; raise the "
+                      "proxy's limit (nginx: client_max_body_size)")
+                return
+            if not r.ok:
+                add(False, "body limit", f"a request of {size / 2**20:,.2f} MiB -> HTTP {r.status_code}")
+                return
+            accepted = size
+        add(True, "body limit", f"requests of {accepted / 2**20:,.0f} MiB pass")
 
     def run_url(self, run: SinkRun) -> str:
         assert isinstance(run, MlflowRun)
@@ -560,6 +627,18 @@ class MlflowSink(Sink):
 
     def close(self) -> None:
         self.http.session.close()
+
+
+def host_refused(base_url: str) -> str:
+    host = urlsplit(base_url).netloc
+    return (f"the server refused the host name {host!r} of server.url (HTTP 403 {_BAD_HOST}: MLflow 3's "
+            f"DNS-rebinding guard): add it to the server's --allowed-hosts (or MLFLOW_SERVER_ALLOWED_HOSTS), "
+            f"or use a server.url whose host is already allowed")
+
+
+def _body_bytes(r: requests.Response) -> int:
+    body = r.request.body if r.request is not None else None
+    return len(body) if isinstance(body, (bytes, str)) else 0
 
 
 def _no_connection(e: Exception) -> bool:
