@@ -26,16 +26,16 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
-import urllib3
 
 from .._http import DeadlineExceeded, HttpClient
 from .._redact import redact
 from .._settings import AuthSettings, Settings
 from ..errors import ConfigError, FileTooLarge, RunDeleted, ServerError
 from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
+from ._mlflow_diagnose import BAD_HOST, body_bytes, host_refused, mlflow_doctor, no_connection, reason, short
 from ._mlflow_names import (
     flatten_config,
     media_artifact_path,
@@ -67,10 +67,6 @@ RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from 
 SETTLE_S = 60.0
 INT64_MAX = (1 << 63) - 1
 _DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
-#: MLflow 3's answer (403, text/plain) to a Host header not in its --allowed-hosts (DNS-rebinding guard)
-_BAD_HOST = "Invalid Host header"
-#: doctor's probes of a proxy's body limit: above nginx's 1 MB default, then a size some files reach
-BODY_PROBES_BYTES = (256 << 10, (1 << 20) + (4 << 10), 8 << 20)
 
 
 def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
@@ -156,12 +152,12 @@ class MlflowSink(Sink):
             raise ServerError(f"{method} {path}: {self.http.base_url} sent {e}", retryable=True) from e
         except requests.exceptions.SSLError as e:
             raise ServerError(
-                f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({_reason(e)}). "
+                f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({reason(e)}). "
                 f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
                 f"`sync-gateway doctor` names the issuer", retryable=False) from e
         except requests.exceptions.RequestException as e:
             raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{_short(e)}", retryable=True, unreachable=_no_connection(e)) from e
+                              f"{short(e)}", retryable=True, unreachable=no_connection(e)) from e
         if r.status_code >= 400:
             try:
                 err = r.json()
@@ -172,12 +168,12 @@ class MlflowSink(Sink):
                 err = {}
             msg = redact(msg)  # a server or proxy may echo the request's headers
             retry = r.status_code in (429,) or r.status_code >= 500
-            if r.status_code == 403 and _BAD_HOST in r.text:
+            if r.status_code == 403 and BAD_HOST in r.text:
                 msg = host_refused(self.http.base_url)
             elif r.status_code in (401, 403):
                 msg += " (check the auth section of the config)"
             elif r.status_code == 413:
-                msg = f"request body of {_body_bytes(r):,} bytes refused as too large (HTTP 413, by the server or " \
+                msg = f"request body of {body_bytes(r):,} bytes refused as too large (HTTP 413, by the server or " \
                       f"a proxy before it; nginx's default limit is 1 MB: client_max_body_size)"
             if r.status_code == 400 and _DELETED.search(msg):
                 rid = (body or {}).get("run_id", "")
@@ -560,48 +556,11 @@ class MlflowSink(Sink):
         try:
             r = self.http.request("GET", "/version")
         except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url}: {_short(e)}", retryable=True) from e
+            raise ServerError(f"cannot reach {self.http.base_url}: {short(e)}", retryable=True) from e
         return r.text.strip() if r.ok else f"unknown (GET /version -> HTTP {r.status_code})"
 
     def doctor(self, add: Any) -> None:
-        r = self.http.request("GET", "/version")
-        if r.status_code in (502, 503, 504):
-            add(False, "server", f"GET /version -> HTTP {r.status_code} from a proxy: the MLflow server behind it is "
-                                 f"not running or not reachable; its log says why (a server on PostgreSQL "
-                                 f"without its driver stops at start with: No module named 'psycopg')")
-            return
-        add(r.ok, "server", f"MLflow {r.text.strip()}" if r.ok else f"GET /version -> HTTP {r.status_code}")
-        r = self.http.request("POST", API + "/experiments/search", json={"max_results": 1})
-        auth = self.http.auth_desc
-        if r.status_code == 403 and _BAD_HOST in r.text:  # /version is exempt from the guard: only this shows it
-            add(False, "host", host_refused(self.http.base_url))
-            return
-        if r.status_code in (401, 403):
-            add(False, "auth", f"HTTP {r.status_code}: the server refused the credentials from {auth}")
-            return
-        add(r.ok, "auth", f"{auth} accepted" if r.ok else f"HTTP {r.status_code}: {r.text[:200]}")
-        if r.ok:
-            self._doctor_body_limit(add)
-
-    def _doctor_body_limit(self, add: Any) -> None:
-        """Probe the largest request body that passes (a proxy's limit; nginx's default is 1 MB) with a
-        read-only search padded by a field the server ignores: nothing is written."""
-        accepted = 0
-        for size in BODY_PROBES_BYTES:
-            r = self.http.request("POST", API + "/experiments/search",
-                                  json={"max_results": 1, "hpc_sync_probe": "x" * size})
-            if r.status_code == 413:
-                add(False, "body limit",
-                    f"a request of {size / 2**20:,.2f} MiB was refused as too large (HTTP 413)"
-                    + (f", {accepted / 2**20:,.2f} MiB passed" if accepted else "")
-                    + ": batches are split to fit (slower), but larger files cannot be uploaded; raise the "
-                      "proxy's limit (nginx: client_max_body_size)")
-                return
-            if not r.ok:
-                add(False, "body limit", f"a request of {size / 2**20:,.2f} MiB -> HTTP {r.status_code}")
-                return
-            accepted = size
-        add(True, "body limit", f"requests of {accepted / 2**20:,.0f} MiB pass")
+        mlflow_doctor(self.http, API, add)
 
     def run_url(self, run: SinkRun) -> str:
         assert isinstance(run, MlflowRun)
@@ -629,43 +588,5 @@ class MlflowSink(Sink):
         self.http.session.close()
 
 
-def host_refused(base_url: str) -> str:
-    host = urlsplit(base_url).netloc
-    return (f"the server refused the host name {host!r} of server.url (HTTP 403 {_BAD_HOST}: MLflow 3's "
-            f"DNS-rebinding guard): add it to the server's --allowed-hosts (or MLFLOW_SERVER_ALLOWED_HOSTS), "
-            f"or use a server.url whose host is already allowed")
-
-
-def _body_bytes(r: requests.Response) -> int:
-    body = r.request.body if r.request is not None else None
-    return len(body) if isinstance(body, (bytes, str)) else 0
-
-
-def _no_connection(e: Exception) -> bool:
-    """No connection could be opened (refused, DNS, connect timeout): the server is down, not this run's
-    request at fault. A connection reset or a read timeout mid-request may be the request's own doing."""
-    if isinstance(e, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError) or \
-        isinstance(e.__context__, urllib3.exceptions.NewConnectionError)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _short(e: Exception) -> str:
-    """The useful end of urllib3's nested message ("[Errno 111] Connection refused", "Read timed out")."""
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"(Read|Connect) timed out[^'\")]*", text)
-    return m.group(0).strip() if m else f"{e.__class__.__name__}: {text[:200]}"
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER"):
-        i = text.find(marker)
-        if i >= 0:
-            return text[i:].split("'")[0].split('"')[0].rstrip(" )")
-    return text[:200]
