@@ -431,7 +431,8 @@ class Gateway:
                 stop = end.offset if end is not None else start
                 why = redact(err)[:500]
                 st.quarantined = (st.quarantined + [{"stream": stream, "bytes": [start, stop],
-                                                     "points": len(payload) if hasattr(payload, "__len__") else 0,
+                                                     "points": getattr(err, "refused_points", None)
+                                                     or (len(payload) if hasattr(payload, "__len__") else 0),
                                                      "error": why, "at_ms": int(self.clock() * 1000)}]
                                   )[-RunState.MAX_QUARANTINED:]
                 st.quarantined_total += 1

@@ -30,12 +30,11 @@ from urllib.parse import quote
 
 import requests
 
-from .._http import DeadlineExceeded, HttpClient
-from .._redact import redact
+from .._http import HttpClient
 from .._settings import AuthSettings, Settings
 from ..errors import ConfigError, FileTooLarge, RunDeleted, ServerError
 from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
-from ._mlflow_diagnose import BAD_HOST, body_bytes, host_refused, mlflow_doctor, no_connection, reason, short
+from ._mlflow_diagnose import mlflow_doctor, short
 from ._mlflow_names import (
     flatten_config,
     media_artifact_path,
@@ -45,6 +44,7 @@ from ._mlflow_names import (
     system_metric,
     tag_value,
 )
+from ._mlflow_rest import API, MlflowRest
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
@@ -52,7 +52,6 @@ __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-API = "/api/2.0/mlflow"
 SYNC_TAG = "hpc.run_id"
 MAX_POINTS = 1000       # MLflow refuses a log-batch of more metrics (400)
 MAX_PARAMS = 100        # ... params, tags
@@ -66,7 +65,6 @@ RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from 
 #: a server run is checked for duplicates until a check this long after adopting it found none
 SETTLE_S = 60.0
 INT64_MAX = (1 << 63) - 1
-_DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
 
 
 def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
@@ -98,7 +96,7 @@ class MlflowRun(SinkRun):
         return asdict(self)
 
 
-class MlflowSink(Sink):
+class MlflowSink(MlflowRest, Sink):
     kind = "mlflow"
     options = ()
     config_change_note = "MLflow params cannot change, the new values are in the artifact hpc/config.json"
@@ -138,55 +136,6 @@ class MlflowSink(Sink):
             raise ConfigError(f"batch_points must be an integer from 1 to {MAX_POINTS} (MLflow's limit), "
                               f"not {settings.batch_points!r}")
 
-    # -- plumbing -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
-              data: Optional[BinaryIO] = None, size_bytes: int = 0, idempotent: bool = True) -> Dict[str, Any]:
-        try:
-            if data is not None:
-                r = self.http.request(method, path, data=data, deadline_s=self.http.deadline_s + size_bytes / 1e6,
-                                      headers={"Content-Type": "application/octet-stream",
-                                               "Content-Length": str(size_bytes)})
-            else:
-                r = self.http.request(method, API + path, json=body, params=params, idempotent=idempotent)
-        except DeadlineExceeded as e:
-            raise ServerError(f"{method} {path}: {self.http.base_url} sent {e}", retryable=True) from e
-        except requests.exceptions.SSLError as e:
-            raise ServerError(
-                f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({reason(e)}). "
-                f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
-                f"`sync-gateway doctor` names the issuer", retryable=False) from e
-        except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{short(e)}", retryable=True, unreachable=no_connection(e)) from e
-        if r.status_code >= 400:
-            try:
-                err = r.json()
-                msg = f"{err.get('error_code', '')}: {str(err.get('message', ''))[:500]}"
-            except ValueError:
-                err, msg = {}, r.text[:300]
-            if not isinstance(err, dict):
-                err = {}
-            msg = redact(msg)  # a server or proxy may echo the request's headers
-            retry = r.status_code in (429,) or r.status_code >= 500
-            if r.status_code == 403 and BAD_HOST in r.text:
-                msg = host_refused(self.http.base_url)
-            elif r.status_code in (401, 403):
-                msg += " (check the auth section of the config)"
-            elif r.status_code == 413:
-                msg = f"request body of {body_bytes(r):,} bytes refused as too large (HTTP 413, by the server or " \
-                      f"a proxy before it; nginx's default limit is 1 MB: client_max_body_size)"
-            if r.status_code == 400 and _DELETED.search(msg):
-                rid = (body or {}).get("run_id", "")
-                raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
-                                 f"the MLflow trash to sync it again)")
-            refused = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
-            refused.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
-            raise refused
-        try:
-            return r.json() if r.content else {}
-        except ValueError:
-            return {}
-
     def _get_experiment(self, name: str) -> str:
         return self._call("GET", "/experiments/get-by-name", params={"experiment_name": name})["experiment"][
             "experiment_id"]
@@ -208,29 +157,6 @@ class MlflowSink(Sink):
                 eid = self._get_experiment(name)
         self._experiments[name] = eid
         return eid
-
-    def _log_batch(self, run_id: str, **lists: List[Dict[str, Any]]) -> None:
-        """One ``runs/log-batch``. A body refused as too large (413: a proxy's limit, nginx's default is
-        1 MB) is split in halves until it passes; later batches are made smaller from the start. Sending
-        the halves separately is safe: identical points and param values are stored once (docs/facts.md).
-        A single item that is still too large is refused for good (the engine quarantines its batch)."""
-        try:
-            self._call("POST", "/runs/log-batch", {"run_id": run_id, **lists})
-        except ServerError as e:
-            items = [(name, x) for name, xs in lists.items() for x in xs]
-            if e.status != 413 or len(items) <= 1:
-                raise
-            half = len(items) // 2
-            if not self._too_large_warned:
-                self._too_large_warned = True
-                log.warning("%s: batches are split to fit; raise the proxy's body limit for speed", e)
-            if "metrics" in lists:
-                self.batch_points = max(1, min(self.batch_points, len(lists["metrics"]) // 2))
-            for part in (items[:half], items[half:]):
-                grouped: Dict[str, List[Dict[str, Any]]] = {}
-                for name, x in part:
-                    grouped.setdefault(name, []).append(x)
-                self._log_batch(run_id, **grouped)
 
     def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         items = list(tags.items())
@@ -472,7 +398,7 @@ class MlflowSink(Sink):
     def send(self, run: SinkRun, payload: Any) -> int:
         assert isinstance(run, MlflowRun)
         if payload:
-            self._log_batch(run.run_id, metrics=payload)
+            self._send_points(run.run_id, payload)
         return len(payload)
 
     def set_summary(self, run: SinkRun, summary: Summary) -> None:
@@ -491,7 +417,7 @@ class MlflowSink(Sink):
                 pts.append({"key": metric_key("summary/" + k), "value": _num(v), "timestamp": summary.version_ms,
                             "step": 0})
         for i in range(0, len(pts), self.batch_points):
-            self._log_batch(run.run_id, metrics=pts[i:i + self.batch_points])
+            self._send_points(run.run_id, pts[i:i + self.batch_points])
         if tags:
             self._set_tags(run.run_id, tags)
 
