@@ -18,7 +18,7 @@ from ._stream import Stream
 from ._terminal import Terminal
 from ._values import MAX_KEY_CHARS, key_problem
 from ._wandb_run import WandbRunMethods
-from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SYNC, TEXT, Writer
+from ._writer import CONFIG, DEFINE, FINISH, ROW, SAVE, SUMMARY_LAST, SYNC, TEXT, Writer
 from .errors import UsageError
 
 __all__ = ["Run", "DisabledRun", "Config", "Summary", "active_run", "set_active"]
@@ -74,6 +74,7 @@ class Run(WandbRunMethods):
         self._full_warned: set = set()
         self._logged_rows = 0
         self._dropped_rows = 0
+        self._dropped_last: Dict[str, Any] = {}  # the newest value per key of rows dropped since the last one in
         self._dropped_output_bytes = 0
         self.step = history.last_step + 1 if history.last_step is not None else 0
         self._writer = Writer(run_dir, meta, history, settings, terminal, summary_state, config,
@@ -126,9 +127,11 @@ class Run(WandbRunMethods):
                     self._logged_rows += 1
                     queued = self._queued_bytes + cost
                     if queued > self._queue_limit and not self._room_for(queued):
-                        self._drop_row()
+                        self._drop_row(row)
                         return
                     self._queued_bytes = queued
+                    if self._dropped_last:
+                        self._queue_dropped_last()
                     self._queue.append((ROW, step, int(_time() * 1000), row, cost))
                     return
                 do_commit = commit is None or bool(commit)
@@ -168,9 +171,11 @@ class Run(WandbRunMethods):
         self._logged_rows += 1
         queued = self._queued_bytes + cost
         if queued > self._queue_limit and not self._room_for(queued):
-            self._drop_row()
+            self._drop_row(row)
             return
         self._queued_bytes = queued
+        if self._dropped_last:
+            self._queue_dropped_last()
         self._queue.append((ROW, step, ts_ms, row, cost))
 
     def _room_for(self, queued_bytes: int) -> bool:  # under _lock
@@ -179,9 +184,17 @@ class Run(WandbRunMethods):
         self._queue_limit = self._writer.drained_bytes + self._budget_bytes
         return queued_bytes <= self._queue_limit
 
-    def _drop_row(self) -> None:  # under _lock
+    def _drop_row(self, row: Dict[str, Any]) -> None:  # under _lock
         self._dropped_rows += 1
+        # The history loses the row; the summary must not: a flood that lasts until the end would otherwise
+        # leave the summary at values long gone (W&B's summary is the last value logged).
+        self._dropped_last.update(row)
         self._queue_full("rows are dropped and counted in exit.json (dropped_rows)")
+
+    def _queue_dropped_last(self) -> None:  # under _lock
+        """The dropped rows' newest values go to the summary ahead of the next row that gets in."""
+        self._queue.append((SUMMARY_LAST, self._dropped_last))
+        self._dropped_last = {}
 
     def _queue_full(self, what: str) -> None:
         # The first drop wakes the writer and warns; the next ones (a flood drops thousands a second) only count.
@@ -358,6 +371,8 @@ class Run(WandbRunMethods):
         if monitor is not None:  # first: system.jsonl is complete before the writer writes exit.json
             monitor.stop(timeout_s=2.0)
         with self._lock:
+            if self._dropped_last:
+                self._queue_dropped_last()
             if self._pending is not None:  # the open row is the last one; one row may exceed the budget
                 self._logged_rows += 1
                 row, self._pending = self._pending, None

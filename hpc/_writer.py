@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Writer", "ROW", "TEXT"]
 
-ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH, COPY = range(10)
+ROW, TEXT, CONFIG, SUMMARY_SET, SUMMARY_DEL, DEFINE, SAVE, SYNC, FINISH, COPY, SUMMARY_LAST = range(11)
 # Items handled per pass before the loop looks at its clocks again: under a flood of rows the queue never
 # empties, and the flush, heartbeat and document deadlines must still be met.
 _DRAIN_BATCH = 5000
@@ -276,6 +276,11 @@ class Writer(threading.Thread):
         elif kind == SUMMARY_SET:
             self.manual[item[1]] = plain_config(item[2])
             self._summary_dirty = True
+        elif kind == SUMMARY_LAST:  # rows dropped from the history still set the summary's last values
+            values: Dict[str, Any] = {}
+            flatten_row(item[1], values, lambda key, why: None, media=_is_media)
+            self.last.update(values)
+            self._summary_dirty = True
         elif kind == SUMMARY_DEL:
             self.manual.pop(item[1], None)
             self.last.pop(item[1], None)
@@ -391,3 +396,9 @@ class Writer(threading.Thread):
             "dropped_output_bytes": self._output.dropped_bytes + caller["dropped_output_bytes"],
         }
         fmt.write_reserved(os.path.join(self._dir, fmt.EXIT), self.outcome)
+
+
+def _is_media(key: str, value: Any) -> bool:
+    """Media of a dropped row are not summary values (and their payloads were never written)."""
+    return isinstance(value, Media) or (isinstance(value, (list, tuple)) and bool(value)
+                                        and all(isinstance(v, Media) for v in value))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -90,13 +91,14 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
           backend_uri: Optional[str] = None, timeout_s: float = 120.0, attempts: int = 3,
           tls_client_ca: Optional[str] = None, probe_cert: Optional[str] = None,
           artifacts_destination: Optional[str] = None, workers: int = 1,
-          env: Optional[Dict[str, str]] = None) -> ServerHandle:
+          env: Optional[Dict[str, str]] = None, allowed_hosts: Optional[str] = None) -> ServerHandle:
     """Start ``mlflow server`` and wait (bounded) until ``/health`` answers; return its handle.
 
     ``tls_client_ca`` makes the server require client certificates signed by that CA (mTLS);
     ``probe_cert`` (a PEM with key and certificate) is then what the health probe presents.
     ``artifacts_destination`` (default ``<workdir>/artifacts``) may be ``s3://bucket/prefix``, with the
-    store's variables in ``env``; ``workers`` is the number of server processes.
+    store's variables in ``env``; ``workers`` is the number of server processes; ``allowed_hosts`` is
+    MLflow 3's ``--allowed-hosts`` (default: its own, the local addresses).
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "artifacts"), exist_ok=True)
@@ -108,6 +110,8 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
                "--backend-store-uri", backend_uri or f"sqlite:///{os.path.join(workdir, 'mlflow.db')}",
                "--serve-artifacts", "--artifacts-destination",
                artifacts_destination or os.path.join(workdir, "artifacts"), "--workers", str(workers)]
+        if allowed_hosts:
+            cmd += ["--allowed-hosts", allowed_hosts]
         if tls_cert:
             opts = f"--ssl-certfile {tls_cert} --ssl-keyfile {tls_key}"
             if tls_client_ca:
@@ -131,10 +135,19 @@ def start(workdir: str, port: int = 0, tls_cert: Optional[str] = None, tls_key: 
             time.sleep(0.3)
         _terminate(proc.pid, proc)
         last_err = _tail(os.path.join(workdir, "server.log"))
+        driver = _MISSING_DRIVER.search(last_err)
+        if driver:  # retrying cannot help, and the traceback buries the one line that matters
+            raise RuntimeError(f"the server's Python has no PostgreSQL driver ({driver.group(0)}): install it "
+                               f"there (pip install 'psycopg[binary]', part of hpc-sync[server]); "
+                               f"see {workdir}/server.log")
         if port:  # a fixed port will not get better by retrying
             break
     raise RuntimeError(f"mlflow server did not become healthy within {timeout_s:.0f} s; "
                        f"see {workdir}/server.log:\n{last_err}")
+
+
+#: SQLAlchemy imports psycopg (or psycopg2 for postgresql+psycopg2://) when the store opens, at start
+_MISSING_DRIVER = re.compile(r"No module named '(psycopg2?|pg8000|asyncpg)'")
 
 
 def _tail(path: str, n: int = 2000) -> str:

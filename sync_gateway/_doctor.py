@@ -92,7 +92,9 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
         socket.create_connection((host, port), timeout=settings.timeout_s).close()
         add(True, "tcp", f"{host}:{port} accepts connections")
     except OSError as e:
-        add(False, "tcp", f"{host}:{port}: {e}; is the server up, or a firewall/proxy (HTTPS_PROXY) needed?")
+        add(False, "tcp", f"{host}:{port}: {e}; is the server up (if it stopped at start, its log says why, e.g. "
+                          f"No module named 'psycopg': its PostgreSQL driver is missing), or is a firewall or "
+                          f"proxy (HTTPS_PROXY) in the way?")
         return False
     if u.scheme == "https":
         if not _tls_check(settings, environ, host, port, add, config_path):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from ._redact import redact
 from ._settings import Settings
 from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
-from .errors import FormatError, GatewayError, RunDeleted, ServerError
+from .errors import FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
 from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
 from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
@@ -340,8 +340,12 @@ class Gateway:
                 log.warning("%s: %s", key, msg)
                 st.note(msg)
             else:
-                with reader.open_file(entry) as body:  # streamed: memory stays bounded whatever the size
-                    self.sink.upload(run, entry.dest, body, entry.stat.size_bytes)
+                try:
+                    with reader.open_file(entry) as body:  # streamed: memory stays bounded whatever the size
+                        self.sink.upload(run, entry.dest, body, entry.stat.size_bytes)
+                except FileTooLarge as e:  # a proxy's body limit: the other files and the state go on
+                    log.warning("%s: %s", key, e)
+                    st.note(redact(e)[:500])
             st.artifacts[entry.source_path] = fsig
             self._save(key, st, run)
         status = reader.status(snap, now_ms, self.settings.stale_after_s)
@@ -427,7 +431,8 @@ class Gateway:
                 stop = end.offset if end is not None else start
                 why = redact(err)[:500]
                 st.quarantined = (st.quarantined + [{"stream": stream, "bytes": [start, stop],
-                                                     "points": len(payload) if hasattr(payload, "__len__") else 0,
+                                                     "points": getattr(err, "refused_points", None)
+                                                     or (len(payload) if hasattr(payload, "__len__") else 0),
                                                      "error": why, "at_ms": int(self.clock() * 1000)}]
                                   )[-RunState.MAX_QUARANTINED:]
                 st.quarantined_total += 1

@@ -6,7 +6,7 @@ server rejects, a configuration error), so callers can decide without parsing me
 from __future__ import annotations
 
 __all__ = ["GatewayError", "RetryableError", "PermanentError", "SourceError", "ConfigError", "FormatError",
-           "ServerError", "RunDeleted", "LeaseHeld", "BundleError"]
+           "ServerError", "RunDeleted", "FileTooLarge", "LeaseHeld", "BundleError"]
 
 
 class GatewayError(Exception):
@@ -68,6 +68,14 @@ class RunDeleted(ServerError):
     run is not synced (and never re-created) until it is restored on the server."""
 
     def __init__(self, message: str, status: int = 400):
+        super().__init__(message, status, retryable=False)
+
+
+class FileTooLarge(ServerError):
+    """The server (or a proxy before it) refused a file upload as too large (HTTP 413). The run's other
+    data goes on; the file is noted on the run and tried again when it changes."""
+
+    def __init__(self, message: str, status: int = 413):
         super().__init__(message, status, retryable=False)
 
 

@@ -29,13 +29,12 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Seque
 from urllib.parse import quote
 
 import requests
-import urllib3
 
-from .._http import DeadlineExceeded, HttpClient
-from .._redact import redact
+from .._http import HttpClient
 from .._settings import AuthSettings, Settings
-from ..errors import ConfigError, RunDeleted, ServerError
+from ..errors import ConfigError, FileTooLarge, RunDeleted, ServerError
 from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
+from ._mlflow_diagnose import mlflow_doctor, short
 from ._mlflow_names import (
     flatten_config,
     media_artifact_path,
@@ -45,6 +44,7 @@ from ._mlflow_names import (
     system_metric,
     tag_value,
 )
+from ._mlflow_rest import API, MlflowRest
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
@@ -52,7 +52,6 @@ __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
-API = "/api/2.0/mlflow"
 SYNC_TAG = "hpc.run_id"
 MAX_POINTS = 1000       # MLflow refuses a log-batch of more metrics (400)
 MAX_PARAMS = 100        # ... params, tags
@@ -66,7 +65,6 @@ RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from 
 #: a server run is checked for duplicates until a check this long after adopting it found none
 SETTLE_S = 60.0
 INT64_MAX = (1 << 63) - 1
-_DELETED = re.compile(r"must be in the 'active' state\. Current state is deleted")
 
 
 def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
@@ -98,7 +96,7 @@ class MlflowRun(SinkRun):
         return asdict(self)
 
 
-class MlflowSink(Sink):
+class MlflowSink(MlflowRest, Sink):
     kind = "mlflow"
     options = ()
     config_change_note = "MLflow params cannot change, the new values are in the artifact hpc/config.json"
@@ -109,6 +107,7 @@ class MlflowSink(Sink):
         self._experiments: Dict[str, str] = {}
         self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._matchers: Dict[Tuple[MetricDef, ...], List[Tuple[Any, Optional[str]]]] = {}
+        self._too_large_warned = False
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
@@ -137,50 +136,6 @@ class MlflowSink(Sink):
             raise ConfigError(f"batch_points must be an integer from 1 to {MAX_POINTS} (MLflow's limit), "
                               f"not {settings.batch_points!r}")
 
-    # -- plumbing -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
-              data: Optional[BinaryIO] = None, size_bytes: int = 0, idempotent: bool = True) -> Dict[str, Any]:
-        try:
-            if data is not None:
-                r = self.http.request(method, path, data=data, deadline_s=self.http.deadline_s + size_bytes / 1e6,
-                                      headers={"Content-Type": "application/octet-stream",
-                                               "Content-Length": str(size_bytes)})
-            else:
-                r = self.http.request(method, API + path, json=body, params=params, idempotent=idempotent)
-        except DeadlineExceeded as e:
-            raise ServerError(f"{method} {path}: {self.http.base_url} sent {e}", retryable=True) from e
-        except requests.exceptions.SSLError as e:
-            raise ServerError(
-                f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({_reason(e)}). "
-                f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
-                f"`sync-gateway doctor` names the issuer", retryable=False) from e
-        except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{_short(e)}", retryable=True, unreachable=_no_connection(e)) from e
-        if r.status_code >= 400:
-            try:
-                err = r.json()
-                msg = f"{err.get('error_code', '')}: {str(err.get('message', ''))[:500]}"
-            except ValueError:
-                err, msg = {}, r.text[:300]
-            if not isinstance(err, dict):
-                err = {}
-            msg = redact(msg)  # a server or proxy may echo the request's headers
-            retry = r.status_code in (429,) or r.status_code >= 500
-            if r.status_code in (401, 403):
-                msg += " (check the auth section of the config)"
-            if r.status_code == 400 and _DELETED.search(msg):
-                rid = (body or {}).get("run_id", "")
-                raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
-                                 f"the MLflow trash to sync it again)")
-            refused = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
-            refused.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
-            raise refused
-        try:
-            return r.json() if r.content else {}
-        except ValueError:
-            return {}
-
     def _get_experiment(self, name: str) -> str:
         return self._call("GET", "/experiments/get-by-name", params={"experiment_name": name})["experiment"][
             "experiment_id"]
@@ -202,9 +157,6 @@ class MlflowSink(Sink):
                 eid = self._get_experiment(name)
         self._experiments[name] = eid
         return eid
-
-    def _log_batch(self, run_id: str, **lists: List[Dict[str, Any]]) -> None:
-        self._call("POST", "/runs/log-batch", {"run_id": run_id, **lists})
 
     def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         items = list(tags.items())
@@ -446,7 +398,7 @@ class MlflowSink(Sink):
     def send(self, run: SinkRun, payload: Any) -> int:
         assert isinstance(run, MlflowRun)
         if payload:
-            self._log_batch(run.run_id, metrics=payload)
+            self._send_points(run.run_id, payload)
         return len(payload)
 
     def set_summary(self, run: SinkRun, summary: Summary) -> None:
@@ -465,7 +417,7 @@ class MlflowSink(Sink):
                 pts.append({"key": metric_key("summary/" + k), "value": _num(v), "timestamp": summary.version_ms,
                             "step": 0})
         for i in range(0, len(pts), self.batch_points):
-            self._log_batch(run.run_id, metrics=pts[i:i + self.batch_points])
+            self._send_points(run.run_id, pts[i:i + self.batch_points])
         if tags:
             self._set_tags(run.run_id, tags)
 
@@ -481,7 +433,14 @@ class MlflowSink(Sink):
                               f"proxy; start the server with --serve-artifacts", retryable=False)
         rel = prefix[len("mlflow-artifacts:/"):].lstrip("/") + "/" + path
         # Streamed from ``body`` (urllib3 rewinds it for a retry); a PUT replaces the object.
-        self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
+        try:
+            self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
+        except ServerError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLarge(f"{path} ({size_bytes / 1e6:,.1f} MB) was refused as too large (HTTP 413) by the "
+                               f"server or a proxy before it: raise its body limit (nginx: client_max_body_size) "
+                               f"to upload it", 413) from e
 
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
         assert isinstance(run, MlflowRun)
@@ -523,18 +482,11 @@ class MlflowSink(Sink):
         try:
             r = self.http.request("GET", "/version")
         except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url}: {_short(e)}", retryable=True) from e
+            raise ServerError(f"cannot reach {self.http.base_url}: {short(e)}", retryable=True) from e
         return r.text.strip() if r.ok else f"unknown (GET /version -> HTTP {r.status_code})"
 
     def doctor(self, add: Any) -> None:
-        r = self.http.request("GET", "/version")
-        add(r.ok, "server", f"MLflow {r.text.strip()}" if r.ok else f"GET /version -> HTTP {r.status_code}")
-        r = self.http.request("POST", API + "/experiments/search", json={"max_results": 1})
-        auth = self.http.auth_desc
-        if r.status_code in (401, 403):
-            add(False, "auth", f"HTTP {r.status_code}: the server refused the credentials from {auth}")
-        else:
-            add(r.ok, "auth", f"{auth} accepted" if r.ok else f"HTTP {r.status_code}: {r.text[:200]}")
+        mlflow_doctor(self.http, API, add)
 
     def run_url(self, run: SinkRun) -> str:
         assert isinstance(run, MlflowRun)
@@ -562,31 +514,5 @@ class MlflowSink(Sink):
         self.http.session.close()
 
 
-def _no_connection(e: Exception) -> bool:
-    """No connection could be opened (refused, DNS, connect timeout): the server is down, not this run's
-    request at fault. A connection reset or a read timeout mid-request may be the request's own doing."""
-    if isinstance(e, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError) or \
-        isinstance(e.__context__, urllib3.exceptions.NewConnectionError)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _short(e: Exception) -> str:
-    """The useful end of urllib3's nested message ("[Errno 111] Connection refused", "Read timed out")."""
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"(Read|Connect) timed out[^'\")]*", text)
-    return m.group(0).strip() if m else f"{e.__class__.__name__}: {text[:200]}"
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER"):
-        i = text.find(marker)
-        if i >= 0:
-            return text[i:].split("'")[0].split('"')[0].rstrip(" )")
-    return text[:200]

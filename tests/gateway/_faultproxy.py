@@ -8,7 +8,9 @@ faults, then forwards everything else. Counts what it saw.
 - ``chaos=(random.Random, p)``: each matching request, with probability p, gets one of: 503, a lost
   answer, or a connection closed before it was forwarded;
 - ``echo_auth=True``: answer 400 to matching requests with a body that echoes the Authorization header
-  (as some proxies and frameworks do).
+  (as some proxies and frameworks do);
+- ``max_body_bytes=N``: answer any request whose body is larger with nginx's 413 page (its
+  ``client_max_body_size``; nginx's default is 1 MB). Counted in ``too_large``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from urllib.parse import urlsplit
 
 class FaultProxy:
     def __init__(self, upstream: str, fail_first: int = 0, status: int = 503, match: str = "/runs/log-batch",
-                 body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False):
+                 body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False,
+                 max_body_bytes: Optional[int] = None):
         self.up = urlsplit(upstream)
         self.fail_left = fail_first
         self.lose_left = lose_first
@@ -30,6 +33,8 @@ class FaultProxy:
         self.body_match = body_match
         self.chaos = chaos
         self.echo_auth = echo_auth
+        self.max_body_bytes = max_body_bytes
+        self.too_large = 0
         self.failed = 0
         self.lost = 0
         self.dropped = 0
@@ -46,6 +51,18 @@ class FaultProxy:
 
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.max_body_bytes is not None and len(body) > proxy.max_body_bytes:
+                    with proxy.lock:
+                        proxy.too_large += 1
+                    page = (b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+                            b"<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>"
+                            b"\r\n</body>\r\n</html>\r\n")
+                    self.send_response(413)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 action = None
                 with proxy.lock:
                     hit = proxy.match in self.path and (proxy.body_match is None or proxy.body_match in body)

@@ -177,27 +177,44 @@ def test_a_server_down_for_every_run_trips_the_breaker(settings, root, project):
     assert proxy.failed <= 3 * 2  # the experiment lookup and nothing more per run: no hammering
 
 
-def test_a_refused_batch_is_quarantined_and_the_rest_syncs(settings, root, project, tmp_path, capsys):
+def test_a_refused_batch_is_bisected_and_only_the_refused_point_is_quarantined(settings, root, project, tmp_path,
+                                                                              capsys):
     w = RunWriter(root, project, "quar")
-    w.log_many({"x": float(i)} for i in range(2500))  # 3 batches; the proxy refuses the second for good
+    w.log_many({"x": float(i)} for i in range(2500))  # 3 batches; the proxy refuses any holding x=1500 for good
     w.exit(0)
     with FaultProxy(settings.server_url, fail_first=10 ** 6, status=400, body_match=b'"value": 1500.0') as proxy:
         rep = sync_once(replace(settings, server_url=proxy.url))
     assert rep.quarantined == 1 and not rep.errors and not rep.ok, rep
+    assert proxy.failed <= 2 * 10 + 1   # bisecting 1000 points: about 2 log2(1000) refused requests
     sink = sink_for(settings)
     got = [v for _, _, v in history(sink, server_run(sink, project, "quar"), "x")]
-    assert got == [float(i) for i in range(1000)] + [float(i) for i in range(2000, 2500)]
+    assert got == [float(i) for i in range(2500) if i != 1500]
     st = StateStore(settings.state_dir).load(f"{project}/quar")
-    assert st.quarantined_total == 1 and st.quarantined[0]["points"] == 1000
-    start, stop = st.quarantined[0]["bytes"]
+    assert st.quarantined_total == 1 and st.quarantined[0]["points"] == 1
+    start, stop = st.quarantined[0]["bytes"]   # the batch's byte range: the refused point is in it
     recs = read_stream(w.path("history.jsonl"))
     with open(w.path("history.jsonl"), "rb") as f:
         f.seek(start)
         first = json.loads(f.readline())
     assert first["seq"] == 1000 and stop > start and "HTTP 400" in st.quarantined[0]["error"]
+    assert "1 of 1000 points refused for good" in st.quarantined[0]["error"]
     assert len(recs) == 2500
     assert sync_once(settings).ok  # nothing is stuck: the next pass has nothing to do
     assert "quarantined" in _status_text(settings, tmp_path, capsys)
+
+
+def test_an_error_every_point_shares_costs_a_bounded_number_of_requests(settings, root, project):
+    w = RunWriter(root, project, "allbad")
+    w.log_many({"x": float(i)} for i in range(1000))
+    w.exit(0)
+    with FaultProxy(settings.server_url, fail_first=10 ** 6, status=422, body_match=b'"metrics"') as proxy:
+        rep = sync_once(replace(settings, server_url=proxy.url))
+    assert rep.quarantined == 1 and not rep.errors, rep
+    from sync_gateway.sinks._mlflow_rest import SPLIT_REQUESTS
+
+    assert proxy.failed <= SPLIT_REQUESTS, proxy.failed
+    st = StateStore(settings.state_dir).load(f"{project}/allbad")
+    assert st.quarantined[0]["points"] == 1000
 
 
 def test_a_line_over_the_length_limit_is_skipped_and_the_rest_syncs(settings, root, project, monkeypatch):

@@ -52,8 +52,10 @@ def sshd(tmp_path_factory) -> Sshd:
     # .ci/run or by hand; start.sh is idempotent. Otherwise start a private one for this session.
     shared = os.environ.get("SSHD_STATE_DIR")
     state = Path(shared) if shared else tmp_path_factory.mktemp("sshd")
+    ports = {} if shared else {"SSHD_PORT": str(_free_port()), "SSHD_BASTION_PORT": str(_free_port())}
+    # A private sshd takes free ports: two suites on one machine (or a busy 2222) must not collide.
     start = subprocess.run([str(REPO / "scripts/sshd/start.sh"), str(state)], capture_output=True, text=True,
-                           timeout=60)
+                           timeout=60, env={**os.environ, **ports})
     if start.returncode != 0:
         pytest.fail(f"scripts/sshd/start.sh failed: {start.stderr.strip()}", pytrace=False)
     env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines() if "=" in line)
@@ -65,6 +67,14 @@ def sshd(tmp_path_factory) -> Sshd:
     finally:
         if not shared:
             subprocess.run([str(REPO / "scripts/sshd/stop.sh"), str(state)], capture_output=True, timeout=60)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -177,6 +177,31 @@ def test_a_flood_is_bounded_never_blocks_and_every_drop_is_counted(tmp_path):
     assert [r["seq"] for r in records] == list(range(len(records)))
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps))  # a dropped row leaves a gap in the steps, never a repeat
+    # The summary holds the last values logged, whether their rows reached the history or were dropped.
+    summary = doc(run_dir, fmt.SUMMARY)["values"]
+    assert {k: summary[f"metric_{k:02d}"] for k in range(20)} == {k: 99_999 * 0.5 + k for k in range(20)}
+
+
+def test_dropped_rows_set_the_summary_in_the_order_they_were_logged(root):
+    """Rows dropped while the queue is full still set the summary's last values, in order: a newer row
+    that got in wins over an older dropped one, and a dropped row newer than every written one wins."""
+    run = hpc.init(project="p", dir=root, settings={"console": False})
+    with run._lock:
+        run._queue_limit = -1        # the next rows do not fit ...
+        real_room, run._room_for = run._room_for, lambda queued: False
+    run.log({"a": 1, "b": 1})        # dropped
+    run.log({"a": 2})                # dropped
+    run._room_for = real_room        # room again
+    run.log({"b": 3})                # in: newer than the dropped b=1
+    with run._lock:
+        run._queue_limit = -1
+        run._room_for = lambda queued: False
+    run.log({"c": 4})                # dropped, and nothing gets in after it
+    run.finish()
+    assert doc(run.dir, fmt.SUMMARY)["values"] == {"a": 2, "b": 3, "c": 4}
+    outcome = doc(run.dir, fmt.EXIT)
+    assert (outcome["logged_rows"], outcome["dropped_rows"]) == (4, 3)
+    assert [r["values"] for r in history_lines(run.dir)] == [{"b": 3}]
 
 
 def test_the_queue_budget_is_a_setting():
