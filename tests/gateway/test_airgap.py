@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 from dataclasses import replace
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 from _runwriter import RunWriter
@@ -107,8 +107,17 @@ def sides(mlflow_server, tmp_path):
     return ex, im, str(tmp_path / "transfer")
 
 
-def do_import(im: Settings, paths: List[str]):
+def do_import(im: Settings, paths: List[str], requests: Optional[List[str]] = None):
+    """``requests``: filled with the path of every HTTP request the import made."""
     sink = sink_for(im)
+    if requests is not None:
+        real = sink.http.request
+
+        def counted(method, path, *a, **kw):
+            requests.append(f"{method} {path}")
+            return real(method, path, *a, **kw)
+
+        sink.http.request = counted
     try:
         return import_bundles(im, paths, sink=sink)
     finally:
@@ -132,8 +141,10 @@ def test_export_copy_import_equals_a_direct_sync(settings, root, project, sides,
     assert all(b["bytes"] <= ex.bundle_max_bytes for b in first.bundles)
     received = tmp_path / "received"
     shutil.copytree(transfer, received)           # the one-way transfer
-    rep = do_import(im, bundles_in(str(received)))
+    sent: List[str] = []
+    rep = do_import(im, bundles_in(str(received)), sent)
     assert rep.ok and len(rep.applied) == len(first.bundles), rep
+    assert any("log-batch" in r for r in sent)   # (the request counter below sees requests)
 
     # The runs go on between exports: the partial line is completed, rows appended, the live run ends.
     for w in (direct["live"], via["live"]):
@@ -163,8 +174,10 @@ def test_export_copy_import_equals_a_direct_sync(settings, root, project, sides,
             assert got[key][part] == want[key][part], (key, part)
     assert len(got["P/live"]["metrics"]["loss"]) == 400 and got["P/live"]["status"] == "FINISHED"
     # A repeated import changes nothing on the server.
-    again = do_import(im, bundles_in(str(received)))
+    made: List[str] = []
+    again = do_import(im, bundles_in(str(received)), made)
     assert again.ok and not again.applied and again.sync is not None and again.sync.points_sent == 0
+    assert made == []   # not one request: every run is unchanged since the pass that sent it
     assert dump(im, air) == got
 
 
