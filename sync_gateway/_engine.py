@@ -114,8 +114,8 @@ class Gateway:
         lost: Set[str] = set()    # roots whose lease was lost: their runs stop at their next batch
         pending: Dict[Future, Tuple[_RunCtx, RunRef, Source]] = {}
 
-        def settle_done(block: bool) -> None:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=None if block else 0)
+        def settle_done(timeout_s: Optional[float]) -> None:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=timeout_s)
             for fut in done:
                 ctx, ref_, src = pending.pop(fut)
                 self._settle(rep, index, ctx, ref_, src, fut.result, should_stop, renew, halt, lost)
@@ -135,9 +135,9 @@ class Gateway:
                 continue
             for ref in refs:
                 if pending:
-                    settle_done(block=False)
+                    settle_done(0)
                 while len(pending) >= room():
-                    settle_done(block=True)
+                    settle_done(0.05)  # and look again: the first ack of a long run opens the other slots
                 if should_stop() or rep.aborted or source.display in lost:
                     break
                 if not renew(source):
@@ -159,7 +159,7 @@ class Gateway:
                 else:
                     self._settle(rep, index, ctx, ref, source, job, should_stop, renew, halt, lost)
         while pending:
-            settle_done(block=True)
+            settle_done(None)
         self._sync_groups(index, before, rep)
         if index != before:
             self.state.save_index(index)
