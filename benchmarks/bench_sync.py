@@ -7,9 +7,15 @@
    points (default 5,000,000). Target <= 100 MB.
 3. No-change pass over --runs run directories (default 10,000) vs a bare scandir+stat walk of the same tree.
    Target <= 1 s. The pass must make no request at all (checked).
+4. Parallel sync (``workers: N``, for each N of --parallel): the ceiling of N plain ``runs/log-batch``
+   clients (threads, 1000 points per request, one run each) on an MLflow server with --server-workers
+   workers (SQLite; --production: PostgreSQL + S3, scripts/mlflow_production.py), the gateway with
+   ``workers: N`` syncing N runs of the same points, and the gateway with ``workers: 1`` on them. Target:
+   workers N >= 90 % of the ceiling.
 
     python benchmarks/bench_sync.py                      # everything, full sizes (the RSS part is long)
     python benchmarks/bench_sync.py --rss-points 500000  # a quicker RSS figure
+    python benchmarks/bench_sync.py --skip throughput rss nochange --parallel 2 4   # only part 4
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from typing import Callable, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -72,10 +80,102 @@ def ceiling(url: str, points: int) -> float:
     return points / (time.perf_counter() - t0)
 
 
+def parallel_ceiling(url: str, points: int, clients: int) -> float:
+    """``clients`` threads, each logging points/clients points to its own run, 1000 per request."""
+    threads, errors = [], []
+    barrier = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        try:
+            s = requests.Session()
+            s.trust_env = False
+            api = url + "/api/2.0/mlflow"
+            eid = s.post(api + "/experiments/create", json={"name": "pceil-" + uuid.uuid4().hex[:8]}).json()[
+                "experiment_id"]
+            rid = s.post(api + "/runs/create", json={"experiment_id": eid, "start_time": TS0}).json()["run"][
+                "info"]["run_id"]
+            barrier.wait()
+            for b in range(points // clients // 1000):
+                body = {"run_id": rid, "metrics": [
+                    {"key": f"m{k % 10}", "value": (b * 1000 + k) / 7.0, "timestamp": TS0 + b * 100 + k // 10,
+                     "step": b * 100 + k // 10} for k in range(1000)]}
+                s.post(api + "/runs/log-batch", json=body, timeout=120).raise_for_status()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+            barrier.abort()
+
+    for _ in range(clients):
+        threads.append(threading.Thread(target=client))
+        threads[-1].start()
+    barrier.wait()  # runs created: only the log-batch requests are timed
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return (points // clients // 1000 * 1000 * clients) / (time.perf_counter() - t0)
+
+
+def gateway_parallel(url: str, tmp: str, points: int, runs: int, workers: int) -> float:
+    root = os.path.join(tmp, f"par-runs-{uuid.uuid4().hex[:8]}")
+    project = "par-" + uuid.uuid4().hex[:8]
+    per_run = points // runs // 1000 * 1000
+    for i in range(runs):
+        write_run(root, project, f"r{i}", per_run // 10, 10)
+    settings = Settings(roots=[root], server_url=url, state_dir=root + "-state", workers=workers)
+    return _timed_pass(settings, per_run * runs)
+
+
+def _timed_pass(settings: Settings, points: int) -> float:
+    with Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.points_sent == points, rep
+    return points / dt
+
+
+def parallel(tmp: str, a: argparse.Namespace) -> None:
+    if a.production:
+        import mlflow_production as prod
+
+        missing = prod.available()
+        if missing:
+            raise SystemExit(f"--production: {missing}")
+        h = prod.start(os.path.join(tmp, "prod"), workers=a.server_workers)
+        url, stop = h.url, (lambda: prod.stop(h))
+        profile = f"PostgreSQL + S3, {a.server_workers} server workers"
+    else:
+        hs = mlflow_server.start(os.path.join(tmp, "mlflow-par"), workers=a.server_workers)
+        url, stop = hs.url, (lambda: mlflow_server.stop(hs))
+        profile = f"SQLite, {a.server_workers} server workers"
+    try:
+        for n in a.parallel:
+            # Interleaved rounds, medians (the machine is shared and the database grows as we go).
+            fns: List[Callable[[], float]] = [
+                lambda n=n: parallel_ceiling(url, a.parallel_points, n),
+                lambda n=n: gateway_parallel(url, tmp, a.parallel_points, n, n),
+                lambda n=n: gateway_parallel(url, tmp, a.parallel_points, n, 1)]
+            res: List[List[float]] = [[], [], []]
+            for r in range(a.rounds):
+                order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
+                for i in order:
+                    res[i].append(fns[i]())
+            c, g, g1 = (statistics.median(x) for x in res)
+            print(f"4. parallel, {n} runs x {a.parallel_points // n:,} points ({profile}, median of {a.rounds} "
+                  f"interleaved rounds): ceiling of {n} plain log-batch x1000 clients {c:,.0f} points/s; gateway "
+                  f"workers: {n} {g:,.0f} points/s (ratio {g / c:.0%}, target >= 90 %); gateway workers: 1 "
+                  f"{g1:,.0f} points/s (ratio {g1 / c:.0%}); workers {n} / workers 1: {g / g1:.2f}x\n"
+                  f"   rounds: ceiling {[round(x) for x in res[0]]}, workers {n} {[round(x) for x in res[1]]}, "
+                  f"workers 1 {[round(x) for x in res[2]]}")
+    finally:
+        stop()
+
+
 def gateway_throughput(url: str, tmp: str, points: int) -> float:
     root = os.path.join(tmp, "tp-runs")
     write_run(root, "bench-" + uuid.uuid4().hex[:8], "big", points // 10, 10)
-    settings = Settings(roots=[root], server_url=url, state_dir=os.path.join(tmp, "tp-state"))
+    settings = Settings(roots=[root], server_url=url, state_dir=os.path.join(tmp, "tp-state"), workers=1)
     with Runner(settings, sink=make_sink(settings, environ={})) as runner:
         t0 = time.perf_counter()
         rep = runner.run_pass()
@@ -145,9 +245,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rss-points", type=int, default=5_000_000)
     ap.add_argument("--runs", type=int, default=10_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "nochange"])
+    ap.add_argument("--parallel", type=int, nargs="*", default=[2, 4], help="workers (and clients) to measure")
+    ap.add_argument("--parallel-points", type=int, default=100_000, help="points per parallel measurement")
+    ap.add_argument("--server-workers", type=int, default=4, help="MLflow server workers for part 4")
+    ap.add_argument("--production", action="store_true", help="part 4 on PostgreSQL + S3 (mlflow_production)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "nochange", "parallel"])
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        if "parallel" not in a.skip and a.parallel:
+            parallel(tmp, a)
         if "nochange" not in a.skip:
             no_change(tmp, a.runs)
         if a.skip and set(a.skip) >= {"throughput", "rss"}:
