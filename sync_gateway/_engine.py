@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from ._parallel import InFlight, RunPool, Stopped
+from ._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
 from ._redact import redact
 from ._settings import Settings
 from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
@@ -70,18 +70,6 @@ class PassReport:
                 and not self.quarantined)
 
 
-@dataclass
-class _RunCtx:
-    """What one run's sync carries besides its state: written by the thread that syncs it, read by the
-    dispatching thread once that run is done."""
-
-    key: str
-    stop: Callable[[], bool]                 # stop at the next ack (SIGTERM, breaker, lost lease)
-    last_run: Optional[SinkRun] = None
-    quarantined: int = 0
-    entry: Optional[IndexEntry] = None       # the run's new index entry after a complete sync
-
-
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, sources: Iterable[Source], state: StateStore,
                  clock: Callable[[], float] = time.time,
@@ -112,7 +100,7 @@ class Gateway:
         self._answered.clear()
         halt = threading.Event()  # the breaker tripped: runs in flight stop after their current batch
         lost: Set[str] = set()    # roots whose lease was lost: their runs stop at their next batch
-        pending: Dict[Future, Tuple[_RunCtx, RunRef, Source]] = {}
+        pending: Dict[Future, Tuple[RunCtx, RunRef, Source]] = {}
 
         def settle_done(timeout_s: Optional[float]) -> None:
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=timeout_s)
@@ -148,10 +136,10 @@ class Gateway:
                 if ent is not None and ent.retry_at_ms > self.clock() * 1000:
                     rep.backing_off[ref.key] = ent.error or "backing off"
                     continue
-                ctx = _RunCtx(ref.key, functools.partial(_stop_now, should_stop, halt, renew, source))
+                ctx = RunCtx(ref.key, functools.partial(stop_now, should_stop, halt, renew, source))
 
                 def job(ref: RunRef = ref, source: Source = source, ent: Optional[IndexEntry] = ent,
-                        ctx: _RunCtx = ctx) -> Tuple[bool, int]:
+                        ctx: RunCtx = ctx) -> Tuple[bool, int]:
                     return self._sync_run(reader_for(source, ref), ent, ctx)
 
                 if self._pool.parallel:
@@ -165,7 +153,7 @@ class Gateway:
             self.state.save_index(index)
         return rep
 
-    def _settle(self, rep: PassReport, index: Dict[str, IndexEntry], ctx: _RunCtx, ref: RunRef, source: Source,
+    def _settle(self, rep: PassReport, index: Dict[str, IndexEntry], ctx: RunCtx, ref: RunRef, source: Source,
                 result: Callable[[], Tuple[bool, int]], should_stop: Callable[[], bool],
                 renew: Callable[[Source], bool], halt: threading.Event, lost: Set[str]) -> None:
         """Record one run's outcome (``result()`` returns it or raises what its sync raised). Only the
@@ -265,7 +253,7 @@ class Gateway:
         ent.sig, ent.error, ent.retry_at_ms = None, None, 0
 
     # -- one run ------------------------------------------------------------------------------
-    def _sync_run(self, reader: Reader, ent: Optional[IndexEntry], ctx: _RunCtx) -> Tuple[bool, int]:
+    def _sync_run(self, reader: Reader, ent: Optional[IndexEntry], ctx: RunCtx) -> Tuple[bool, int]:
         """Sync one run (in a worker thread when ``workers`` > 1); its new index entry goes to ``ctx``."""
         key = reader.ref.key
         snap = reader.snapshot()
@@ -412,7 +400,7 @@ class Gateway:
         self.state.save(key, st)
 
     def _stream(self, reader: Reader, st: RunState, run: SinkRun, info: RunInfo, stream: str, size: int,
-                ctx: _RunCtx) -> int:
+                ctx: RunCtx) -> int:
         key = reader.ref.key
         cur = st.cursors.setdefault(stream, Cursor())
         sent = 0
@@ -511,11 +499,6 @@ class Gateway:
                 continue
             if new != gst.sink:
                 self.state.save_group(GroupState(project, group, new))
-
-
-def _stop_now(should_stop: Callable[[], bool], halt: threading.Event, renew: Callable[[Source], bool],
-              source: Source) -> bool:
-    return should_stop() or halt.is_set() or not renew(source)
 
 
 def _newest_mtime_ms(snap: Snapshot) -> Optional[int]:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
+from ._state import IndexEntry
 from .errors import RunDeleted, ServerError
+from .sinks.base import SinkRun
+from .sources.base import Source
 
-__all__ = ["InFlight", "Stopped", "RunPool", "QUARANTINE_STATUS"]
+__all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now", "QUARANTINE_STATUS"]
 
 QUARANTINE_STATUS = (400, 413, 422)   # a batch refused with these is refused for good
 T = TypeVar("T")
@@ -66,6 +70,24 @@ class InFlight:
         prev, self.pending = self.pending, None
         if prev is not None:
             wait([prev[0]])
+
+
+@dataclass
+class RunCtx:
+    """What one run's sync carries besides its state: written by the thread that syncs it, read by the
+    dispatching thread once that run is done."""
+
+    key: str
+    stop: Callable[[], bool]                 # stop at the next ack (SIGTERM, breaker, lost lease)
+    last_run: Optional[SinkRun] = None
+    quarantined: int = 0
+    entry: Optional[IndexEntry] = None       # the run's new index entry after a complete sync
+
+
+def stop_now(should_stop: Callable[[], bool], halt: threading.Event, renew: Callable[[Source], bool],
+             source: Source) -> bool:
+    """A run of ``source`` stops at its next ack: SIGTERM, the breaker tripped, or the root's lease lost."""
+    return should_stop() or halt.is_set() or not renew(source)
 
 
 class RunPool:
