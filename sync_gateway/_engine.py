@@ -29,14 +29,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from ._groups import sync_groups
 from ._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
 from ._redact import redact
 from ._settings import Settings
-from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
+from ._state import Cursor, IndexEntry, RunState, StateStore
 from .errors import FormatError, GatewayError, RunDeleted, ServerError
 from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
-from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
+from .sinks.base import RunSpec, Sink, SinkRun
 from .sources.base import RunRef, Source
 
 __all__ = ["Gateway", "PassReport"]
@@ -138,17 +139,28 @@ class Gateway:
                     continue
                 ctx = RunCtx(ref.key, functools.partial(stop_now, should_stop, halt, renew, source))
 
-                def job(ref: RunRef = ref, source: Source = source, ent: Optional[IndexEntry] = ent,
-                        ctx: RunCtx = ctx) -> Tuple[bool, int]:
-                    return self._sync_run(reader_for(source, ref), ent, ctx)
-
-                if self._pool.parallel:
-                    pending[self._pool.submit(job)] = (ctx, ref, source)
-                else:
-                    self._settle(rep, index, ctx, ref, source, job, should_stop, renew, halt, lost)
+                if not self._pool.parallel:
+                    self._settle(rep, index, ctx, ref, source,
+                                 functools.partial(self._sync_run, reader_for(source, ref), ent, ctx),
+                                 should_stop, renew, halt, lost)
+                    continue
+                # A stat-only look first, here: an unchanged run (most of them) costs no thread hand-off.
+                try:
+                    reader = reader_for(source, ref)
+                    snap = reader.snapshot()
+                    fresh = self._unchanged(snap, ent or IndexEntry(), int(self.clock() * 1000))[0]
+                except Exception as e:  # noqa: BLE001 - recorded on the run by _settle, like any run's fault
+                    self._settle(rep, index, ctx, ref, source, functools.partial(_raise, e), should_stop, renew,
+                                 halt, lost)
+                    continue
+                if fresh:
+                    self._settle(rep, index, ctx, ref, source, lambda: (False, 0), should_stop, renew, halt, lost)
+                    continue
+                job = functools.partial(self._sync_run, reader, ent, ctx, snap)
+                pending[self._pool.submit(job)] = (ctx, ref, source)
         while pending:
             settle_done(None)
-        self._sync_groups(index, before, rep)
+        sync_groups(self.sink, self.state, index, before, rep.errors)
         if index != before:
             self.state.save_index(index)
         return rep
@@ -253,23 +265,31 @@ class Gateway:
         ent.sig, ent.error, ent.retry_at_ms = None, None, 0
 
     # -- one run ------------------------------------------------------------------------------
-    def _sync_run(self, reader: Reader, ent: Optional[IndexEntry], ctx: RunCtx) -> Tuple[bool, int]:
-        """Sync one run (in a worker thread when ``workers`` > 1); its new index entry goes to ``ctx``."""
-        key = reader.ref.key
-        snap = reader.snapshot()
+    def _unchanged(self, snap: Snapshot, ent: IndexEntry, now_ms: int) -> Tuple[bool, int]:
+        """Whether the run needs nothing (its files as at its last sync, and not gone stale); and since when
+        it is alive by the gateway's own clock: when it last saw the run's files change. A run seen for the
+        first time counts from its files' newest modification time (never later than now)."""
         sig = snap.signature
-        now_ms = int(self.clock() * 1000)
-        ent = ent or IndexEntry()
-        stale_ms = self.settings.stale_after_s * 1000
-        # Liveness by the gateway's own clock: when it last saw the run's files change. A run seen for the
-        # first time counts from its files' newest modification time (never later than now).
         if ent.live_sig == sig:
             alive_ms = ent.alive_ms
         elif ent.live_sig is None:
             alive_ms = min(now_ms, _newest_mtime_ms(snap) or now_ms)
         else:
             alive_ms = now_ms
-        if ent.sig == sig and not (ent.state == "active" and now_ms - alive_ms >= stale_ms):
+        stale_ms = self.settings.stale_after_s * 1000
+        return ent.sig == sig and not (ent.state == "active" and now_ms - alive_ms >= stale_ms), alive_ms
+
+    def _sync_run(self, reader: Reader, ent: Optional[IndexEntry], ctx: RunCtx,
+                  snap: Optional[Snapshot] = None) -> Tuple[bool, int]:
+        """Sync one run (in a worker thread when ``workers`` > 1); its new index entry goes to ``ctx``."""
+        key = reader.ref.key
+        snap = snap or reader.snapshot()
+        sig = snap.signature
+        now_ms = int(self.clock() * 1000)
+        ent = ent or IndexEntry()
+        stale_ms = self.settings.stale_after_s * 1000
+        unchanged, alive_ms = self._unchanged(snap, ent, now_ms)
+        if unchanged:
             return False, 0
         st = self.state.load(key)
         reader.attach_state(st.reader_state)
@@ -281,6 +301,7 @@ class Gateway:
         spec = RunSpec(sync_id=key, info=info)
         run = self._open(key, st, spec)
         ctx.last_run = run
+        self._answered.set()  # the server is up: the other workers may start
         rewritten = self._rewritten(reader, st, snap)
         if rewritten:
             # Recognised by content: resuming would read mid-line or mix two runs' points. The old content
@@ -474,31 +495,9 @@ class Gateway:
             pipe.drain()
         return sent
 
-    # -- groups -------------------------------------------------------------------------------
-    def _sync_groups(self, index: Dict[str, IndexEntry], before: Dict[str, IndexEntry], rep: PassReport) -> None:
-        """Hand each group one of whose members changed in this pass to the sink, with every member known
-        (start, end, state, server run). A pass over unchanged runs costs nothing here."""
-        touched = {e.group for k, e in index.items() if e.group and e != before.get(k)}
-        members: Dict[Tuple[str, str], List[GroupMember]] = {}
-        for key, ent in sorted(index.items()):
-            if ent.group not in touched or not ent.state:
-                continue
-            st = self.state.load(key)
-            if st.sink_kind != self.sink.kind or not st.sink:
-                continue
-            members.setdefault(ent.group, []).append(GroupMember(
-                key, ent.state, ent.start_ms, ent.end_ms, self.sink.restore(st.sink)))
-        for (project, group), ms in sorted(members.items()):
-            gst = self.state.load_group(project, group)
-            try:
-                new = self.sink.sync_group(GroupView(project, group, tuple(ms)), gst.sink or None)
-            except Exception as e:  # noqa: BLE001 - one group's failure stays in that group
-                msg = redact(e if isinstance(e, GatewayError) else f"{e.__class__.__name__}: {e}")
-                log.error("group %s/%s: %s", project, group, msg)
-                rep.errors[f"group:{project}/{group}"] = msg
-                continue
-            if new != gst.sink:
-                self.state.save_group(GroupState(project, group, new))
+
+def _raise(e: BaseException) -> Tuple[bool, int]:
+    raise e
 
 
 def _newest_mtime_ms(snap: Snapshot) -> Optional[int]:
