@@ -12,6 +12,9 @@
    workers (SQLite; --production: PostgreSQL + S3, scripts/mlflow_production.py), the gateway with
    ``workers: N`` syncing N runs of the same points, and the gateway with ``workers: 1`` on them. Target:
    workers N >= 90 % of the ceiling.
+5. The gateway alone (for sizing a login node): points/s and peak RSS of a gateway process syncing
+   --alone-runs runs of --alone-points points each with ``workers`` 1 and each N of --parallel, into an
+   MLflow sink whose HTTP calls answer at once (no server: what the gateway's own CPU and memory allow).
 
     python benchmarks/bench_sync.py                      # everything, full sizes (the RSS part is long)
     python benchmarks/bench_sync.py --rss-points 500000  # a quicker RSS figure
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,9 +44,11 @@ sys.path.insert(0, REPO)
 import mlflow_server  # noqa: E402
 import requests  # noqa: E402
 
+from sync_gateway._http import HttpClient  # noqa: E402
 from sync_gateway._runner import Runner, make_sink  # noqa: E402
 from sync_gateway._settings import Settings  # noqa: E402
 from sync_gateway.sinks.memory import MemorySink  # noqa: E402
+from sync_gateway.sinks.mlflow import MlflowSink  # noqa: E402
 
 TS0 = 1_764_150_000_000
 
@@ -142,8 +148,10 @@ def parallel(tmp: str, a: argparse.Namespace) -> None:
         missing = prod.available()
         if missing:
             raise SystemExit(f"--production: {missing}")
-        h = prod.start(os.path.join(tmp, "prod"), workers=a.server_workers)
-        url, stop = h.url, (lambda: prod.stop(h))
+        # Not below the 0700 temporary directory: the postgres user must reach its cluster.
+        workdir = tempfile.mkdtemp(prefix="hpcsync-bench-prod-")
+        h = prod.start(workdir, workers=a.server_workers)
+        url, stop = h.url, (lambda: (prod.stop(h), shutil.rmtree(workdir, ignore_errors=True)))
         profile = f"PostgreSQL + S3, {a.server_workers} server workers"
     else:
         hs = mlflow_server.start(os.path.join(tmp, "mlflow-par"), workers=a.server_workers)
@@ -239,6 +247,53 @@ def no_change(tmp: str, runs: int) -> None:
           f"{n:,} files: {base:.2f} s; ratio {dt / base:.1f}x; requests made: {sum(sink.calls.values())}")
 
 
+class _NoServerSink(MlflowSink):
+    """The MLflow sink with every request answered at once: the gateway's own cost, no server's."""
+
+    def _call(self, method: str, path: str, body=None, params=None, data=None, size_bytes=0,  # type: ignore[override]
+              idempotent=True):
+        if path == "/experiments/get-by-name":
+            return {"experiment": {"experiment_id": "1"}}
+        if path == "/runs/create":
+            return {"run": {"info": {"run_id": uuid.uuid4().hex, "artifact_uri": "mlflow-artifacts:/a"}}}
+        if path == "/runs/search":
+            return {"runs": []}
+        return {}
+
+
+def alone_child(tmp: str, runs: int, points: int, workers: int) -> None:
+    """In a fresh process (its own peak RSS): prints points/s and peak RSS in MB as JSON."""
+    root = os.path.join(tmp, f"alone-{workers}")
+    for i in range(runs):
+        write_run(root, "alone", f"r{i}", points // 10, 10)
+    settings = Settings(roots=[root], server_url="http://unused.invalid", state_dir=root + "-state",
+                        workers=workers)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pps = _timed_pass_with(settings, _NoServerSink(HttpClient(settings, {})), runs * points)
+    print(json.dumps({"pps": pps, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_before_mb": rss0}))
+
+
+def _timed_pass_with(settings: Settings, sink: MlflowSink, points: int) -> float:
+    with Runner(settings, sink=sink) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.points_sent == points, rep
+    return points / dt
+
+
+def alone(tmp: str, a: argparse.Namespace) -> None:
+    for w in [1, *a.parallel]:
+        out = subprocess.run([sys.executable, __file__, "--alone-child", str(w), "--alone-runs", str(a.alone_runs),
+                              "--alone-points", str(a.alone_points), "--tmp", tmp],
+                             check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"5. gateway alone (no server), {a.alone_runs} runs x {a.alone_points:,} points, workers: {w}: "
+              f"{r['pps']:,.0f} points/s, peak RSS {r['rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB after "
+              f"writing the runs, before the pass)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=100_000, help="throughput run size per round")
@@ -249,9 +304,19 @@ def main() -> int:
     ap.add_argument("--parallel-points", type=int, default=100_000, help="points per parallel measurement")
     ap.add_argument("--server-workers", type=int, default=4, help="MLflow server workers for part 4")
     ap.add_argument("--production", action="store_true", help="part 4 on PostgreSQL + S3 (mlflow_production)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "nochange", "parallel"])
+    ap.add_argument("--alone-runs", type=int, default=8)
+    ap.add_argument("--alone-points", type=int, default=100_000)
+    ap.add_argument("--alone-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["throughput", "rss", "nochange", "parallel", "alone"])
     a = ap.parse_args()
+    if a.alone_child:
+        alone_child(a.tmp, a.alone_runs, a.alone_points, a.alone_child)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        if "alone" not in a.skip:
+            alone(tmp, a)
         if "parallel" not in a.skip and a.parallel:
             parallel(tmp, a)
         if "nochange" not in a.skip:
