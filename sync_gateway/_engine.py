@@ -102,18 +102,25 @@ class Gateway:
         halt = threading.Event()  # the breaker tripped: runs in flight stop after their current batch
         lost: Set[str] = set()    # roots whose lease was lost: their runs stop at their next batch
         pending: Dict[Future, Tuple[RunCtx, RunRef, Source]] = {}
+        probes: Set[Future] = set()
 
         def settle_done(timeout_s: Optional[float]) -> None:
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=timeout_s)
             for fut in done:
                 ctx, ref_, src = pending.pop(fut)
+                probes.discard(fut)
                 self._settle(rep, index, ctx, ref_, src, fut.result, should_stop, renew, halt, lost)
 
-        def room() -> int:
-            # Until the server acknowledged something in this pass, and while the last run failed with a
-            # retryable error, one run at a time (a half-open breaker): a server that is down gets no more
-            # requests than from a gateway with workers: 1.
-            return self._pool.workers if self._answered.is_set() and not self._failing else 1
+        def healthy() -> bool:
+            return self._answered.is_set() and not self._failing
+
+        def full() -> bool:
+            # Until the server answered in this pass, and while the last run failed with a retryable error,
+            # one new run at a time (a half-open breaker: a server that is down gets no more requests than
+            # from workers: 1); the runs already in flight go on.
+            if healthy():
+                probes.clear()  # answered: in flight like any other run
+            return len(pending) >= self._pool.workers or (not healthy() and bool(probes))
 
         for source in self.sources:
             try:
@@ -125,8 +132,8 @@ class Gateway:
             for ref in refs:
                 if pending:
                     settle_done(0)
-                while len(pending) >= room():
-                    settle_done(0.05)  # and look again: the first ack of a long run opens the other slots
+                while full():
+                    settle_done(0.05)  # and look again: the first answer to a long run opens the other slots
                 if should_stop() or rep.aborted or source.display in lost:
                     break
                 if not renew(source):
@@ -156,8 +163,10 @@ class Gateway:
                 if fresh:
                     self._settle(rep, index, ctx, ref, source, lambda: (False, 0), should_stop, renew, halt, lost)
                     continue
-                job = functools.partial(self._sync_run, reader, ent, ctx, snap)
-                pending[self._pool.submit(job)] = (ctx, ref, source)
+                fut = self._pool.submit(functools.partial(self._sync_run, reader, ent, ctx, snap))
+                pending[fut] = (ctx, ref, source)
+                if not healthy():
+                    probes.add(fut)
         while pending:
             settle_done(None)
         sync_groups(self.sink, self.state, index, before, rep.errors)

@@ -133,6 +133,27 @@ def test_a_slow_run_holds_no_other_and_every_point_lands_once(tmp_path, root, pr
     assert sink.most_active > 1  # runs really were sent at the same time
 
 
+def test_a_failing_run_does_not_make_the_others_wait_for_a_slow_one(tmp_path, root, project):
+    # While the last run failed, new runs go one at a time (the half-open breaker), but they do go: the
+    # slow run in flight does not hold them.
+    _runs(root, project, ["slow"], rows=5)
+    bad, good = str(tmp_path / "bad"), str(tmp_path / "good")  # roots are synced in order
+    _runs(bad, project, ["bad"], rows=5)
+    _runs(good, project, ["g0", "g1", "g2", "g3"], rows=5)
+    gate = threading.Event()
+    sink = GatedSink(slow={"slow": gate}, failing=("bad",))
+    s = replace(_settings(tmp_path, root, workers=2), roots=[root, bad, good])
+    with Runner(s, sink=sink) as runner:
+        t, out = _pass_in_thread(runner)
+        went_on = _wait_for(lambda: all(f"{project}/g{i}" in sink.by_sync_id
+                                        and sink.stored(f"{project}/g{i}").state == "finished" for i in range(4)))
+        gate.set()
+        t.join(30)
+    assert went_on, "the runs after a failure waited for the slow run"
+    rep = out["rep"]
+    assert list(rep.errors) == [f"{project}/bad"] and not rep.aborted and rep.runs_synced == 5, rep
+
+
 def test_workers_1_sends_one_run_at_a_time(tmp_path, root, project):
     _runs(root, project, [f"r{i}" for i in range(4)])
     sink = GatedSink(delay_s=0.002)
