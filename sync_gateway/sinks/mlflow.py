@@ -191,6 +191,9 @@ class MlflowSink(Sink):
             "experiment_id"]
 
     def experiment_id(self, name: str) -> str:
+        eid = self._experiments.get(name)  # known: no lock (a lookup of another one may be in flight)
+        if eid is not None:
+            return eid
         with self._experiment_lock:
             return self._experiment_id(name)
 
