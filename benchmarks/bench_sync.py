@@ -7,22 +7,35 @@
    points (default 5,000,000). Target <= 100 MB.
 3. No-change pass over --runs run directories (default 10,000) vs a bare scandir+stat walk of the same tree.
    Target <= 1 s. The pass must make no request at all (checked).
+4. Parallel sync (``workers: N``, for each N of --parallel): the ceiling of N plain ``runs/log-batch``
+   clients (processes, 1000 points per request, one run each) on an MLflow server with --server-workers
+   workers (SQLite; --production: PostgreSQL + S3, scripts/mlflow_production.py), the gateway with
+   ``workers: N`` syncing N runs of the same points, and the gateway with ``workers: 1`` on them. Target:
+   workers N >= 90 % of the ceiling.
+5. The gateway alone (for sizing a login node): points/s and peak RSS of a gateway process syncing
+   --alone-runs runs of --alone-points points each with ``workers`` 1 and each N of --parallel, into an
+   MLflow sink whose HTTP calls answer at once (no server: what the gateway's own CPU and memory allow).
 
     python benchmarks/bench_sync.py                      # everything, full sizes (the RSS part is long)
     python benchmarks/bench_sync.py --rss-points 500000  # a quicker RSS figure
+    python benchmarks/bench_sync.py --skip throughput rss nochange --parallel 2 4   # only part 4
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -32,9 +45,11 @@ sys.path.insert(0, REPO)
 import mlflow_server  # noqa: E402
 import requests  # noqa: E402
 
+from sync_gateway._http import HttpClient  # noqa: E402
 from sync_gateway._runner import Runner, make_sink  # noqa: E402
 from sync_gateway._settings import Settings  # noqa: E402
 from sync_gateway.sinks.memory import MemorySink  # noqa: E402
+from sync_gateway.sinks.mlflow import MlflowSink  # noqa: E402
 
 TS0 = 1_764_150_000_000
 
@@ -72,10 +87,98 @@ def ceiling(url: str, points: int) -> float:
     return points / (time.perf_counter() - t0)
 
 
+def _ceiling_client(url: str, rid: str, batches: int) -> Tuple[float, float]:
+    """One client process: ``batches`` log-batch requests of 1000 points; returns its (start, end) time."""
+    s = requests.Session()
+    s.trust_env = False
+    api = url + "/api/2.0/mlflow"
+    t0 = time.time()
+    for b in range(batches):
+        body = {"run_id": rid, "metrics": [
+            {"key": f"m{k % 10}", "value": (b * 1000 + k) / 7.0, "timestamp": TS0 + b * 100 + k // 10,
+             "step": b * 100 + k // 10} for k in range(1000)]}
+        s.post(api + "/runs/log-batch", json=body, timeout=120).raise_for_status()
+    return t0, time.time()
+
+
+def parallel_ceiling(url: str, points: int, clients: int) -> float:
+    """``clients`` processes (not threads: the client's own interpreter must not be the limit), each
+    logging points/clients points to its own run, 1000 per request; timed from the first request sent to
+    the last answered."""
+    s = requests.Session()
+    s.trust_env = False
+    api = url + "/api/2.0/mlflow"
+    eid = s.post(api + "/experiments/create", json={"name": "pceil-" + uuid.uuid4().hex[:8]}).json()["experiment_id"]
+    rids = [s.post(api + "/runs/create", json={"experiment_id": eid, "start_time": TS0}).json()["run"]["info"][
+        "run_id"] for _ in range(clients)]
+    batches = points // clients // 1000
+    with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("fork")) as ex:
+        spans = list(ex.map(_ceiling_client, [url] * clients, rids, [batches] * clients))
+    return batches * 1000 * clients / (max(e for _, e in spans) - min(b for b, _ in spans))
+
+
+def gateway_parallel(url: str, tmp: str, points: int, runs: int, workers: int) -> float:
+    root = os.path.join(tmp, f"par-runs-{uuid.uuid4().hex[:8]}")
+    project = "par-" + uuid.uuid4().hex[:8]
+    per_run = points // runs // 1000 * 1000
+    for i in range(runs):
+        write_run(root, project, f"r{i}", per_run // 10, 10)
+    settings = Settings(roots=[root], server_url=url, state_dir=root + "-state", workers=workers)
+    return _timed_pass(settings, per_run * runs)
+
+
+def _timed_pass(settings: Settings, points: int) -> float:
+    with Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.points_sent == points, rep
+    return points / dt
+
+
+def parallel(tmp: str, a: argparse.Namespace) -> None:
+    if a.production:
+        import mlflow_production as prod
+
+        missing = prod.available()
+        if missing:
+            raise SystemExit(f"--production: {missing}")
+        # Not below the 0700 temporary directory: the postgres user must reach its cluster.
+        workdir = tempfile.mkdtemp(prefix="hpcsync-bench-prod-")
+        h = prod.start(workdir, workers=a.server_workers)
+        url, stop = h.url, (lambda: (prod.stop(h), shutil.rmtree(workdir, ignore_errors=True)))
+        profile = f"PostgreSQL + S3, {a.server_workers} server workers"
+    else:
+        hs = mlflow_server.start(os.path.join(tmp, "mlflow-par"), workers=a.server_workers)
+        url, stop = hs.url, (lambda: mlflow_server.stop(hs))
+        profile = f"SQLite, {a.server_workers} server workers"
+    try:
+        for n in a.parallel:
+            # Interleaved rounds, medians (the machine is shared and the database grows as we go).
+            fns: List[Callable[[], float]] = [
+                lambda n=n: parallel_ceiling(url, a.parallel_points, n),
+                lambda n=n: gateway_parallel(url, tmp, a.parallel_points, n, n),
+                lambda n=n: gateway_parallel(url, tmp, a.parallel_points, n, 1)]
+            res: List[List[float]] = [[], [], []]
+            for r in range(a.rounds):
+                order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
+                for i in order:
+                    res[i].append(fns[i]())
+            c, g, g1 = (statistics.median(x) for x in res)
+            print(f"4. parallel, {n} runs x {a.parallel_points // n:,} points ({profile}, median of {a.rounds} "
+                  f"interleaved rounds): ceiling of {n} plain log-batch x1000 clients {c:,.0f} points/s; gateway "
+                  f"workers: {n} {g:,.0f} points/s (ratio {g / c:.0%}, target >= 90 %); gateway workers: 1 "
+                  f"{g1:,.0f} points/s (ratio {g1 / c:.0%}); workers {n} / workers 1: {g / g1:.2f}x\n"
+                  f"   rounds: ceiling {[round(x) for x in res[0]]}, workers {n} {[round(x) for x in res[1]]}, "
+                  f"workers 1 {[round(x) for x in res[2]]}")
+    finally:
+        stop()
+
+
 def gateway_throughput(url: str, tmp: str, points: int) -> float:
     root = os.path.join(tmp, "tp-runs")
     write_run(root, "bench-" + uuid.uuid4().hex[:8], "big", points // 10, 10)
-    settings = Settings(roots=[root], server_url=url, state_dir=os.path.join(tmp, "tp-state"))
+    settings = Settings(roots=[root], server_url=url, state_dir=os.path.join(tmp, "tp-state"), workers=1)
     with Runner(settings, sink=make_sink(settings, environ={})) as runner:
         t0 = time.perf_counter()
         rep = runner.run_pass()
@@ -139,15 +242,78 @@ def no_change(tmp: str, runs: int) -> None:
           f"{n:,} files: {base:.2f} s; ratio {dt / base:.1f}x; requests made: {sum(sink.calls.values())}")
 
 
+class _NoServerSink(MlflowSink):
+    """The MLflow sink with every request answered at once: the gateway's own cost, no server's."""
+
+    def _call(self, method: str, path: str, body=None, params=None, data=None, size_bytes=0,  # type: ignore[override]
+              idempotent=True):
+        if path == "/experiments/get-by-name":
+            return {"experiment": {"experiment_id": "1"}}
+        if path == "/runs/create":
+            return {"run": {"info": {"run_id": uuid.uuid4().hex, "artifact_uri": "mlflow-artifacts:/a"}}}
+        if path == "/runs/search":
+            return {"runs": []}
+        return {}
+
+
+def alone_child(tmp: str, runs: int, points: int, workers: int) -> None:
+    """In a fresh process (its own peak RSS): prints points/s and peak RSS in MB as JSON."""
+    root = os.path.join(tmp, f"alone-{workers}")
+    for i in range(runs):
+        write_run(root, "alone", f"r{i}", points // 10, 10)
+    settings = Settings(roots=[root], server_url="http://unused.invalid", state_dir=root + "-state",
+                        workers=workers)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pps = _timed_pass_with(settings, _NoServerSink(HttpClient(settings, {})), runs * points)
+    print(json.dumps({"pps": pps, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_before_mb": rss0}))
+
+
+def _timed_pass_with(settings: Settings, sink: MlflowSink, points: int) -> float:
+    with Runner(settings, sink=sink) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.points_sent == points, rep
+    return points / dt
+
+
+def alone(tmp: str, a: argparse.Namespace) -> None:
+    for w in [1, *a.parallel]:
+        out = subprocess.run([sys.executable, __file__, "--alone-child", str(w), "--alone-runs", str(a.alone_runs),
+                              "--alone-points", str(a.alone_points), "--tmp", tmp],
+                             check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"5. gateway alone (no server), {a.alone_runs} runs x {a.alone_points:,} points, workers: {w}: "
+              f"{r['pps']:,.0f} points/s, peak RSS {r['rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB after "
+              f"writing the runs, before the pass)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=100_000, help="throughput run size per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rss-points", type=int, default=5_000_000)
     ap.add_argument("--runs", type=int, default=10_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "nochange"])
+    ap.add_argument("--parallel", type=int, nargs="*", default=[2, 4], help="workers (and clients) to measure")
+    ap.add_argument("--parallel-points", type=int, default=100_000, help="points per parallel measurement")
+    ap.add_argument("--server-workers", type=int, default=4, help="MLflow server workers for part 4")
+    ap.add_argument("--production", action="store_true", help="part 4 on PostgreSQL + S3 (mlflow_production)")
+    ap.add_argument("--alone-runs", type=int, default=8)
+    ap.add_argument("--alone-points", type=int, default=100_000)
+    ap.add_argument("--alone-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["throughput", "rss", "nochange", "parallel", "alone"])
     a = ap.parse_args()
+    if a.alone_child:
+        alone_child(a.tmp, a.alone_runs, a.alone_points, a.alone_child)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        if "alone" not in a.skip:
+            alone(tmp, a)
+        if "parallel" not in a.skip and a.parallel:
+            parallel(tmp, a)
         if "nochange" not in a.skip:
             no_change(tmp, a.runs)
         if a.skip and set(a.skip) >= {"throughput", "rss"}:

@@ -14,23 +14,31 @@ pass (the server is down: hammering it run by run helps no one). A batch the ser
 quarantined (byte range and answer kept in the run's state) and the cursor moves past it. A stream whose
 bytes before the cursor changed was rewritten: its old server run is kept and marked, the new content goes
 to a new one. Liveness is judged by the gateway's own clock: when it last saw the run's files change.
+
+Up to ``workers`` runs sync at once (``_parallel``), each in one thread with its own batch pipe; only the
+dispatching thread writes the index, the report and the breaker's count (``_settle``). A tripped breaker
+dispatches no new run and stops the runs in flight after their current batch.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from ._groups import sync_groups
+from ._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
 from ._redact import redact
 from ._settings import Settings
-from ._state import Cursor, GroupState, IndexEntry, RunState, StateStore
+from ._state import Cursor, IndexEntry, RunState, StateStore
 from .errors import FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
 from .readers import discover_runs, reader_for
 from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
-from .sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
-from .sources.base import Source
+from .sinks.base import RunSpec, Sink, SinkRun
+from .sources.base import RunRef, Source
 
 __all__ = ["Gateway", "PassReport"]
 
@@ -41,7 +49,6 @@ CHUNK_BYTES = 1 << 20      # read size: bounds memory (parsed records of one chu
 BREAKER_RUNS = 3           # this many runs in a row failing with a retryable server error end the pass
 BACKOFF_BASE_S = 60.0      # a run's first retry after a retryable error; doubles per failure in a row
 BACKOFF_MAX_S = 3600.0
-QUARANTINE_STATUS = (400, 413, 422)   # a batch refused with these is refused for good
 
 
 @dataclass
@@ -64,53 +71,6 @@ class PassReport:
                 and not self.quarantined)
 
 
-class _Stopped(Exception):
-    """A stop was requested (SIGTERM): the batch in flight finished and its cursor is committed."""
-
-
-class _InFlight:
-    """One batch in flight while the next one is prepared, so the gateway's reading and parsing hide
-    behind the server's work. Acks are handled, and cursors committed, in order and by the calling thread
-    only; the executor has a single worker, so batches reach the server in file order."""
-
-    def __init__(self, executor: ThreadPoolExecutor, should_stop: Callable[[], bool]):
-        self.ex = executor
-        self.should_stop = should_stop
-        self.pending: Optional[Tuple[Future, Callable[[int], None], Any]] = None
-
-    def submit(self, send: Callable[[], int], commit: Callable[[int], None],
-               refused: Optional[Callable[[ServerError], None]] = None) -> None:
-        """``refused`` (if given) takes a batch the server refused for good; its cursor then moves on."""
-        prev, self.pending = self.pending, (self.ex.submit(send), commit, refused)
-        if prev is not None:
-            self._finish(prev)
-
-    def flush(self) -> None:
-        prev, self.pending = self.pending, None
-        if prev is not None:
-            self._finish(prev)
-
-    def _finish(self, item: Tuple[Future, Callable[[int], None], Any]) -> None:
-        fut, commit, refused = item
-        try:
-            points = fut.result()
-        except ServerError as e:
-            if refused is None or e.retryable or isinstance(e, RunDeleted) or e.status not in QUARANTINE_STATUS:
-                raise
-            refused(e)
-            points = 0
-        commit(points)
-        if self.should_stop():
-            self.flush()  # the batch already in flight is finished and committed too
-            raise _Stopped()
-
-    def drain(self) -> None:
-        """After an error: wait for a request still in flight (its cursor stays; a re-send is harmless)."""
-        prev, self.pending = self.pending, None
-        if prev is not None:
-            wait([prev[0]])
-
-
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, sources: Iterable[Source], state: StateStore,
                  clock: Callable[[], float] = time.time,
@@ -121,29 +81,47 @@ class Gateway:
         self.state = state
         self.clock = clock
         self.on_points = on_points or (lambda n: None)
-        self._should_stop: Callable[[], bool] = lambda: False
-        self._pool: Optional[ThreadPoolExecutor] = None
-        self._last_run: Optional[SinkRun] = None
-        self._quarantined = 0
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-gateway-send")
-        return self._pool
+        self._points_lock = threading.Lock()  # on_points (a progress bar) is called by one thread at a time
+        self._pool = RunPool(settings.workers)
+        self._failing = 0  # runs in a row that failed with a retryable server error (the circuit breaker)
+        self._answered = threading.Event()  # the server acknowledged something in this pass
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._pool.close()
 
     # -- the pass -----------------------------------------------------------------------------
     def sync_pass(self, should_stop: Callable[[], bool] = lambda: False,
                   renew: Callable[[Source], bool] = lambda s: True) -> PassReport:
+        """``renew(source)``: True while this gateway holds the source's lease (renewing it when due);
+        called before each run and after each batch ack, from any thread."""
         rep = PassReport()
-        self._should_stop = should_stop
         index = self.state.load_index()
         before = {k: IndexEntry(**vars(e)) for k, e in index.items()}
-        failing = 0  # runs in a row that failed with a retryable server error (the circuit breaker)
+        self._failing = 0
+        self._answered.clear()
+        halt = threading.Event()  # the breaker tripped: runs in flight stop after their current batch
+        lost: Set[str] = set()    # roots whose lease was lost: their runs stop at their next batch
+        pending: Dict[Future, Tuple[RunCtx, RunRef, Source]] = {}
+        probes: Set[Future] = set()
+
+        def settle_done(timeout_s: Optional[float]) -> None:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=timeout_s)
+            for fut in done:
+                ctx, ref_, src = pending.pop(fut)
+                probes.discard(fut)
+                self._settle(rep, index, ctx, ref_, src, fut.result, should_stop, renew, halt, lost)
+
+        def healthy() -> bool:
+            return self._answered.is_set() and not self._failing
+
+        def full() -> bool:
+            # Until the server answered in this pass, and while the last run failed with a retryable error,
+            # one new run at a time (a half-open breaker: a server that is down gets no more requests than
+            # from workers: 1); the runs already in flight go on.
+            if healthy():
+                probes.clear()  # answered: in flight like any other run
+            return len(pending) >= self._pool.workers or (not healthy() and bool(probes))
+
         for source in self.sources:
             try:
                 refs = discover_runs(source, self.settings.wandb_search_depth)
@@ -152,64 +130,105 @@ class Gateway:
                 log.error("%s", e)
                 continue
             for ref in refs:
-                if should_stop() or rep.aborted:
+                if pending:
+                    settle_done(0)
+                while full():
+                    settle_done(0.05)  # and look again: the first answer to a long run opens the other slots
+                if should_stop() or rep.aborted or source.display in lost:
                     break
                 if not renew(source):
                     rep.roots_skipped[source.display] = "lost the lease to another gateway"
                     break
                 rep.runs_seen += 1
-                key = ref.key
-                ent = index.get(key)
+                ent = index.get(ref.key)
                 if ent is not None and ent.retry_at_ms > self.clock() * 1000:
-                    rep.backing_off[key] = ent.error or "backing off"
+                    rep.backing_off[ref.key] = ent.error or "backing off"
                     continue
-                self._quarantined = 0
+                ctx = RunCtx(ref.key, functools.partial(stop_now, should_stop, halt, renew, source))
+
+                if not self._pool.parallel:
+                    self._settle(rep, index, ctx, ref, source,
+                                 functools.partial(self._sync_run, reader_for(source, ref), ent, ctx),
+                                 should_stop, renew, halt, lost)
+                    continue
+                # A stat-only look first, here: an unchanged run (most of them) costs no thread hand-off.
                 try:
-                    changed, sent = self._sync_run(reader_for(source, ref), index)
-                except _Stopped:
-                    rep.aborted = "stopped on request"
-                    break
-                except RunDeleted as e:
-                    self._record_deleted(key, index, e)
-                    rep.notes[key] = redact(e)
-                    failing = 0
+                    reader = reader_for(source, ref)
+                    snap = reader.snapshot()
+                    fresh = self._unchanged(snap, ent or IndexEntry(), int(self.clock() * 1000))[0]
+                except Exception as e:  # noqa: BLE001 - recorded on the run by _settle, like any run's fault
+                    self._settle(rep, index, ctx, ref, source, functools.partial(_raise, e), should_stop, renew,
+                                 halt, lost)
                     continue
-                except ServerError as e:
-                    msg = redact(e)
-                    if not e.retryable:
-                        rep.errors[key] = self._record_error(key, index, msg)
-                        failing = 0
-                        continue
-                    failing += 1
-                    down = getattr(e, "unreachable", False)
-                    rep.errors[key] = self._record_error(key, index, msg, backoff=not down)
-                    if down or failing >= BREAKER_RUNS:
-                        rep.aborted = msg if down else (
-                            f"{failing} runs in a row failed with a retryable server error (last: {msg}); "
-                            f"the pass stopped here so as not to hammer the server, the next one resumes")
-                        log.error("%s", rep.aborted)
-                        break
+                if fresh:
+                    self._settle(rep, index, ctx, ref, source, lambda: (False, 0), should_stop, renew, halt, lost)
                     continue
-                except Exception as e:  # noqa: BLE001 - one run's failure, of any kind, stays in that run
-                    msg = redact(e if isinstance(e, (GatewayError, OSError)) else f"{e.__class__.__name__}: {e}")
-                    log.debug("%s: traceback", key, exc_info=True)
-                    rep.errors[key] = self._record_error(key, index, msg[:2000])
-                    failing = 0
-                    continue
-                finally:
-                    rep.quarantined += self._quarantined
-                failing = 0
-                rep.points_sent += sent
-                if self._last_run is not None and ref.project not in rep.experiments:
-                    rep.experiments[ref.project] = self.sink.experiment_url(self._last_run)
-                if changed:
-                    rep.runs_synced += 1
-                else:
-                    rep.runs_unchanged += 1
-        self._sync_groups(index, before, rep)
+                fut = self._pool.submit(functools.partial(self._sync_run, reader, ent, ctx, snap))
+                pending[fut] = (ctx, ref, source)
+                if not healthy():
+                    probes.add(fut)
+        while pending:
+            settle_done(None)
+        sync_groups(self.sink, self.state, index, before, rep.errors)
         if index != before:
             self.state.save_index(index)
         return rep
+
+    def _settle(self, rep: PassReport, index: Dict[str, IndexEntry], ctx: RunCtx, ref: RunRef, source: Source,
+                result: Callable[[], Tuple[bool, int]], should_stop: Callable[[], bool],
+                renew: Callable[[Source], bool], halt: threading.Event, lost: Set[str]) -> None:
+        """Record one run's outcome (``result()`` returns it or raises what its sync raised). Only the
+        dispatching thread calls this, so the index, the report and the breaker have one writer."""
+        key = ref.key
+        try:
+            changed, sent = result()
+        except Stopped:
+            if should_stop():
+                rep.aborted = rep.aborted or "stopped on request"
+            elif not halt.is_set() and not renew(source):
+                lost.add(source.display)
+                rep.roots_skipped[source.display] = "lost the lease to another gateway"
+            return  # the breaker stopped it: rep.aborted says why; the next pass resumes from its cursors
+        except RunDeleted as e:
+            self._record_deleted(key, index, e)
+            rep.notes[key] = redact(e)
+            self._failing = 0
+            return
+        except ServerError as e:
+            msg = redact(e)
+            if not e.retryable:
+                rep.errors[key] = self._record_error(key, index, msg)
+                self._failing = 0
+                return
+            self._failing += 1
+            down = getattr(e, "unreachable", False)
+            rep.errors[key] = self._record_error(key, index, msg, backoff=not down)
+            if (down or self._failing >= BREAKER_RUNS) and not rep.aborted:
+                rep.aborted = msg if down else (
+                    f"{self._failing} runs in a row failed with a retryable server error (last: {msg}); "
+                    f"the pass stopped here so as not to hammer the server, the next one resumes")
+                log.error("%s", rep.aborted)
+                halt.set()
+            return
+        except Exception as e:  # noqa: BLE001 - one run's failure, of any kind, stays in that run
+            msg = redact(e if isinstance(e, (GatewayError, OSError)) else f"{e.__class__.__name__}: {e}")
+            log.debug("%s: traceback", key, exc_info=True)
+            rep.errors[key] = self._record_error(key, index, msg[:2000])
+            self._failing = 0
+            return
+        finally:
+            rep.quarantined += ctx.quarantined
+        self._failing = 0
+        self._answered.set()
+        if ctx.entry is not None:
+            index[key] = ctx.entry
+        rep.points_sent += sent
+        if ctx.last_run is not None and ref.project not in rep.experiments:
+            rep.experiments[ref.project] = self.sink.experiment_url(ctx.last_run)
+        if changed:
+            rep.runs_synced += 1
+        else:
+            rep.runs_unchanged += 1
 
     def _record_error(self, key: str, index: Dict[str, IndexEntry], msg: str, backoff: bool = False) -> str:
         """Record a run's failure on it (state and index; ``status`` shows it) and return the message.
@@ -255,23 +274,31 @@ class Gateway:
         ent.sig, ent.error, ent.retry_at_ms = None, None, 0
 
     # -- one run ------------------------------------------------------------------------------
-    def _sync_run(self, reader: Reader, index: Dict[str, IndexEntry]) -> Tuple[bool, int]:
-        key = reader.ref.key
-        snap = reader.snapshot()
+    def _unchanged(self, snap: Snapshot, ent: IndexEntry, now_ms: int) -> Tuple[bool, int]:
+        """Whether the run needs nothing (its files as at its last sync, and not gone stale); and since when
+        it is alive by the gateway's own clock: when it last saw the run's files change. A run seen for the
+        first time counts from its files' newest modification time (never later than now)."""
         sig = snap.signature
-        now_ms = int(self.clock() * 1000)
-        ent = index.get(key) or IndexEntry()
-        self._last_run = None
-        stale_ms = self.settings.stale_after_s * 1000
-        # Liveness by the gateway's own clock: when it last saw the run's files change. A run seen for the
-        # first time counts from its files' newest modification time (never later than now).
         if ent.live_sig == sig:
             alive_ms = ent.alive_ms
         elif ent.live_sig is None:
             alive_ms = min(now_ms, _newest_mtime_ms(snap) or now_ms)
         else:
             alive_ms = now_ms
-        if ent.sig == sig and not (ent.state == "active" and now_ms - alive_ms >= stale_ms):
+        stale_ms = self.settings.stale_after_s * 1000
+        return ent.sig == sig and not (ent.state == "active" and now_ms - alive_ms >= stale_ms), alive_ms
+
+    def _sync_run(self, reader: Reader, ent: Optional[IndexEntry], ctx: RunCtx,
+                  snap: Optional[Snapshot] = None) -> Tuple[bool, int]:
+        """Sync one run (in a worker thread when ``workers`` > 1); its new index entry goes to ``ctx``."""
+        key = reader.ref.key
+        snap = snap or reader.snapshot()
+        sig = snap.signature
+        now_ms = int(self.clock() * 1000)
+        ent = ent or IndexEntry()
+        stale_ms = self.settings.stale_after_s * 1000
+        unchanged, alive_ms = self._unchanged(snap, ent, now_ms)
+        if unchanged:
             return False, 0
         st = self.state.load(key)
         reader.attach_state(st.reader_state)
@@ -282,7 +309,8 @@ class Gateway:
         info = reader.info()
         spec = RunSpec(sync_id=key, info=info)
         run = self._open(key, st, spec)
-        self._last_run = run
+        ctx.last_run = run
+        self._answered.set()  # the server is up: the other workers may start
         rewritten = self._rewritten(reader, st, snap)
         if rewritten:
             # Recognised by content: resuming would read mid-line or mix two runs' points. The old content
@@ -295,7 +323,7 @@ class Gateway:
             st.note(f"{_when(now_ms)} {msg}")
             self.state.save(key, st)
             run = self._open(key, st, spec)
-            self._last_run = run
+            ctx.last_run = run
         meta_v = reader.document_version(snap, "metadata")
         if st.documents.get("metadata") != meta_v:
             self.sink.set_metadata(run, info)
@@ -317,7 +345,7 @@ class Gateway:
             self._save(key, st, run, documents={"config": config_v})
         sent = 0
         for stream, size in reader.streams(snap):
-            sent += self._stream(reader, st, run, info, stream, size)
+            sent += self._stream(reader, st, run, info, stream, size, ctx)
         summary_v = reader.document_version(snap, "summary")
         if summary_v is not None and st.documents.get("summary") != summary_v:
             try:
@@ -358,7 +386,7 @@ class Gateway:
         st.last_sync_ms = now_ms
         st.failures, st.retry_at_ms = 0, 0
         self._save(key, st, run)
-        index[key] = IndexEntry(sig=sig, state=status.state, error=None, alive_ms=alive_ms,
+        ctx.entry = IndexEntry(sig=sig, state=status.state, error=None, alive_ms=alive_ms,
                                 start_ms=info.created_ms, end_ms=status.end_ms,
                                 group=(info.project, info.group) if info.group else None, live_sig=sig)
         return True, sent
@@ -405,12 +433,13 @@ class Gateway:
             st.documents.update(documents)
         self.state.save(key, st)
 
-    def _stream(self, reader: Reader, st: RunState, run: SinkRun, info: RunInfo, stream: str, size: int) -> int:
+    def _stream(self, reader: Reader, st: RunState, run: SinkRun, info: RunInfo, stream: str, size: int,
+                ctx: RunCtx) -> int:
         key = reader.ref.key
         cur = st.cursors.setdefault(stream, Cursor())
         sent = 0
         pos = Position(cur.offset, cur.seq)  # where reading is; the cursor moves only on acks
-        pipe = _InFlight(self._executor(), self._should_stop)
+        pipe = InFlight(self._pool.sender(), ctx.stop)
 
         def commit_to(end: Optional[Position], records: int, chunk: StreamChunk) -> Callable[[int], None]:
             def commit(points: int) -> None:
@@ -422,7 +451,9 @@ class Gateway:
                     cur.fp_len, cur.fp = fp if fp else (0, None)
                     self._save(key, st, run)
                 sent += points
-                self.on_points(points)
+                self._answered.set()
+                with self._points_lock:
+                    self.on_points(points)
             return commit
 
         def refused_of(end: Optional[Position], payload: Any) -> Callable[[ServerError], None]:
@@ -436,7 +467,7 @@ class Gateway:
                                                      "error": why, "at_ms": int(self.clock() * 1000)}]
                                   )[-RunState.MAX_QUARANTINED:]
                 st.quarantined_total += 1
-                self._quarantined += 1
+                ctx.quarantined += 1
                 log.error("%s/%s: the server refused bytes %d-%d for good (%s): quarantined (kept in the state, "
                           "shown by status); the cursor moves past them", key, stream, start, stop, why)
             return refused
@@ -478,31 +509,9 @@ class Gateway:
             pipe.drain()
         return sent
 
-    # -- groups -------------------------------------------------------------------------------
-    def _sync_groups(self, index: Dict[str, IndexEntry], before: Dict[str, IndexEntry], rep: PassReport) -> None:
-        """Hand each group one of whose members changed in this pass to the sink, with every member known
-        (start, end, state, server run). A pass over unchanged runs costs nothing here."""
-        touched = {e.group for k, e in index.items() if e.group and e != before.get(k)}
-        members: Dict[Tuple[str, str], List[GroupMember]] = {}
-        for key, ent in sorted(index.items()):
-            if ent.group not in touched or not ent.state:
-                continue
-            st = self.state.load(key)
-            if st.sink_kind != self.sink.kind or not st.sink:
-                continue
-            members.setdefault(ent.group, []).append(GroupMember(
-                key, ent.state, ent.start_ms, ent.end_ms, self.sink.restore(st.sink)))
-        for (project, group), ms in sorted(members.items()):
-            gst = self.state.load_group(project, group)
-            try:
-                new = self.sink.sync_group(GroupView(project, group, tuple(ms)), gst.sink or None)
-            except Exception as e:  # noqa: BLE001 - one group's failure stays in that group
-                msg = redact(e if isinstance(e, GatewayError) else f"{e.__class__.__name__}: {e}")
-                log.error("group %s/%s: %s", project, group, msg)
-                rep.errors[f"group:{project}/{group}"] = msg
-                continue
-            if new != gst.sink:
-                self.state.save_group(GroupState(project, group, new))
+
+def _raise(e: BaseException) -> Tuple[bool, int]:
+    raise e
 
 
 def _newest_mtime_ms(snap: Snapshot) -> Optional[int]:

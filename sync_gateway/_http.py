@@ -246,10 +246,13 @@ def build_session(settings: Settings, backoff_factor: float = 0.5, idempotent: b
                            respect_retry_after_header=True, raise_on_status=False)
     s = requests.Session()
     s.trust_env = False  # see the module docstring: we resolve CA bundles and proxies ourselves
-    adapter = _TruststoreAdapter(max_retries=retry) if settings.tls.truststore and not settings.tls.ca_bundle \
-        and not settings.tls.insecure else _Adapter(max_retries=retry)
+    # Each run worker has up to two requests open (its batch in flight, and the next run's or a
+    # document's): a smaller pool would close and reopen connections (TLS handshakes) all the time.
+    pool = max(10, 2 * settings.workers)
+    adapter = _TruststoreAdapter(max_retries=retry, pool_maxsize=pool) if settings.tls.truststore \
+        and not settings.tls.ca_bundle and not settings.tls.insecure else _Adapter(max_retries=retry, pool_maxsize=pool)
     s.mount("https://", adapter)
-    s.mount("http://", _Adapter(max_retries=retry))
+    s.mount("http://", _Adapter(max_retries=retry, pool_maxsize=pool))
     return s
 
 

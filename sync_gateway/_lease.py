@@ -7,19 +7,26 @@ to the lease name: ``link`` is atomic on NFS and fails if the name exists (the c
 rename succeeds); the breaker then checks that what it moved is the expired lease it judged, and puts it
 back otherwise. A lease whose owner ran on this host and is no longer alive (a gateway killed by
 SIGKILL, checked with ``kill(pid, 0)``) is broken at once instead of waiting for it to expire. The holder
-renews the lease between runs. Hosts' clocks must agree to well within the lease time (``lease_ttl_s``, default 600 s).
+renews the lease every ``lease_ttl_s / 3`` while it syncs (:class:`LeaseKeeper`: from its own thread, so a
+run that syncs for longer than the lease keeps it), and a lost lease stops that root's runs at their next
+batch. Hosts' clocks must agree to well within the lease time (``lease_ttl_s``, default 600 s).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "LeaseKeeper"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
 
 
 class Lease:
@@ -130,3 +137,43 @@ class Lease:
             except FileNotFoundError:
                 pass
         self.held = False
+
+
+class LeaseKeeper:
+    """Keeps the leases a pass holds: :meth:`check` renews one when ``ttl_s / 3`` passed (by ``clock``) and
+    says whether it is still held; it is called by the engine before each run and after each batch ack,
+    and by a thread of its own every ``poll_s`` (real time), so a run whose single request or file upload
+    lasts longer than the lease keeps it too. Thread-safe."""
+
+    def __init__(self, leases: Iterable[Lease], ttl_s: float, clock: Callable[[], float] = time.time,
+                 poll_s: Optional[float] = None):
+        self.leases = {lease.root: lease for lease in leases}
+        self.ttl_s = ttl_s
+        self.clock = clock
+        # Polls are cheap (a clock read unless a renewal is due); a short lease in a test is still kept.
+        self.poll_s = poll_s if poll_s is not None else min(1.0, ttl_s / 30)
+        self._last = {root: clock() for root in self.leases}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sync-gateway-lease", daemon=True)
+        self._thread.start()
+
+    def check(self, root: str) -> bool:
+        with self._lock:
+            lease = self.leases[root]
+            if lease.held and self.clock() - self._last[root] > self.ttl_s / 3:
+                lease.renew()
+                self._last[root] = self.clock()
+            return lease.held
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for root in self.leases:
+                try:
+                    self.check(root)
+                except OSError as e:  # the lease directory is unreachable for now: the next poll tries again
+                    log.warning("%s: cannot renew the lease: %s", root, e)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -7,7 +7,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ._engine import Gateway, PassReport
-from ._lease import Lease
+from ._lease import Lease, LeaseKeeper
 from ._settings import Settings
 from ._state import StateStore
 from .errors import ConfigError
@@ -55,16 +55,13 @@ class Runner:
                 rep_skipped[s.display] = f"another gateway ({other}) holds the lease {lease.path}"
                 log.warning("%s: skipped, %s", s.display, rep_skipped[s.display])
         self.gateway.sources = held
-        last_renew = {s.display: self.clock() for s in held}
-
-        def renew(src: Source) -> bool:
-            # Renew well before expiry so a long pass keeps its lease; a lost lease stops that root.
-            if self.clock() - last_renew[src.display] > self.settings.lease_ttl_s / 3:
-                self.leases[src.display].renew()
-                last_renew[src.display] = self.clock()
-            return self.leases[src.display].held
-
-        rep = self.gateway.sync_pass(should_stop, renew)
+        # Renewed before each run, after each batch ack and from the keeper's own thread (lease_ttl_s / 3);
+        # a lost lease stops that root's runs at their next batch.
+        keeper = LeaseKeeper([self.leases[s.display] for s in held], self.settings.lease_ttl_s, self.clock)
+        try:
+            rep = self.gateway.sync_pass(should_stop, lambda src: keeper.check(src.display))
+        finally:
+            keeper.close()
         rep.roots_skipped.update(rep_skipped)
         for s in held:
             s.close()

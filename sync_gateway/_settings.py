@@ -24,6 +24,8 @@ __all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_co
 
 MIN_BUNDLE_BYTES = 64 << 10   # a bundle must hold its manifest and some data
 
+MAX_WORKERS = 64  # runs synced at once; beyond this the server, not the gateway, is what needs scaling
+
 
 @dataclass(frozen=True)
 class TlsSettings:
@@ -81,6 +83,7 @@ class Settings:
     wandb_search_depth: int = 4         # how deep below a root W&B run directories are looked for; 0: not
     max_file_bytes: int = 5_000_000_000  # larger files (files/, output.log) are not uploaded (warned)
     bundle_max_bytes: int = 256 << 20   # air gap (docs/airgap.md): the most bytes one exported bundle file holds
+    workers: int = 4                    # runs synced at once (docs/gateway.md, "Sizing"); 1: one after another
 
     @property
     def state_path(self) -> str:
@@ -139,7 +142,8 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
     for name, key, conv in (("state_dir", "HPCSYNC_GATEWAY_STATE_DIR", str),
                             ("interval_s", "HPCSYNC_GATEWAY_INTERVAL_S", float),
                             ("stale_after_s", "HPCSYNC_GATEWAY_STALE_AFTER_S", float),
-                            ("wandb_search_depth", "HPCSYNC_GATEWAY_WANDB_SEARCH_DEPTH", int)):
+                            ("wandb_search_depth", "HPCSYNC_GATEWAY_WANDB_SEARCH_DEPTH", int),
+                            ("workers", "HPCSYNC_GATEWAY_WORKERS", int)):
         if env.get(key):
             try:
                 upd[name] = conv(env[key])
@@ -150,7 +154,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
         "stale_after_s", "timeout_s", "request_deadline_s", "retries", "batch_points", "max_file_bytes",
-        "wandb_search_depth", "bundle_max_bytes")
+        "wandb_search_depth", "bundle_max_bytes", "workers")
 
 
 def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
@@ -176,7 +180,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     upd: Dict[str, Any] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
               "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth",
-              "bundle_max_bytes"):
+              "bundle_max_bytes", "workers"):
         if k in doc:
             upd[k] = doc[k]
     if "roots" in doc:
@@ -221,6 +225,9 @@ def _validated(s: Settings) -> Settings:
             or not 0 <= s.wandb_search_depth <= 16:
         raise ConfigError(f"wandb_search_depth must be an integer from 0 (W&B runs are not looked for) to 16, "
                           f"not {s.wandb_search_depth!r}")
+    if not isinstance(s.workers, int) or isinstance(s.workers, bool) or not 1 <= s.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be an integer from 1 (one run after another) to {MAX_WORKERS}, "
+                          f"not {s.workers!r}")
     if not isinstance(s.max_file_bytes, int) or isinstance(s.max_file_bytes, bool) or s.max_file_bytes < 0:
         raise ConfigError(f"max_file_bytes must be a non-negative integer (0: no limit), not {s.max_file_bytes!r}")
     if not isinstance(s.bundle_max_bytes, int) or isinstance(s.bundle_max_bytes, bool) \

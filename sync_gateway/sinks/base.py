@@ -5,6 +5,11 @@ group, a config change or a run state becomes, and its own identifiers, which it
 JSON-able per-run state the engine stores for it (:meth:`SinkRun.to_state`). The engine only moves
 cursors after a sink acknowledged (``send`` returned).
 
+Threads: the engine syncs up to ``workers`` runs at once, so a sink's methods are called from several
+threads: different runs at the same time, one run never concurrently (its calls come in order, a batch's
+``send`` possibly from another thread than its ``batches``). Whatever a sink shares across runs (caches,
+counters, a connection pool of at least ``2 x workers`` connections) must be safe for that.
+
 To add a sink: subclass :class:`Sink` in ``sinks/<kind>.py``, register it in ``sinks/__init__.py`` and
 make it pass ``tests/gateway/test_sink_contract.py`` (docs/gateway.md, "Adding a sink").
 """

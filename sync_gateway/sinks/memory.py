@@ -6,15 +6,29 @@ gateway whose server forgets everything at exit would be no use.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from ..readers.base import ENDED_STATES, MetricDef, Row, RunInfo, RunStatus, Summary
 from .base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MemorySink", "MemoryRun", "StoredRun"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    """The engine calls a sink from several threads (different runs at once): one call at a time here,
+    as a real server serialises what it stores."""
+    @functools.wraps(fn)
+    def wrapper(self: MemorySink, *a: Any, **kw: Any) -> Any:
+        with self._lock:
+            return fn(self, *a, **kw)
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -51,6 +65,7 @@ class MemorySink(Sink):
         self.runs: Dict[str, StoredRun] = {}          # server run id -> run
         self.by_sync_id: Dict[str, str] = {}
         self._ids = itertools.count()
+        self._lock = threading.RLock()
 
     @classmethod
     def from_settings(cls, settings: Any = None, environ: Optional[Mapping[str, str]] = None,  # noqa: ARG003
@@ -68,6 +83,7 @@ class MemorySink(Sink):
             self.by_sync_id[sync_id] = rid
         return MemoryRun(self.by_sync_id[sync_id])
 
+    @_locked
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> SinkRun:
         self.calls["open_run"] += 1
         if saved and saved.get("run_id") in self.runs:
@@ -78,6 +94,7 @@ class MemorySink(Sink):
     def restore(self, saved: Mapping[str, Any]) -> SinkRun:
         return MemoryRun(str(saved["run_id"]))
 
+    @_locked
     def retire_run(self, run: SinkRun, reason: str) -> None:
         self.calls["retire_run"] += 1
         stored = self._run(run)
@@ -85,10 +102,12 @@ class MemorySink(Sink):
         if self.by_sync_id.get(stored.sync_id) == run.run_id:  # type: ignore[attr-defined]
             del self.by_sync_id[stored.sync_id]
 
+    @_locked
     def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
         self.calls["set_metadata"] += 1
         self._run(run).info = info
 
+    @_locked
     def set_config(self, run: SinkRun, config: Mapping[str, Any]) -> List[str]:
         self.calls["set_config"] += 1
         self._run(run).config = dict(config)
@@ -100,24 +119,29 @@ class MemorySink(Sink):
         for i, row in enumerate(rows):
             yield i + 1, [(stream, k, row.step, row.ts_ms, v) for k, v in row.values.items()]
 
+    @_locked
     def send(self, run: SinkRun, payload: Any) -> int:
         self.calls["send"] += 1
         self._run(run).points.update((s, k, step, ts, _hashable(v)) for s, k, step, ts, v in payload)
         return len(payload)
 
+    @_locked
     def set_summary(self, run: SinkRun, summary: Summary) -> None:
         self.calls["set_summary"] += 1
         self._run(run).summary = summary
 
+    @_locked
     def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         self.calls["upload"] += 1
         self._run(run).files[path] = body.read(size_bytes)
 
+    @_locked
     def set_state(self, run: SinkRun, status: RunStatus) -> None:
         self.calls["set_state"] += 1
         stored = self._run(run)
         stored.state, stored.end_ms = status.state, status.end_ms
 
+    @_locked
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         self.calls["sync_group"] += 1
         if not group.members:

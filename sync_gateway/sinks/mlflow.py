@@ -23,6 +23,7 @@ import fnmatch
 import logging
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -108,6 +109,10 @@ class MlflowSink(MlflowRest, Sink):
         self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._matchers: Dict[Tuple[MetricDef, ...], List[Tuple[Any, Optional[str]]]] = {}
         self._too_large_warned = False
+        # The engine calls a sink from several threads (different runs at once): the caches above are
+        # shared; an experiment is looked up or created by one thread at a time.
+        self._lock = threading.Lock()
+        self._experiment_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
@@ -141,6 +146,13 @@ class MlflowSink(MlflowRest, Sink):
             "experiment_id"]
 
     def experiment_id(self, name: str) -> str:
+        eid = self._experiments.get(name)  # known: no lock (a lookup of another one may be in flight)
+        if eid is not None:
+            return eid
+        with self._experiment_lock:
+            return self._experiment_id(name)
+
+    def _experiment_id(self, name: str) -> str:
         if name in self._experiments:
             return self._experiments[name]
         try:
@@ -336,9 +348,11 @@ class MlflowSink(MlflowRest, Sink):
     # -- points -------------------------------------------------------------------------------
     def _rules(self, metrics: Sequence[MetricDef]) -> List[Tuple[Any, Optional[str]]]:
         key = tuple(metrics)
-        if key not in self._matchers:
-            self._matchers[key] = [(re.compile(fnmatch.translate(m.pattern)).match, m.step_metric) for m in metrics]
-        return self._matchers[key]
+        with self._lock:
+            if key not in self._matchers:
+                self._matchers[key] = [(re.compile(fnmatch.translate(m.pattern)).match, m.step_metric)
+                                       for m in metrics]
+            return self._matchers[key]
 
     def _points(self, run: MlflowRun, row: Row, system: bool,
                 rules: List[Tuple[Any, Optional[str]]]) -> List[Dict[str, Any]]:
@@ -424,9 +438,12 @@ class MlflowSink(MlflowRest, Sink):
     def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         assert isinstance(run, MlflowRun)
         path, image = media_artifact_path(path, run.run_id)
-        if image and run.run_id not in self._with_images:  # the tag log_image sets: the UI shows an Images view
+        with self._lock:
+            tag = image and run.run_id not in self._with_images
+        if tag:  # the tag log_image sets: the UI shows an Images view
             self._set_tags(run.run_id, {"mlflow.loggedImages": "true"})
-            self._with_images.add(run.run_id)
+            with self._lock:
+                self._with_images.add(run.run_id)
         prefix = run.artifact_uri
         if not prefix.startswith("mlflow-artifacts:/"):
             raise ServerError(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "

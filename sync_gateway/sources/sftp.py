@@ -19,6 +19,7 @@ directory may swap a checked regular file for a link between the listing and the
 """
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 import stat as stat_mod
@@ -61,12 +62,21 @@ _PREFETCH_MAX_DIRS = 50_000           # directories listed ahead per list_runs (
 
 T = TypeVar("T")
 
+def _serialised(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(self: SftpSource, *a: Any, **kw: Any) -> T:
+        with self._calls:
+            return fn(self, *a, **kw)
+    return wrapper
+
+
 #: Sources share SSH connections through this pool unless given their own: one connection per host.
 SHARED_CONNECTIONS = ConnectionPool()
 
 
 class SftpSource(Source):
-    """Runs under one ``ssh://`` root. Not meant to be shared between threads without a lock of your own."""
+    """Runs under one ``ssh://`` root. Safe to share between threads (the gateway's run workers): each call
+    holds the source's own lock; calls on one SSH connection are serialised by it anyway."""
 
     def __init__(self, root_url: str, settings: object = None, *, known_hosts: Optional[str] = None,
                  ssh_config: Optional[str] = None, identity_file: Optional[str] = None,
@@ -94,6 +104,7 @@ class SftpSource(Source):
         self._pool_key = (tuple(self._hops), self.options)
         self._root_real: Optional[str] = None
         self._lock = threading.Lock()
+        self._calls = threading.RLock()   # one public call at a time: the listings below are shared state
         self._regular: Dict[str, Set[str]] = {}   # run location -> names a listing showed as regular files
         self._warned: Set[str] = set()
         # Listings list_runs fetched, each served once: (run location, "") for scan, (location, subdir) for
@@ -290,6 +301,7 @@ class SftpSource(Source):
                 return rel
         return None
 
+    @_serialised
     def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
         """Every directory's listing in one pipelined round; links checked as in ``walk``."""
         for rel in dirs:
@@ -349,6 +361,7 @@ class SftpSource(Source):
             return None
         return item[1]
 
+    @_serialised
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
         def op(sftp: paramiko.SFTPClient) -> Dict[str, FileStat]:
             listing = self._take(run.location, "")
@@ -362,6 +375,7 @@ class SftpSource(Source):
 
         return self._call(run.location, op)
 
+    @_serialised
     def walk(self, run: RunRef, subdir: str) -> Dict[str, FileStat]:
         self._check_name(subdir)
 
@@ -435,6 +449,7 @@ class SftpSource(Source):
                 raise
             return None
 
+    @_serialised
     def read_range(self, run: RunRef, name: str, offset: int, length: int) -> bytes:
         self._check_name(name)
         if offset < 0 or length < 0:
@@ -454,6 +469,7 @@ class SftpSource(Source):
 
         return self._call(path, op)
 
+    @_serialised
     def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
         self._check_name(name)
         path = posixpath.join(run.location, name)

@@ -31,7 +31,7 @@ def test_reference_defaults_are_the_settings_defaults(monkeypatch):
     defaults = Settings()
     for key in ("lease_ttl_s", "interval_s", "stale_after_s", "timeout_s", "retries", "batch_points",
                 "request_deadline_s", "max_file_bytes", "wandb_search_depth", "bundle_max_bytes",
-                "state_dir", "lease_dir"):
+                "state_dir", "lease_dir", "workers"):
         assert doc[key] == getattr(defaults, key), key
     for name in ("tls", "ssh"):
         for key, value in doc[name].items():

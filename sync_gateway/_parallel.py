@@ -1,0 +1,130 @@
+"""Concurrency for the pass engine: the per-run batch pipe (one batch in flight while the next is read)
+and the pool that syncs up to ``workers`` runs at once.
+
+A run is only ever synced by one thread, and each run thread has its own single-thread sender, so a run's
+batches reach the server in file order and its cursors are committed by the run's own thread, after each
+ack. Different runs proceed independently: a slow run occupies one worker, the others go on. With
+``workers: 1`` runs are synced in the calling thread, one after another, exactly as before.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
+
+from ._state import IndexEntry
+from .errors import RunDeleted, ServerError
+from .sinks.base import SinkRun
+from .sources.base import Source
+
+__all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now", "QUARANTINE_STATUS"]
+
+QUARANTINE_STATUS = (400, 413, 422)   # a batch refused with these is refused for good
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """A stop was requested (SIGTERM, the circuit breaker, a lost lease): the batch in flight finished
+    and its cursor is committed."""
+
+
+class InFlight:
+    """One batch in flight while the next one is prepared, so the gateway's reading and parsing hide
+    behind the server's work. Acks are handled, and cursors committed, in order and by the calling thread
+    only; the executor has a single worker, so batches reach the server in file order."""
+
+    def __init__(self, executor: ThreadPoolExecutor, should_stop: Callable[[], bool]):
+        self.ex = executor
+        self.should_stop = should_stop
+        self.pending: Optional[Tuple[Future, Callable[[int], None], Any]] = None
+
+    def submit(self, send: Callable[[], int], commit: Callable[[int], None],
+               refused: Optional[Callable[[ServerError], None]] = None) -> None:
+        """``refused`` (if given) takes a batch the server refused for good; its cursor then moves on."""
+        prev, self.pending = self.pending, (self.ex.submit(send), commit, refused)
+        if prev is not None:
+            self._finish(prev)
+
+    def flush(self) -> None:
+        prev, self.pending = self.pending, None
+        if prev is not None:
+            self._finish(prev)
+
+    def _finish(self, item: Tuple[Future, Callable[[int], None], Any]) -> None:
+        fut, commit, refused = item
+        try:
+            points = fut.result()
+        except ServerError as e:
+            if refused is None or e.retryable or isinstance(e, RunDeleted) or e.status not in QUARANTINE_STATUS:
+                raise
+            refused(e)
+            points = 0
+        commit(points)
+        if self.should_stop():
+            self.flush()  # the batch already in flight is finished and committed too
+            raise Stopped()
+
+    def drain(self) -> None:
+        """After an error: wait for a request still in flight (its cursor stays; a re-send is harmless)."""
+        prev, self.pending = self.pending, None
+        if prev is not None:
+            wait([prev[0]])
+
+
+@dataclass
+class RunCtx:
+    """What one run's sync carries besides its state: written by the thread that syncs it, read by the
+    dispatching thread once that run is done."""
+
+    key: str
+    stop: Callable[[], bool]                 # stop at the next ack (SIGTERM, breaker, lost lease)
+    last_run: Optional[SinkRun] = None
+    quarantined: int = 0
+    entry: Optional[IndexEntry] = None       # the run's new index entry after a complete sync
+
+
+def stop_now(should_stop: Callable[[], bool], halt: threading.Event, renew: Callable[[Source], bool],
+             source: Source) -> bool:
+    """A run of ``source`` stops at its next ack: SIGTERM, the breaker tripped, or the root's lease lost."""
+    return should_stop() or halt.is_set() or not renew(source)
+
+
+class RunPool:
+    """Syncs whole runs on up to ``workers`` threads (``workers: 1``: in the calling thread). Each thread
+    that syncs runs gets its own single-thread sender (:meth:`sender`), created on first use."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._runs: Optional[ThreadPoolExecutor] = None
+        self._local = threading.local()
+        self._senders: List[ThreadPoolExecutor] = []
+        self._lock = threading.Lock()
+
+    @property
+    def parallel(self) -> bool:
+        return self.workers > 1
+
+    def submit(self, fn: Callable[[], T]) -> Future:
+        if self._runs is None:
+            self._runs = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sync-gateway-run")
+        return self._runs.submit(fn)
+
+    def sender(self) -> ThreadPoolExecutor:
+        ex: Optional[ThreadPoolExecutor] = getattr(self._local, "sender", None)
+        if ex is None:
+            ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-gateway-send")
+            with self._lock:
+                self._senders.append(ex)
+            self._local.sender = ex
+        return ex
+
+    def close(self) -> None:
+        if self._runs is not None:
+            self._runs.shutdown(wait=True)
+            self._runs = None
+        with self._lock:
+            senders, self._senders = self._senders, []
+        for ex in senders:
+            ex.shutdown(wait=True)
+        self._local = threading.local()
