@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 from _runwriter import RunWriter
-from conftest import make_runner, sink_for, sync_once
+from conftest import history, make_runner, server_run, sink_for, sync_once
 
 from sync_gateway._export import export
 from sync_gateway._import import import_bundles, mirror_roots
@@ -219,8 +219,6 @@ def test_out_of_order_repeated_corrupted_truncated(sides, tmp_path):
     mirror = os.path.join(mirror_roots(im)[0], project, "r1")
     assert open(os.path.join(mirror, "history.jsonl"), "rb").read() == open(w.path("history.jsonl"), "rb").read()
     sink = sink_for(im)
-    from conftest import history, server_run
-
     assert len(history(sink, server_run(sink, project, "r1"), "x")) == 3000
     sink.close()
 
