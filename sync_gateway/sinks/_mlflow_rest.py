@@ -80,58 +80,16 @@ class MlflowRest:
             return {}
 
     def _log_batch(self, run_id: str, **lists: List[Dict[str, Any]]) -> None:
-        """One ``runs/log-batch`` of params and tags. A body refused as too large (413: a proxy's limit,
-        nginx's default is 1 MB) is split in halves until it passes; identical params and tags are stored
-        once (docs/facts.md), so a half sent twice is harmless."""
-        try:
-            self._call("POST", "/runs/log-batch", {"run_id": run_id, **lists})
-        except ServerError as e:
-            items = [(name, x) for name, xs in lists.items() for x in xs]
-            if e.status != 413 or len(items) <= 1:
-                raise
-            self._too_large(e, len(items))
-            half = len(items) // 2
-            for part in (items[:half], items[half:]):
-                grouped: Dict[str, List[Dict[str, Any]]] = {}
-                for name, x in part:
-                    grouped.setdefault(name, []).append(x)
-                self._log_batch(run_id, **grouped)
-
-    def _too_large(self, e: ServerError, n: int) -> None:
-        if not self._too_large_warned:
-            self._too_large_warned = True
-            log.warning("%s: batches are split to fit; raise the proxy's body limit for speed", e)
-        self.batch_points = max(1, min(self.batch_points, n // 2))  # later batches start small enough
+        """One ``runs/log-batch`` of params and tags; a body refused as too large (413: a proxy's limit,
+        nginx's default is 1 MB) is split until it passes (:meth:`_send_split`)."""
+        refused = self._send_split(run_id, lists, (413,))
+        if refused:
+            raise refused[0][1]
 
     def _send_points(self, run_id: str, pts: List[Dict[str, Any]]) -> None:
         """Send metric points; a batch refused for good (400, 413, 422) is bisected so that only the points
-        the server refuses are lost, not the up to 1000 around them. Identical points are stored once, so
-        the parts are safe to send separately. At most SPLIT_REQUESTS requests per batch: an error every
-        point shares (not one point's fault) must not cost 2n requests; what is left then is refused whole."""
-        refused: List[Tuple[int, ServerError]] = []   # (points, the server's answer)
-        budget = [SPLIT_REQUESTS]
-
-        def part(p: List[Dict[str, Any]]) -> None:
-            if budget[0] <= 0 and refused:
-                refused.append((len(p), refused[-1][1]))
-                return
-            budget[0] -= 1
-            try:
-                self._call("POST", "/runs/log-batch", {"run_id": run_id, "metrics": p})
-                return
-            except ServerError as e:
-                if isinstance(e, RunDeleted) or e.retryable or e.status not in SPLIT_STATUS:
-                    raise
-                if len(p) == 1:
-                    refused.append((1, e))
-                    return
-                if e.status == 413:
-                    self._too_large(e, len(p))
-            half = len(p) // 2
-            part(p[:half])
-            part(p[half:])
-
-        part(pts)
+        the server refuses are lost, not the up to 1000 around them."""
+        refused = self._send_split(run_id, {"metrics": pts}, SPLIT_STATUS)
         if refused:
             lost = sum(n for n, _ in refused)
             first = refused[0][1]
@@ -139,3 +97,47 @@ class MlflowRest:
                               f"first answer: {first}", first.status)
             err.refused_points = lost  # type: ignore[attr-defined]
             raise err
+
+    def _send_split(self, run_id: str, lists: Dict[str, List[Dict[str, Any]]],
+                    split_status: Tuple[int, ...]) -> List[Tuple[int, ServerError]]:
+        """One ``runs/log-batch`` of ``lists``; a refusal with a status in ``split_status`` is bisected
+        down to the single items the server refuses, and those are returned as ``(items, answer)`` after
+        every other part was sent. Sending parts separately is safe: identical points, params and tags are
+        stored once (docs/facts.md). At most SPLIT_REQUESTS requests once something was refused: an error
+        every item shares (not one item's fault) must not cost 2n requests; what is left is refused whole."""
+        refused: List[Tuple[int, ServerError]] = []
+        budget = [SPLIT_REQUESTS]
+
+        def part(items: List[Tuple[str, Dict[str, Any]]], body: Optional[Dict[str, List[Dict[str, Any]]]]) -> None:
+            if budget[0] <= 0 and refused:
+                refused.append((len(items), refused[-1][1]))
+                return
+            budget[0] -= 1
+            if body is None:
+                body = {}
+                for name, x in items:
+                    body.setdefault(name, []).append(x)
+            try:
+                self._call("POST", "/runs/log-batch", {"run_id": run_id, **body})
+                return
+            except ServerError as e:
+                if isinstance(e, RunDeleted) or e.retryable or e.status not in split_status:
+                    raise
+                if len(items) == 1:
+                    refused.append((1, e))
+                    return
+                if e.status == 413:
+                    self._too_large(e, len(items) if "metrics" in lists else None)
+            half = len(items) // 2
+            part(items[:half], None)
+            part(items[half:], None)
+
+        part([(name, x) for name, xs in lists.items() for x in xs], lists)
+        return refused
+
+    def _too_large(self, e: ServerError, points: Optional[int]) -> None:
+        if not self._too_large_warned:
+            self._too_large_warned = True
+            log.warning("%s: batches are split to fit; raise the proxy's body limit for speed", e)
+        if points is not None:  # later batches of points start small enough
+            self.batch_points = max(1, min(self.batch_points, points // 2))
