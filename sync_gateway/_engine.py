@@ -103,13 +103,16 @@ class Gateway:
         lost: Set[str] = set()    # roots whose lease was lost: their runs stop at their next batch
         pending: Dict[Future, Tuple[RunCtx, RunRef, Source]] = {}
         probes: Set[Future] = set()
+        # Only this (the dispatching) thread settles runs: the index, the report and the breaker have one writer.
+        settle = functools.partial(self._settle, rep, index, should_stop=should_stop, renew=renew, halt=halt,
+                                   lost=lost)
 
         def settle_done(timeout_s: Optional[float]) -> None:
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED, timeout=timeout_s)
             for fut in done:
                 ctx, ref_, src = pending.pop(fut)
                 probes.discard(fut)
-                self._settle(rep, index, ctx, ref_, src, fut.result, should_stop, renew, halt, lost)
+                settle(ctx, ref_, src, fut.result)
 
         def healthy() -> bool:
             return self._answered.is_set() and not self._failing
@@ -147,9 +150,7 @@ class Gateway:
                 ctx = RunCtx(ref.key, functools.partial(stop_now, should_stop, halt, renew, source))
 
                 if not self._pool.parallel:
-                    self._settle(rep, index, ctx, ref, source,
-                                 functools.partial(self._sync_run, reader_for(source, ref), ent, ctx),
-                                 should_stop, renew, halt, lost)
+                    settle(ctx, ref, source, functools.partial(self._sync_run, reader_for(source, ref), ent, ctx))
                     continue
                 # A stat-only look first, here: an unchanged run (most of them) costs no thread hand-off.
                 try:
@@ -157,11 +158,10 @@ class Gateway:
                     snap = reader.snapshot()
                     fresh = self._unchanged(snap, ent or IndexEntry(), int(self.clock() * 1000))[0]
                 except Exception as e:  # noqa: BLE001 - recorded on the run by _settle, like any run's fault
-                    self._settle(rep, index, ctx, ref, source, functools.partial(_raise, e), should_stop, renew,
-                                 halt, lost)
+                    settle(ctx, ref, source, functools.partial(_raise, e))
                     continue
                 if fresh:
-                    self._settle(rep, index, ctx, ref, source, lambda: (False, 0), should_stop, renew, halt, lost)
+                    settle(ctx, ref, source, lambda: (False, 0))
                     continue
                 fut = self._pool.submit(functools.partial(self._sync_run, reader, ent, ctx, snap))
                 pending[fut] = (ctx, ref, source)
