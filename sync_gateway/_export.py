@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from ._bundle import ENTRY_OVERHEAD_BYTES, OVERHEAD_BYTES, BundleWriter, bundle_name, check_path, verify
 from ._lease import Lease
 from ._settings import Settings
-from ._state import _atomic_write, _read
+from ._state import _atomic_write, _read, fsync_dir, load_fields
 from .errors import BundleError, ConfigError, GatewayError
 from .readers import discover_runs, reader_for
 from .readers.base import fingerprint
@@ -69,10 +69,7 @@ class ExportState:
 
     @classmethod
     def load(cls, settings: Settings) -> ExportState:
-        doc = _read(os.path.join(export_dir(settings), "state.json"))
-        if not isinstance(doc, dict):
-            return cls()
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+        return load_fields(cls, os.path.join(export_dir(settings), "state.json"))
 
     def save(self, settings: Settings) -> None:
         _atomic_write(os.path.join(export_dir(settings), "state.json"), dict(vars(self), state_version=1))
@@ -199,14 +196,6 @@ def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool], fi
     return bundles
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _recover(settings: Settings, state: ExportState) -> None:
     """Settle a bundle an earlier export was killed while writing (``intent.json``)."""
     path = os.path.join(export_dir(settings), "intent.json")
@@ -287,7 +276,7 @@ def _write(settings: Settings, to_dir: str, state: ExportState, pieces: List[_Pi
         size = f.tell()
     os.replace(tmp, final)
     _sidecar(final, sha)
-    _fsync_dir(to_dir)
+    fsync_dir(to_dir)
     # Only now, with the bundle durably in place, do the cursors move.
     state.files.update(cursors)
     state.next_seq = seq + 1

@@ -26,7 +26,7 @@ from ._bundle import Manifest, bundle_name, pieces, verify_file
 from ._engine import Gateway, PassReport
 from ._lease import Lease
 from ._settings import Settings
-from ._state import StateStore, _atomic_write, _read
+from ._state import StateStore, _atomic_write, fsync_dir, load_fields
 from .errors import BundleError, GatewayError
 from .sinks import make_sink
 from .sinks.base import Sink
@@ -67,10 +67,7 @@ class ImportState:
 
     @classmethod
     def load(cls, settings: Settings) -> ImportState:
-        doc = _read(os.path.join(import_dir(settings), "state.json"))
-        if not isinstance(doc, dict):
-            return cls()
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+        return load_fields(cls, os.path.join(import_dir(settings), "state.json"))
 
     def save(self, settings: Settings) -> None:
         # fsynced: a bundle recorded as applied must not come back unapplied after a power loss
@@ -91,14 +88,6 @@ class ImportReport:
     @property
     def ok(self) -> bool:
         return not self.refused and (self.sync is None or self.sync.ok)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _target(mirror: str, path: str) -> str:
@@ -168,7 +157,7 @@ def _apply(f: BinaryIO, m: Manifest, name: str, mirror: str) -> None:
     if cur is not None:
         finish(cur)
     for d in sorted(dirs):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _clear_backoff(store: StateStore) -> None:

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 __all__ = ["StateStore", "RunState", "Cursor", "IndexEntry", "GroupState", "STATE_VERSION"]
 
@@ -136,6 +136,9 @@ def _migrate_run_v1(doc: Mapping[str, Any]) -> Dict[str, Any]:
             "refused_config": list(doc.get("refused_params") or []), "state_version": STATE_VERSION}
 
 
+T = TypeVar("T")
+
+
 def _atomic_write(path: str, obj: Any, durable: bool = True) -> None:
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
@@ -153,6 +156,24 @@ def _atomic_write(path: str, obj: Any, durable: bool = True) -> None:
         except OSError:
             pass
         raise
+
+
+def fsync_dir(path: str) -> None:
+    """Make the renames into ``path`` durable (a rename is in the directory, not in the file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_fields(cls: Type[T], path: str) -> T:
+    """A dataclass from the JSON object at ``path``: its known fields, defaults for the rest (a missing or
+    unreadable file gives the defaults)."""
+    doc = _read(path)
+    if not isinstance(doc, dict):
+        return cls()
+    return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})  # type: ignore[attr-defined]
 
 
 def _read(path: str) -> Optional[Any]:
