@@ -118,5 +118,23 @@ def history(sink: MlflowSink, run: MlflowRun, key: str) -> List[Tuple[int, int, 
     return sorted((int(p.get("step", 0)), int(p["timestamp"]), _val(p["value"])) for p in pts)
 
 
+def disk_points(recs: List[Dict[str, Any]], keys: Tuple[str, ...]) -> Dict[str, List[Tuple[int, int, float]]]:
+    """What the server must hold for ``keys``, from a stream's records: (step, ts_ms, value), sorted."""
+    return {k: sorted((r["step"], r["ts_ms"], float(r["values"][k])) for r in recs) for k in keys}
+
+
+def assert_synced_once(sink: MlflowSink, project: str, run: MlflowRun,
+                       want: Dict[str, List[Tuple[int, int, float]]], note: str = "") -> None:
+    """After a kill loop: the experiment holds this one run, each key's points exactly once, FINISHED."""
+    eid = sink.experiment_id(project)
+    assert len(sink._call("POST", "/runs/search", {"experiment_ids": [eid]})["runs"]) == 1, \
+        f"a killed and restarted sync created a second MLflow run {note}"
+    for key, points in want.items():
+        got = history(sink, run, key)
+        assert len(got) == len(points), f"{key}: {len(got)} points on the server, {len(points)} on disk {note}"
+        assert got == points, note
+    assert run_info(sink, run)["info"]["status"] == "FINISHED"
+
+
 def _val(v: Any) -> float:
     return float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf"))

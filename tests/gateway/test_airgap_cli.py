@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 from _runwriter import RunWriter, read_stream
-from conftest import REPO, history, server_run, sink_for
+from conftest import REPO, assert_synced_once, disk_points, server_run, sink_for
 from support import soak_count
 
 pytestmark = pytest.mark.slow   # every test runs the CLI in a subprocess
@@ -176,18 +176,9 @@ def test_kill_minus_nine_loop_on_import_exactly_once(mlflow_server, cluster, tmp
     assert done.returncode == 0, done.stdout + done.stderr + note
 
     sink = sink_for_url(mlflow_server.url, str(tmp_path / "istate"))
-    eid = sink.experiment_id(project)
-    assert len(sink._call("POST", "/runs/search", {"experiment_ids": [eid]})["runs"]) == 1, \
-        "an import killed and run again created a second MLflow run"
-    run = server_run(sink, project, "big")
     recs = read_stream(w.path("history.jsonl"))
     assert len(recs) == ROWS
-    for key in ("loss", "acc"):
-        want = sorted((r["step"], r["ts_ms"], float(r["values"][key])) for r in recs)
-        got = history(sink, run, key)
-        assert len(got) == len(want), f"{key}: {len(got)} points on the server, {len(want)} on disk {note}"
-        assert got == want
-    assert sink._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]["info"]["status"] == "FINISHED"
+    assert_synced_once(sink, project, server_run(sink, project, "big"), disk_points(recs, ("loss", "acc")), note)
     sink.close()
 
     s = cli("status", "--config", str(icfg))

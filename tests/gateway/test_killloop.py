@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 from _runwriter import RunWriter, read_stream
-from conftest import REPO, history, make_runner, server_run, sink_for
+from conftest import REPO, assert_synced_once, disk_points, history, make_runner, server_run, sink_for
 from support import soak_count
 
 # Read at import: tests/conftest.py clears HPCSYNC_* variables before each test.
@@ -65,19 +65,9 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
     assert done.returncode == 0, seed_note
 
     sink = sink_for(settings)
-    eid = sink.experiment_id(project)
-    res = sink._call("POST", "/runs/search", {"experiment_ids": [eid]})
-    assert len(res["runs"]) == 1, "a restarted gateway created a second MLflow run"
-    run = server_run(sink, project, "big")
     recs = read_stream(w.path("history.jsonl"))
     assert len(recs) == ROWS
-    for key in ("loss", "acc"):
-        want = sorted((r["step"], r["ts_ms"], float(r["values"][key])) for r in recs)
-        got = history(sink, run, key)
-        assert len(got) == len(want), f"{key}: {len(got)} points on the server, {len(want)} on disk {seed_note}"
-        assert got == want
-    info = sink._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
-    assert info["info"]["status"] == "FINISHED"
+    assert_synced_once(sink, project, server_run(sink, project, "big"), disk_points(recs, ("loss", "acc")), seed_note)
 
 
 MIXED_KILLS = soak_count(6, 40)
