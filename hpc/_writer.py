@@ -191,13 +191,10 @@ class Writer(threading.Thread):
         self._summary_dirty = True
 
     def _take_media(self, key: str, value: Any) -> bool:
-        if isinstance(value, Media):
-            self._row_media.append((key, value))
-            return True
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Media) for v in value):
-            self._row_media.extend((key, v) for v in value)
-            return True
-        return False
+        if not _is_media(key, value):
+            return False
+        self._row_media.extend((key, v) for v in (value if isinstance(value, (list, tuple)) else (value,)))
+        return True
 
     def _write_media(self, step: int, ts_ms: int) -> None:
         """The row's media into the packed media file; a row of media only is an empty history record."""
@@ -399,6 +396,8 @@ class Writer(threading.Thread):
 
 
 def _is_media(key: str, value: Any) -> bool:
-    """Media of a dropped row are not summary values (and their payloads were never written)."""
+    """An ``hpc.Image``, ``Table`` or ``Histogram``, or a list of them. A row's media go to the media file
+    (:meth:`Writer._take_media`); a dropped row's media are not summary values (their payloads were never
+    written)."""
     return isinstance(value, Media) or (isinstance(value, (list, tuple)) and bool(value)
                                         and all(isinstance(v, Media) for v in value))
