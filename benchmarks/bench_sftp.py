@@ -24,11 +24,12 @@ from typing import Callable, Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sync_gateway.sources.base import RunRef, Source  # noqa: E402
-from sync_gateway.sources.sftp import SftpSource  # noqa: E402
+from sync_gateway.records import RunRef  # noqa: E402
+from sync_gateway.sources.base import Source  # noqa: E402
+from sync_gateway.sources.sftp.source import SftpSource  # noqa: E402
 
 try:  # the gateway's local source, when it is on this branch
-    from sync_gateway.sources.local import LocalSource  # noqa: E402
+    from sync_gateway.sources.local import LocalSource
 except ImportError:  # pragma: no cover - before the gateway branch lands
     LocalSource = None
 
@@ -96,7 +97,7 @@ class _PlainLocal(Source):
                         yield RunRef(p.name, r.name, r.path)
 
     def scan(self, run):
-        from sync_gateway.sources.base import FileStat
+        from sync_gateway.records import FileStat
 
         return {e.name: FileStat(e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(run.location)
                 if e.is_file(follow_symlinks=False)}
@@ -135,8 +136,8 @@ def gateway_pass(src: Source) -> int:
 def gateway_no_change(work: str, root: str, make_source: Callable[[], Source], label: str) -> float:
     """Seconds of a real gateway pass (sync_gateway Runner, a fresh one as cron starts) when nothing
     changed, after a first pass recorded everything."""
-    from sync_gateway._runner import Runner
-    from sync_gateway._settings import Settings
+    from sync_gateway.engine.runner import Runner
+    from sync_gateway.settings import Settings
     from sync_gateway.sinks.memory import MemorySink
 
     settings = Settings(roots=[root], server_url="http://unused.invalid",
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
               f"({g_remote / args.runs * 1e6:.0f} us per run)")
 
         try:
-            import sync_gateway._runner  # noqa: F401
+            import sync_gateway.engine.runner  # noqa: F401
         except ImportError:
             print("(the gateway's pass loop is not on this branch: its no-change pass is not measured)")
         else:

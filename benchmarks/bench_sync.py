@@ -45,11 +45,11 @@ sys.path.insert(0, REPO)
 import mlflow_server  # noqa: E402
 import requests  # noqa: E402
 
-from sync_gateway._http import HttpClient  # noqa: E402
-from sync_gateway._runner import Runner, make_sink  # noqa: E402
-from sync_gateway._settings import Settings  # noqa: E402
+from sync_gateway.engine.runner import Runner, make_sink  # noqa: E402
+from sync_gateway.settings import Settings  # noqa: E402
+from sync_gateway.sinks._http import HttpClient  # noqa: E402
 from sync_gateway.sinks.memory import MemorySink  # noqa: E402
-from sync_gateway.sinks.mlflow import MlflowSink  # noqa: E402
+from sync_gateway.sinks.mlflow.sink import MlflowSink  # noqa: E402
 
 TS0 = 1_764_150_000_000
 

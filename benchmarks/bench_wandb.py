@@ -28,11 +28,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from sync_gateway._engine import CHUNK_BYTES  # noqa: E402
-from sync_gateway._runner import Runner  # noqa: E402
-from sync_gateway._settings import Settings  # noqa: E402
+from sync_gateway.engine.gateway import CHUNK_BYTES  # noqa: E402
+from sync_gateway.engine.runner import Runner  # noqa: E402
 from sync_gateway.readers import discover_runs, reader_for  # noqa: E402
-from sync_gateway.readers.base import Position  # noqa: E402
+from sync_gateway.records import Position  # noqa: E402
+from sync_gateway.settings import Settings  # noqa: E402
 from sync_gateway.sinks.memory import MemorySink  # noqa: E402
 from sync_gateway.sources.local import LocalSource  # noqa: E402
 

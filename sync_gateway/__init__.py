@@ -14,7 +14,8 @@ from typing import Any
 
 __all__ = ["Settings", "Runner", "PassReport", "GatewayError", "errors"]
 
-_LAZY = {"Settings": "._settings", "Runner": "._runner", "PassReport": "._engine", "GatewayError": ".errors"}
+_LAZY = {"Settings": ".settings", "Runner": ".engine.runner", "PassReport": ".engine.gateway",
+         "GatewayError": ".errors"}
 
 
 def __getattr__(name: str) -> Any:

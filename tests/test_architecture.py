@@ -91,11 +91,11 @@ def _gateway_imports(path):
 
 
 @pytest.mark.parametrize("layer, forbidden", [
-    ("sources", ("sync_gateway.readers", "sync_gateway.sinks", "sync_gateway._engine")),
-    ("readers", ("sync_gateway.sinks", "sync_gateway._engine", "sync_gateway.sources.local",
-                 "sync_gateway.sources.sftp")),
-    ("sinks", ("sync_gateway.sources", "sync_gateway._engine", "sync_gateway.readers.hpc",
-               "sync_gateway.readers._hpc_format")),
+    ("sources", ("sync_gateway.readers", "sync_gateway.sinks", "sync_gateway.engine.gateway")),
+    ("readers", ("sync_gateway.sinks", "sync_gateway.engine.gateway", "sync_gateway.sources.local",
+                 "sync_gateway.sources.sftp.source")),
+    ("sinks", ("sync_gateway.sources", "sync_gateway.engine.gateway", "sync_gateway.readers.hpc.reader",
+               "sync_gateway.readers.hpc._format")),
 ])
 def test_gateway_layers_depend_one_way(layer, forbidden):
     """sources -> readers -> sinks: a source knows no format, a reader no server, a sink no file."""

@@ -9,9 +9,9 @@ import pytest
 
 from hpc._reader import DEFAULT_STALE_AFTER_S as HPC_STALE
 from hpc._reader import run_state
-from sync_gateway._settings import Settings
-from sync_gateway.readers.hpc import DEFAULT_STALE_AFTER_S as GATEWAY_STALE
-from sync_gateway.readers.hpc import derive_state
+from sync_gateway.readers.hpc.reader import DEFAULT_STALE_AFTER_S as GATEWAY_STALE
+from sync_gateway.readers.hpc.reader import derive_state
+from sync_gateway.settings import Settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW_MS = 1_764_150_000_000

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Type
 
-from ..sources.base import RunRef, Source
-from .base import Reader
-from .hpc import HpcReader
-from .wandb import WandbReader, discover_wandb
+from sync_gateway.readers.base import Reader
+from sync_gateway.readers.hpc.reader import HpcReader
+from sync_gateway.readers.wandb.reader import WandbReader, discover_wandb
+from sync_gateway.records import RunRef
+from sync_gateway.sources.base import Source
 
 __all__ = ["READERS", "reader_for", "discover_runs", "Reader", "HpcReader", "WandbReader"]
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type
 
-from ..errors import ConfigError
-from .base import Sink
+from sync_gateway.errors import ConfigError
+from sync_gateway.sinks.base import Sink
 
 if TYPE_CHECKING:
-    from .._settings import Settings
+    from sync_gateway.settings import Settings
 
 __all__ = ["KINDS", "sink_class", "make_sink", "Sink"]
 
-_REGISTRY: Dict[str, str] = {"mlflow": "sync_gateway.sinks.mlflow:MlflowSink"}
+_REGISTRY: Dict[str, str] = {"mlflow": "sync_gateway.sinks.mlflow.sink:MlflowSink"}
 #: every valid ``server.kind``
 KINDS = tuple(_REGISTRY)
 

@@ -32,10 +32,10 @@ from typing import (
     Tuple,
 )
 
-from ..readers.base import Row, RunInfo, RunStatus, Summary
+from sync_gateway.records import Row, RunInfo, RunStatus, Summary
 
 if TYPE_CHECKING:
-    from .._settings import Settings
+    from sync_gateway.settings import Settings
 
 __all__ = ["Sink", "SinkRun", "RunSpec", "GroupMember", "GroupView", "Check"]
 

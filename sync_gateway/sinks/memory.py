@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
-from ..readers.base import ENDED_STATES, MetricDef, Row, RunInfo, RunStatus, Summary
-from .base import GroupView, RunSpec, Sink, SinkRun
+from sync_gateway.records import ENDED_STATES, MetricDef, Row, RunInfo, RunStatus, Summary
+from sync_gateway.sinks.base import GroupView, RunSpec, Sink, SinkRun
 
 __all__ = ["MemorySink", "MemoryRun", "StoredRun"]
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
-from .base import FileStat, RunRef, Source
-from .local import LocalSource
+from sync_gateway.errors import ConfigError
+from sync_gateway.records import FileStat, RunRef
+from sync_gateway.sources.base import Source
+from sync_gateway.sources.local import LocalSource
 
 if TYPE_CHECKING:
-    from .._settings import Settings
+    from sync_gateway.settings import Settings
 
 __all__ = ["FileStat", "RunRef", "Source", "LocalSource", "open_source"]
 
@@ -18,7 +19,7 @@ def open_source(root: str, settings: Settings) -> Source:
     if root.startswith("ssh://"):
         # Imported lazily: paramiko is only needed (extra [remote]) by those who sync over SSH.
         try:
-            from .sftp import SftpSource
+            from sync_gateway.sources.sftp.source import SftpSource
         except ImportError as e:
             raise ConfigError(f"root {root}: ssh:// roots need the SFTP source and paramiko "
                               f"(pip install 'hpc-sync[gateway,remote]'): {e}") from e

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
-__all__ = ["FileStat", "RunRef", "Source", "is_run_name", "DirEntry", "DirListing"]
+from sync_gateway.records import FileStat, RunRef
+
+__all__ = ["Source", "is_run_name", "DirEntry", "DirListing"]
 
 # docs/run-format.md section 1: the names of project and run directories. fullmatch, not match + "$":
 # "$" also matches before a trailing newline, which would accept a directory named "run\n".
@@ -20,32 +21,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def is_run_name(name: str) -> bool:
     """Whether ``name`` may be a project or run directory of a root (anything else is not a run)."""
     return _NAME.fullmatch(name) is not None
-
-
-@dataclass(frozen=True)
-class FileStat:
-    size_bytes: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """One run directory ``<root>/<project>/<run_id>`` as a source found it.
-
-    ``format`` names the reader (``hpc``: docs/run-format.md). A format whose run spans several
-    directories (W&B: one directory per resumed fragment) sets ``location`` to the directory holding them
-    and lists them, relative to it and in order, in ``parts``; the reader then names files as
-    ``<part>/<file>``."""
-
-    project: str
-    run_id: str
-    location: str  # source-specific: an absolute local path, or the remote path
-    format: str = "hpc"
-    parts: Tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return f"{self.project}/{self.run_id}"
 
 
 class DirEntry(NamedTuple):

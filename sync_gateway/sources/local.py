@@ -11,8 +11,9 @@ import os
 import stat as st
 from typing import Dict, Iterator, List, Optional, Sequence, Set
 
-from ..errors import SourceError
-from .base import DirEntry, DirListing, FileStat, RunRef, Source, is_run_name
+from sync_gateway.errors import SourceError
+from sync_gateway.records import FileStat, RunRef
+from sync_gateway.sources.base import DirEntry, DirListing, Source, is_run_name
 
 __all__ = ["LocalSource"]
 

@@ -27,12 +27,9 @@ if _MISSING and not IN_CI:
 
     Runner = make_sink = Settings = MlflowRun = MlflowSink = None  # type: ignore  # noqa: N816
 else:
-    from sync_gateway._runner import Runner, make_sink  # noqa: E402
-    from sync_gateway._settings import Settings  # noqa: E402
-    from sync_gateway.sinks.mlflow import (
-        MlflowRun,  # noqa: E402
-        MlflowSink,  # noqa: E402
-    )
+    from sync_gateway.engine.runner import Runner, make_sink
+    from sync_gateway.settings import Settings
+    from sync_gateway.sinks.mlflow.sink import MlflowRun, MlflowSink
 
 
 def pytest_collection_modifyitems(items):

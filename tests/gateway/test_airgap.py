@@ -12,10 +12,10 @@ import pytest
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
 
-from sync_gateway._export import export
-from sync_gateway._import import import_bundles, mirror_roots
-from sync_gateway._settings import Settings
-from sync_gateway.sinks.mlflow import MlflowRun
+from sync_gateway.airgap.export import export
+from sync_gateway.airgap.importer import import_bundles, mirror_roots
+from sync_gateway.settings import Settings
+from sync_gateway.sinks.mlflow.sink import MlflowRun
 
 T0 = 1_764_150_000_000
 
@@ -295,7 +295,7 @@ run.finish()
 def test_an_export_killed_around_its_rename_loses_nothing(sides, tmp_path, monkeypatch):
     """Killed before the rename: the same sequence number is written again. Killed after it, before the
     cursors were saved: the next bundle re-exports the same ranges; importing both changes nothing twice."""
-    import sync_gateway._export as exmod
+    import sync_gateway.airgap.export as exmod
 
     ex, im, transfer = sides
     project = "pk" + os.urandom(4).hex()
@@ -348,7 +348,7 @@ def test_links_out_of_a_root_are_not_exported(sides, tmp_path):
 def _inflated(path: str) -> bytes:
     import zlib
 
-    from sync_gateway._bundle import verify
+    from sync_gateway.airgap.bundle import verify
 
     m = verify(path)
     raw = open(path, "rb").read()
@@ -378,7 +378,7 @@ def test_root_relative_locations_local_and_sftp(tmp_path):
     assert src.relative(str(tmp_path)) == ""
     assert src.relative(str(tmp_path.parent)) is None
     pytest.importorskip("paramiko")
-    from sync_gateway.sources.sftp import SftpSource
+    from sync_gateway.sources.sftp.source import SftpSource
 
     (tmp_path / "none").write_text("")
     sftp = SftpSource("ssh://127.0.0.1:1/scratch/runs", known_hosts=str(tmp_path / "kh"),
@@ -391,7 +391,7 @@ def test_root_relative_locations_local_and_sftp(tmp_path):
 def test_a_runs_files_are_exported_in_the_order_they_were_written(tmp_path):
     """A backlog split across bundles: the exit record comes after the last rows, so an import of the
     first bundles alone never shows a finished run with rows missing."""
-    from sync_gateway._bundle import verify
+    from sync_gateway.airgap.bundle import verify
 
     root, out = tmp_path / "runs", tmp_path / "out"
     root.mkdir()

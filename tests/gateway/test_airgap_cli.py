@@ -188,6 +188,6 @@ def test_kill_minus_nine_loop_on_import_exactly_once(mlflow_server, cluster, tmp
 
 
 def sink_for_url(url: str, state_dir: str):
-    from sync_gateway._settings import Settings
+    from sync_gateway.settings import Settings
 
     return sink_for(Settings(server_url=url, state_dir=state_dir, retries=3))

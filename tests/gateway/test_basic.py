@@ -9,7 +9,7 @@ import requests
 from _runwriter import RunWriter, check_run_dir
 from conftest import history, make_runner, run_info, server_run, sink_for, sync_once
 
-from sync_gateway.sinks._mlflow_names import TRUNCATION_MARKER
+from sync_gateway.sinks.mlflow._names import TRUNCATION_MARKER
 
 
 def test_basic_sync_then_nothing_new(settings, root, project):

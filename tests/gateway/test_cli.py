@@ -12,7 +12,7 @@ import yaml
 from _runwriter import RunWriter
 from conftest import REPO, history, server_run, sink_for
 
-from sync_gateway.cli import main
+from sync_gateway.cli.commands import main
 
 
 def _config(tmp_path, settings, **extra):

@@ -6,7 +6,7 @@ import os
 
 import yaml
 
-from sync_gateway._settings import _TOP, AuthSettings, Settings, SshSettings, TlsSettings
+from sync_gateway.settings import _TOP, AuthSettings, Settings, SshSettings, TlsSettings
 from sync_gateway.sinks import sink_class
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "deploy", "gateway.yaml")

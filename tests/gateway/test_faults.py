@@ -20,9 +20,9 @@ from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, make_runner, run_info, server_run, sink_for, sync_once
 
 from sync_gateway import cli
-from sync_gateway._state import StateStore
+from sync_gateway.engine.state import StateStore
 from sync_gateway.errors import GatewayError
-from sync_gateway.readers.base import Position, Row, RunInfo
+from sync_gateway.records import Position, Row, RunInfo
 from sync_gateway.sinks.base import RunSpec
 
 T0 = 1_764_150_000_000
@@ -210,7 +210,7 @@ def test_an_error_every_point_shares_costs_a_bounded_number_of_requests(settings
     with FaultProxy(settings.server_url, fail_first=10 ** 6, status=422, body_match=b'"metrics"') as proxy:
         rep = sync_once(replace(settings, server_url=proxy.url))
     assert rep.quarantined == 1 and not rep.errors, rep
-    from sync_gateway.sinks._mlflow_rest import SPLIT_REQUESTS
+    from sync_gateway.sinks.mlflow._rest import SPLIT_REQUESTS
 
     assert proxy.failed <= SPLIT_REQUESTS, proxy.failed
     st = StateStore(settings.state_dir).load(f"{project}/allbad")

@@ -12,9 +12,9 @@ from _faultproxy import FaultProxy
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
 
-from sync_gateway._http import resolve_auth
-from sync_gateway._settings import AuthSettings
 from sync_gateway.errors import ConfigError
+from sync_gateway.settings import AuthSettings
+from sync_gateway.sinks._http import resolve_auth
 
 
 @pytest.mark.faults
@@ -49,7 +49,7 @@ def test_no_retry_on_other_4xx(settings, root, project):
 def test_server_restarted_in_the_middle_of_a_sync(root, project, tmp_path):
     import mlflow_server as ms
 
-    from sync_gateway._settings import Settings
+    from sync_gateway.settings import Settings
 
     h = ms.start(str(tmp_path / "srv"))
     try:
@@ -127,7 +127,7 @@ def test_bearer_token_reaches_the_server_and_never_the_log(settings, root, proje
 
 
 def test_https_proxy_environment_is_honoured_and_no_proxy_bypasses(settings, root, project, monkeypatch):
-    from sync_gateway._runner import make_sink
+    from sync_gateway.engine.runner import make_sink
 
     w = RunWriter(root, project, "viaproxy")
     w.log({"x": 1.0})

@@ -19,7 +19,7 @@ def test_sync_into_mlflow_on_postgresql(root, project, tmp_path):
     need(pg.available(), "PostgreSQL is not installed (apt-get install postgresql; scripts/ci/install-gateway.sh)")
     need(importlib.util.find_spec("mlflow") is not None and importlib.util.find_spec("psycopg") is not None,
          "mlflow and psycopg are needed: pip install -e '.[server,gateway-test]'")
-    from sync_gateway._settings import Settings
+    from sync_gateway.settings import Settings
 
     db = pg.start(tempfile.mkdtemp(prefix="hpcsync-pg-"))  # reachable by the postgres user, unlike tmp_path
     try:

@@ -10,7 +10,7 @@ from _runwriter import RunWriter
 from conftest import history, run_info, server_run, sink_for, sync_once
 from test_killloop import test_kill_minus_nine_loop_exactly_once as kill_loop
 
-from sync_gateway._settings import Settings
+from sync_gateway.settings import Settings
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.postgres]
 

@@ -11,10 +11,10 @@ import pytest
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
 
-from sync_gateway._runner import Runner
-from sync_gateway._settings import Settings
+from sync_gateway.engine.runner import Runner
 from sync_gateway.errors import FormatError
-from sync_gateway.readers._hpc_format import parse_run_json, parse_stream
+from sync_gateway.readers.hpc._format import parse_run_json, parse_stream
+from sync_gateway.settings import Settings
 from sync_gateway.sinks.memory import MemorySink
 
 
@@ -185,7 +185,7 @@ def test_two_gateways_on_one_root_do_not_both_sync(tmp_path):
 
 
 def test_expired_lease_is_taken_over(tmp_path):
-    from sync_gateway._lease import Lease
+    from sync_gateway.engine.lease import Lease
 
     now = [1000.0]
     a = Lease(str(tmp_path), "/r", ttl_s=60, owner="a", clock=lambda: now[0])
@@ -217,7 +217,7 @@ def test_a_line_longer_than_the_read_chunk_is_read_whole(tmp_path):
 
 
 def test_a_garbage_lease_file_expires_instead_of_blocking_forever(tmp_path):
-    from sync_gateway._lease import Lease
+    from sync_gateway.engine.lease import Lease
 
     now = [os.stat(str(tmp_path)).st_mtime]
     a = Lease(str(tmp_path), "/r", ttl_s=60, owner="a", clock=lambda: now[0])

@@ -18,8 +18,8 @@ from _faultproxy import FaultProxy
 from _runwriter import RunWriter
 from conftest import history, run_info, server_run, sink_for, sync_once
 
-from sync_gateway._state import StateStore
-from sync_gateway.cli import main
+from sync_gateway.cli.commands import main
+from sync_gateway.engine.state import StateStore
 
 LIMIT_BYTES = 64 << 10
 WIDE = [f"layer{i:02d}/" + "w" * 180 for i in range(40)]   # long keys: a 1000-point batch is ~250 KB

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from sync_gateway._http import resolve_tls
-from sync_gateway._settings import Settings, TlsSettings
 from sync_gateway.errors import ConfigError
-from sync_gateway.sinks._mlflow_names import (
+from sync_gateway.settings import Settings, TlsSettings
+from sync_gateway.sinks._http import resolve_tls
+from sync_gateway.sinks.mlflow._names import (
     SYSTEM_METRICS,
     TRUNCATION_MARKER,
     flatten_config,

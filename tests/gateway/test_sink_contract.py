@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 from conftest import sink_for
 
-from sync_gateway.readers.base import RUN_STATES, MetricDef, Position, Row, RunInfo, RunStatus, Summary
+from sync_gateway.records import RUN_STATES, MetricDef, Position, Row, RunInfo, RunStatus, Summary
 from sync_gateway.sinks.base import GroupMember, GroupView, RunSpec, Sink, SinkRun
 from sync_gateway.sinks.memory import MemorySink
 

@@ -8,9 +8,9 @@ import os
 
 from _runwriter import RunWriter
 
-from sync_gateway._runner import Runner
-from sync_gateway._settings import Settings
-from sync_gateway._state import STATE_VERSION, StateStore
+from sync_gateway.engine.runner import Runner
+from sync_gateway.engine.state import STATE_VERSION, StateStore
+from sync_gateway.settings import Settings
 from sync_gateway.sinks.memory import MemorySink, StoredRun
 
 T0 = 1_764_150_000_000

@@ -10,9 +10,9 @@ from _runwriter import RunWriter
 from conftest import make_runner
 from support import need
 
-from sync_gateway._doctor import doctor
-from sync_gateway._runner import make_sink
-from sync_gateway._settings import Settings, TlsSettings
+from sync_gateway.cli.doctor import doctor
+from sync_gateway.engine.runner import make_sink
+from sync_gateway.settings import Settings, TlsSettings
 
 pytestmark = pytest.mark.mlflow
 

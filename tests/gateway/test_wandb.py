@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO, assert_synced_once, history, make_runner, run_info, sink_for, sync_once
 from support import soak_count
 
-from sync_gateway.sinks.mlflow import MlflowRun
+from sync_gateway.sinks.mlflow.sink import MlflowRun
 
 SEED = int(os.environ.get("HPCSYNC_SEED") or random.randrange(1 << 30))
 

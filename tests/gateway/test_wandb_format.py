@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from sync_gateway.readers._wandb_format import BLOCK, HEADER, check_header, parse_records, record_kind
-from sync_gateway.readers._wandb_system import system_key
+from sync_gateway.readers.wandb._format import BLOCK, HEADER, check_header, parse_records, record_kind
+from sync_gateway.readers.wandb._system import system_key
 
 
 def write_log(payloads, block=BLOCK):

@@ -17,12 +17,12 @@ import pytest
 from _runwriter import RunWriter, read_stream
 from conftest import history, run_info, server_run, sink_for, sync_once
 
-from sync_gateway._engine import BREAKER_RUNS
-from sync_gateway._lease import Lease
-from sync_gateway._runner import Runner
-from sync_gateway._settings import Settings
-from sync_gateway._state import StateStore
+from sync_gateway.engine.gateway import BREAKER_RUNS
+from sync_gateway.engine.lease import Lease
+from sync_gateway.engine.runner import Runner
+from sync_gateway.engine.state import StateStore
 from sync_gateway.errors import ServerError
+from sync_gateway.settings import Settings
 from sync_gateway.sinks.base import SinkRun
 from sync_gateway.sinks.memory import MemorySink
 

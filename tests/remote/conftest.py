@@ -86,7 +86,7 @@ def no_agent(monkeypatch):
 @pytest.fixture
 def source_factory(sshd, no_agent):
     """SftpSource objects on the test sshd (explicit key and known_hosts), closed after the test."""
-    from sync_gateway.sources.sftp import SftpSource
+    from sync_gateway.sources.sftp.source import SftpSource
 
     made = []
 

@@ -188,7 +188,7 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
     os.symlink(outside / "p", root / "linked-project")                    # a project dir that is a link out
     os.symlink("config.json", os.path.join(run_dir, "config-link.json"))  # a link inside the root: fine
     src = source_factory(str(root))
-    with caplog.at_level("WARNING", logger="sync_gateway.sources.sftp"):
+    with caplog.at_level("WARNING", logger="sync_gateway.sources.sftp.source"):
         runs = list(src.list_runs())
         assert [r.run_id for r in runs] == ["r1"]
         (run,) = runs
@@ -212,7 +212,7 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
 
 def test_listing_without_pipelining_gives_the_same(root, source_factory, monkeypatch):
     """Where paramiko lacks the request machinery the pipelined listing uses, listings go one by one."""
-    import sync_gateway.sources.sftp as sftp_module
+    import sync_gateway.sources.sftp.source as sftp_module
 
     for i in range(30):
         write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2)
@@ -238,7 +238,7 @@ def test_a_stale_listing_is_not_used_for_scan(root, source_factory):
 
 def test_pipelined_read_stops_at_the_end_of_the_file(root, source_factory):
     """A file that is shorter than asked (it shrank after the size was taken) reads up to its end."""
-    from sync_gateway.sources._pipeline import read_range
+    from sync_gateway.sources.sftp._pipeline import read_range
 
     data = os.urandom(300_000)
     run_dir = write_run(str(root), "p", "r", saved_files={"x.bin": data})
@@ -279,7 +279,7 @@ def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
 
 
 def test_roots_on_one_host_share_one_connection(tmp_path, sshd, source_factory):
-    from sync_gateway.sources._ssh import ConnectionPool
+    from sync_gateway.sources.sftp._ssh import ConnectionPool
 
     pool = ConnectionPool()   # not the process-wide one: other tests' sources must not count here
     for name in ("alice", "bob"):

@@ -21,11 +21,11 @@ import pytest
 from _runs import append, record, write_document, write_run
 from support import need
 
-from sync_gateway._runner import Runner, make_sink
-from sync_gateway._settings import Settings
+from sync_gateway.engine.runner import Runner, make_sink
+from sync_gateway.settings import Settings
 from sync_gateway.sources import open_source
 from sync_gateway.sources.local import LocalSource
-from sync_gateway.sources.sftp import SftpSource
+from sync_gateway.sources.sftp.source import SftpSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,7 +11,7 @@ from _runs import write_run
 from support import need
 
 from sync_gateway.readers import discover_runs, reader_for
-from sync_gateway.readers.base import Position
+from sync_gateway.records import Position
 from sync_gateway.sources.local import LocalSource
 
 JOB = """

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from _runs import write_run
 
-from sync_gateway.sources._ssh import SshOptions, parse_ssh_url, resolve_hops
-from sync_gateway.sources.sftp import SftpSource, SshConfigError, SshUnreachableError
+from sync_gateway.sources.sftp._ssh import SshOptions, parse_ssh_url, resolve_hops
+from sync_gateway.sources.sftp.source import SftpSource, SshConfigError, SshUnreachableError
 
 
 def test_parse_ssh_url():
@@ -105,7 +105,7 @@ def test_from_settings_reads_the_gateway_ssh_section(sshd, root, no_agent):
 
 
 def test_the_bastion_host_key_is_verified_too(sshd, root, tmp_path, no_agent):
-    from sync_gateway.sources.sftp import SshHostKeyError
+    from sync_gateway.sources.sftp.source import SshHostKeyError
 
     only_main = tmp_path / "known_hosts"
     only_main.write_text("".join(line + "\n" for line in Path(sshd.known_hosts).read_text().splitlines()

@@ -10,7 +10,13 @@ import pytest
 from _runs import write_run
 
 from sync_gateway.errors import PermanentError, RetryableError
-from sync_gateway.sources.sftp import SshAuthError, SshConfigError, SshHostKeyError, SshUnreachableError, check_ssh_root
+from sync_gateway.sources.sftp.source import (
+    SshAuthError,
+    SshConfigError,
+    SshHostKeyError,
+    SshUnreachableError,
+    check_ssh_root,
+)
 
 
 def _keygen(path, *extra):
@@ -100,7 +106,7 @@ def test_unreachable_host_is_retryable(source_factory, root):
     with socket.socket() as s:   # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from sync_gateway.sources.sftp import SftpSource
+    from sync_gateway.sources.sftp.source import SftpSource
 
     src = SftpSource(f"ssh://127.0.0.1:{port}{root}", known_hosts=os.devnull, ssh_config=os.devnull,
                      connect_timeout_s=3)
@@ -144,8 +150,8 @@ def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
     """A pass over many runs of an unreachable host must not dial (and wait) once per run."""
     import threading
 
-    from sync_gateway.sources.base import RunRef
-    from sync_gateway.sources.sftp import SftpSource
+    from sync_gateway.records import RunRef
+    from sync_gateway.sources.sftp.source import SftpSource
 
     accepted = []
     server = socket.socket()
@@ -207,7 +213,7 @@ def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
     checks = check_ssh_root(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull)
     assert [(c.name, c.ok) for c in checks][-2:] == [("auth", True), ("path", True)]
     assert "agent key" in checks[-2].message and _fingerprint(sshd.identity_file + ".pub") in checks[-2].message
-    from sync_gateway.sources.sftp import SftpSource
+    from sync_gateway.sources.sftp.source import SftpSource
 
     src = SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull)
     try:
@@ -223,7 +229,7 @@ def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
 def test_gateway_doctor_checks_ssh_roots_with_the_configs_ssh_section(sshd, root, tmp_path, no_agent, capsys):
     import yaml
 
-    from sync_gateway.cli import main as gateway_main
+    from sync_gateway.cli.commands import main as gateway_main
 
     config = tmp_path / "gateway.yaml"
 

@@ -9,10 +9,23 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import FormatError
-from ..sources.base import FileStat, RunRef, Source
-from ._hpc_format import decode_value, parse_document, parse_run_json, parse_stream
-from .base import FileEntry, MetricDef, Position, Reader, Row, RunInfo, RunStatus, Snapshot, StreamChunk, Summary
+from sync_gateway.errors import FormatError
+from sync_gateway.readers.base import Reader
+from sync_gateway.readers.hpc._format import decode_value, parse_document, parse_run_json, parse_stream
+from sync_gateway.records import (
+    FileEntry,
+    FileStat,
+    MetricDef,
+    Position,
+    Row,
+    RunInfo,
+    RunRef,
+    RunStatus,
+    Snapshot,
+    StreamChunk,
+    Summary,
+)
+from sync_gateway.sources.base import Source
 
 __all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Tuple
 
-from ._redact import redact
-from ._state import GroupState, IndexEntry, StateStore
-from .errors import GatewayError
-from .sinks.base import GroupMember, GroupView, Sink
+from sync_gateway._redact import redact
+from sync_gateway.engine.state import GroupState, IndexEntry, StateStore
+from sync_gateway.errors import GatewayError
+from sync_gateway.sinks.base import GroupMember, GroupView, Sink
 
 __all__ = ["sync_groups"]
 

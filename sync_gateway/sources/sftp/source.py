@@ -29,10 +29,12 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import paramiko
 
-from ..errors import GatewayError, SourceError
-from ._pipeline import listdirs, pipelined_supported
-from ._pipeline import read_range as pipelined_read
-from ._ssh import (
+from sync_gateway.errors import GatewayError, SourceError
+from sync_gateway.records import FileStat, RunRef
+from sync_gateway.sources.base import DirEntry, DirListing, Source, is_run_name
+from sync_gateway.sources.sftp._pipeline import listdirs, pipelined_supported
+from sync_gateway.sources.sftp._pipeline import read_range as pipelined_read
+from sync_gateway.sources.sftp._ssh import (
     ConnectionPool,
     SshAuthError,
     SshConfigError,
@@ -45,14 +47,13 @@ from ._ssh import (
     parse_ssh_url,
     resolve_hops,
 )
-from .base import DirEntry, DirListing, FileStat, RunRef, Source, is_run_name
 
 __all__ = [
     "SftpSource", "check_ssh_root", "SshCheck",
     "SshConfigError", "SshUnreachableError", "SshHostKeyError", "SshAuthError",
 ]
 
-log = logging.getLogger("sync_gateway.sources.sftp")
+log = logging.getLogger("sync_gateway.sources.sftp.source")
 log.addHandler(logging.NullHandler())
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, OSError)

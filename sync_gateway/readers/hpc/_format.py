@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import FormatError
+from sync_gateway.errors import FormatError
 
 __all__ = ["SUPPORTED_MAJOR", "Record", "ParsedChunk", "parse_stream", "decode_value", "parse_run_json",
            "parse_document"]

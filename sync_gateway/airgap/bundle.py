@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
-from .errors import BundleError
+from sync_gateway.errors import BundleError
 
 __all__ = ["BundleWriter", "Manifest", "Entry", "verify", "verify_file", "pieces", "check_path", "bundle_name",
            "FORMAT", "VERSION", "KINDS", "OVERHEAD_BYTES", "ENTRY_OVERHEAD_BYTES"]

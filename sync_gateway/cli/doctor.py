@@ -8,10 +8,10 @@ import ssl
 from typing import Callable, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ._http import resolve_auth, resolve_tls
-from ._settings import Settings
-from .errors import GatewayError
-from .sinks import make_sink
+from sync_gateway.errors import GatewayError
+from sync_gateway.settings import Settings
+from sync_gateway.sinks import make_sink
+from sync_gateway.sinks._http import resolve_auth, resolve_tls
 
 __all__ = ["doctor"]
 
@@ -65,7 +65,7 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
     for r in settings.roots:
         if r.startswith("ssh://"):
             try:
-                from .sources.sftp import check_ssh_root
+                from sync_gateway.sources.sftp.source import check_ssh_root
             except ImportError as e:  # paramiko is the [remote] extra
                 add(False, "root", f"{r}: ssh roots need paramiko ({e}): pip install 'hpc-sync[remote]'")
                 continue

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
-from ..errors import PermanentError, SourceError
+from sync_gateway.errors import PermanentError, SourceError
 
 __all__ = [
     "SshOptions", "SshHop", "SshConnection", "ConnectionPool", "parse_ssh_url", "resolve_hops", "open_connection",

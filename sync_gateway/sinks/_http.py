@@ -34,9 +34,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
-from ._redact import register_secret, split_url_credentials
-from ._settings import AuthSettings, Settings, TlsSettings
-from .errors import ConfigError
+from sync_gateway._redact import register_secret, split_url_credentials
+from sync_gateway.errors import ConfigError
+from sync_gateway.settings import AuthSettings, Settings, TlsSettings
 
 __all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient", "DeadlineExceeded"]
 

@@ -6,15 +6,15 @@ import os
 import time
 from typing import Callable, Dict, List, Optional
 
-from ._engine import Gateway, PassReport
-from ._lease import Lease, LeaseKeeper
-from ._settings import Settings
-from ._state import StateStore
-from .errors import ConfigError
-from .sinks import make_sink
-from .sinks.base import Sink
-from .sources import open_source
-from .sources.base import Source
+from sync_gateway.engine.gateway import Gateway, PassReport
+from sync_gateway.engine.lease import Lease, LeaseKeeper
+from sync_gateway.engine.state import StateStore
+from sync_gateway.errors import ConfigError
+from sync_gateway.settings import Settings
+from sync_gateway.sinks import make_sink
+from sync_gateway.sinks.base import Sink
+from sync_gateway.sources import open_source
+from sync_gateway.sources.base import Source
 
 __all__ = ["Runner", "make_sink"]
 

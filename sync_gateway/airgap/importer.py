@@ -22,15 +22,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
-from ._bundle import Manifest, bundle_name, pieces, verify_file
-from ._engine import Gateway, PassReport
-from ._lease import Lease
-from ._settings import Settings
-from ._state import StateStore, _atomic_write, fsync_dir, load_fields
-from .errors import BundleError, GatewayError
-from .sinks import make_sink
-from .sinks.base import Sink
-from .sources import LocalSource
+from sync_gateway.airgap.bundle import Manifest, bundle_name, pieces, verify_file
+from sync_gateway.engine.gateway import Gateway, PassReport
+from sync_gateway.engine.lease import Lease
+from sync_gateway.engine.state import StateStore, _atomic_write, fsync_dir, load_fields
+from sync_gateway.errors import BundleError, GatewayError
+from sync_gateway.settings import Settings
+from sync_gateway.sinks import make_sink
+from sync_gateway.sinks.base import Sink
+from sync_gateway.sources import LocalSource
 
 __all__ = ["import_bundles", "ImportReport", "ImportState", "mirror_roots", "import_dir"]
 

@@ -15,14 +15,14 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from ._redact import RedactingFilter, redact, redact_url
-from ._runner import Runner
-from ._settings import Settings
-from ._state import StateStore
-from .errors import ConfigError, GatewayError
-from .readers import reader_for
-from .readers.base import Position
-from .sources import open_source
+from sync_gateway._redact import RedactingFilter, redact, redact_url
+from sync_gateway.engine.runner import Runner
+from sync_gateway.engine.state import StateStore
+from sync_gateway.errors import ConfigError, GatewayError
+from sync_gateway.readers import reader_for
+from sync_gateway.records import Position
+from sync_gateway.settings import Settings
+from sync_gateway.sources import open_source
 
 __all__ = ["main", "build_parser"]
 
@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _export(settings, args.to)
         if args.cmd == "import":
             return _import(settings, args.bundles)
-        from ._doctor import doctor
+        from sync_gateway.cli.doctor import doctor
 
         return 0 if doctor(settings, args.config, os.environ) else 1
     except ConfigError as e:
@@ -143,7 +143,7 @@ def _sync(settings: Settings, quiet: bool) -> int:
 
 
 def _export(settings: Settings, to_dir: str) -> int:
-    from ._export import export
+    from sync_gateway.airgap.export import export
 
     rep = export(settings, to_dir)
     for b in rep.bundles:
@@ -155,7 +155,7 @@ def _export(settings: Settings, to_dir: str) -> int:
 
 
 def _import(settings: Settings, bundles: List[str]) -> int:
-    from ._import import import_bundles
+    from sync_gateway.airgap.importer import import_bundles
 
     rep = import_bundles(settings, bundles)
     for name in rep.skipped:
@@ -169,7 +169,7 @@ def _import(settings: Settings, bundles: List[str]) -> int:
 
 
 def _verify(bundles: List[str]) -> int:
-    from ._bundle import verify
+    from sync_gateway.airgap.bundle import verify
 
     bad = 0
     for path in bundles:
@@ -187,8 +187,8 @@ def _verify(bundles: List[str]) -> int:
 
 def _airgap_lines(settings: Settings) -> List[str]:
     """What ``status`` says about bundles, on whichever side this state directory is."""
-    from ._export import ExportState, pending
-    from ._import import ImportState
+    from sync_gateway.airgap.export import ExportState, pending
+    from sync_gateway.airgap.importer import ImportState
 
     lines: List[str] = []
     ex = ExportState.load(settings)
@@ -213,7 +213,7 @@ def _airgap_lines(settings: Settings) -> List[str]:
 
 
 def _bundle_name(export_id: str, seq: int) -> str:
-    from ._bundle import bundle_name
+    from sync_gateway.airgap.bundle import bundle_name
 
     return bundle_name(export_id, seq)
 
@@ -248,7 +248,7 @@ def _status(settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ._import import mirror_roots
+    from sync_gateway.airgap.importer import mirror_roots
 
     store = StateStore(settings.state_path)
     index = store.load_index()
@@ -260,7 +260,7 @@ def _status(settings: Settings) -> int:
                 sources[ref.key] = (src, ref)
         except GatewayError as e:
             log.warning("root %s: %s", r, e)
-    from .sinks import sink_class
+    from sync_gateway.sinks import sink_class
 
     sink_cls = sink_class(settings.server_kind)
     table = Table(title=f"sync-gateway status ({redact_url(settings.server_url or '') or 'no server'})")

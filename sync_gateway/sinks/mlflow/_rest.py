@@ -9,10 +9,10 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
 import requests
 
-from .._http import DeadlineExceeded, HttpClient
-from .._redact import redact
-from ..errors import RunDeleted, ServerError
-from ._mlflow_diagnose import BAD_HOST, body_bytes, host_refused, no_connection, reason, short
+from sync_gateway._redact import redact
+from sync_gateway.errors import RunDeleted, ServerError
+from sync_gateway.sinks._http import DeadlineExceeded, HttpClient
+from sync_gateway.sinks.mlflow._diagnose import BAD_HOST, body_bytes, host_refused, no_connection, reason, short
 
 __all__ = ["MlflowRest", "API"]
 

@@ -13,10 +13,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
-from ._state import IndexEntry
-from .errors import RunDeleted, ServerError
-from .sinks.base import SinkRun
-from .sources.base import Source
+from sync_gateway.engine.state import IndexEntry
+from sync_gateway.errors import RunDeleted, ServerError
+from sync_gateway.sinks.base import SinkRun
+from sync_gateway.sources.base import Source
 
 __all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now", "QUARANTINE_STATUS"]
 

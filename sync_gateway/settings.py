@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from .errors import ConfigError
+from sync_gateway.errors import ConfigError
 
 __all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path", "MIN_BUNDLE_BYTES"]
 
@@ -98,7 +98,7 @@ class Settings:
                 overrides: Optional[Dict[str, Any]] = None) -> Settings:
         """Defaults, then the environment (the generic HPCSYNC_* variables, then the sink's own, such as
         MLFLOW_TRACKING_URI), then the YAML file, then ``overrides`` (CLI flags)."""
-        from .sinks import sink_class  # the sink decides about its own keys and variables
+        from sync_gateway.sinks import sink_class  # the sink decides about its own keys and variables
 
         environ = os.environ if environ is None else environ
         path = config_path or environ.get("HPCSYNC_GATEWAY_CONFIG")

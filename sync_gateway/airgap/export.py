@@ -27,15 +27,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._bundle import ENTRY_OVERHEAD_BYTES, OVERHEAD_BYTES, BundleWriter, bundle_name, check_path, verify
-from ._lease import Lease
-from ._settings import Settings
-from ._state import _atomic_write, _read, fsync_dir, load_fields
-from .errors import BundleError, ConfigError, GatewayError
-from .readers import discover_runs, reader_for
-from .readers.base import fingerprint
-from .sources import open_source
-from .sources.base import RunRef, Source
+from sync_gateway.airgap.bundle import (
+    ENTRY_OVERHEAD_BYTES,
+    OVERHEAD_BYTES,
+    BundleWriter,
+    bundle_name,
+    check_path,
+    verify,
+)
+from sync_gateway.engine.lease import Lease
+from sync_gateway.engine.state import _atomic_write, _read, fsync_dir, load_fields
+from sync_gateway.errors import BundleError, ConfigError, GatewayError
+from sync_gateway.readers import discover_runs, reader_for
+from sync_gateway.records import RunRef, fingerprint
+from sync_gateway.settings import Settings
+from sync_gateway.sources import open_source
+from sync_gateway.sources.base import Source
 
 __all__ = ["export", "ExportReport", "ExportState", "root_id", "export_dir", "pending"]
 

@@ -18,7 +18,7 @@ import uuid
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from ..readers.base import RunInfo
+from sync_gateway.records import RunInfo
 
 __all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
            "run_tags", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]

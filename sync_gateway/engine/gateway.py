@@ -29,16 +29,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from ._groups import sync_groups
-from ._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
-from ._redact import redact
-from ._settings import Settings
-from ._state import Cursor, IndexEntry, RunState, StateStore
-from .errors import FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
-from .readers import discover_runs, reader_for
-from .readers.base import Position, Reader, RunInfo, RunStatus, Snapshot, StreamChunk, fingerprint
-from .sinks.base import RunSpec, Sink, SinkRun
-from .sources.base import RunRef, Source
+from sync_gateway._redact import redact
+from sync_gateway.engine._groups import sync_groups
+from sync_gateway.engine._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
+from sync_gateway.engine.state import Cursor, IndexEntry, RunState, StateStore
+from sync_gateway.errors import FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
+from sync_gateway.readers import discover_runs, reader_for
+from sync_gateway.readers.base import Reader
+from sync_gateway.records import Position, RunInfo, RunRef, RunStatus, Snapshot, StreamChunk, fingerprint
+from sync_gateway.settings import Settings
+from sync_gateway.sinks.base import RunSpec, Sink, SinkRun
+from sync_gateway.sources.base import Source
 
 __all__ = ["Gateway", "PassReport"]
 

@@ -31,12 +31,13 @@ from urllib.parse import quote
 
 import requests
 
-from .._http import HttpClient
-from .._settings import AuthSettings, Settings
-from ..errors import ConfigError, FileTooLarge, RunDeleted, ServerError
-from ..readers.base import MetricDef, Row, RunInfo, RunStatus, Summary
-from ._mlflow_diagnose import mlflow_doctor, short
-from ._mlflow_names import (
+from sync_gateway.errors import ConfigError, FileTooLarge, RunDeleted, ServerError
+from sync_gateway.records import MetricDef, Row, RunInfo, RunStatus, Summary
+from sync_gateway.settings import AuthSettings, Settings
+from sync_gateway.sinks._http import HttpClient
+from sync_gateway.sinks.base import GroupView, RunSpec, Sink, SinkRun
+from sync_gateway.sinks.mlflow._diagnose import mlflow_doctor, short
+from sync_gateway.sinks.mlflow._names import (
     flatten_config,
     media_artifact_path,
     metric_key,
@@ -45,8 +46,7 @@ from ._mlflow_names import (
     system_metric,
     tag_value,
 )
-from ._mlflow_rest import API, MlflowRest
-from .base import GroupView, RunSpec, Sink, SinkRun
+from sync_gateway.sinks.mlflow._rest import API, MlflowRest
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from .._http import HttpClient
+from sync_gateway.sinks._http import HttpClient
 
 __all__ = ["BAD_HOST", "BODY_PROBES_BYTES", "host_refused", "body_bytes", "no_connection", "short", "reason",
            "mlflow_doctor"]

@@ -23,11 +23,23 @@ import math
 import re
 from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ..errors import FormatError
-from ..sources.base import RunRef, Source, is_run_name
-from ._wandb_format import HEADER_LEN, check_header, parse_records, record_kind
-from ._wandb_system import system_values
-from .base import FileEntry, MetricDef, Position, Reader, Row, RunInfo, RunStatus, Snapshot, StreamChunk, Summary
+from sync_gateway.errors import FormatError
+from sync_gateway.readers.base import Reader
+from sync_gateway.readers.wandb._format import HEADER_LEN, check_header, parse_records, record_kind
+from sync_gateway.readers.wandb._system import system_values
+from sync_gateway.records import (
+    FileEntry,
+    MetricDef,
+    Position,
+    Row,
+    RunInfo,
+    RunRef,
+    RunStatus,
+    Snapshot,
+    StreamChunk,
+    Summary,
+)
+from sync_gateway.sources.base import Source, is_run_name
 
 __all__ = ["WandbReader", "discover_wandb", "FRAGMENT", "FRAGMENT_BITS"]
 
