@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 from sync_gateway.engine.state import IndexEntry
-from sync_gateway.errors import RunDeleted, ServerError
+from sync_gateway.errors import BatchRefused
 from sync_gateway.sinks.base import SinkRun
 from sync_gateway.sources.base import Source
 
-__all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now", "QUARANTINE_STATUS"]
-
-QUARANTINE_STATUS = (400, 413, 422)   # a batch refused with these is refused for good
+__all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now"]
 T = TypeVar("T")
 
 
@@ -40,8 +38,9 @@ class InFlight:
         self.pending: Optional[Tuple[Future, Callable[[int], None], Any]] = None
 
     def submit(self, send: Callable[[], int], commit: Callable[[int], None],
-               refused: Optional[Callable[[ServerError], None]] = None) -> None:
-        """``refused`` (if given) takes a batch the server refused for good; its cursor then moves on."""
+               refused: Optional[Callable[[BatchRefused], None]] = None) -> None:
+        """``refused`` (if given) takes a batch the sink reported refused for good (:class:`BatchRefused`:
+        the sink decides what its server refuses for good); its cursor then moves on."""
         prev, self.pending = self.pending, (self.ex.submit(send), commit, refused)
         if prev is not None:
             self._finish(prev)
@@ -55,8 +54,8 @@ class InFlight:
         fut, commit, refused = item
         try:
             points = fut.result()
-        except ServerError as e:
-            if refused is None or e.retryable or isinstance(e, RunDeleted) or e.status not in QUARANTINE_STATUS:
+        except BatchRefused as e:
+            if refused is None:
                 raise
             refused(e)
             points = 0

@@ -33,7 +33,7 @@ from sync_gateway._redact import redact
 from sync_gateway.engine._groups import sync_groups
 from sync_gateway.engine._parallel import InFlight, RunCtx, RunPool, Stopped, stop_now
 from sync_gateway.engine.state import Cursor, IndexEntry, RunState, StateStore
-from sync_gateway.errors import FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
+from sync_gateway.errors import BatchRefused, FileTooLarge, FormatError, GatewayError, RunDeleted, ServerError
 from sync_gateway.readers import discover_runs, reader_for
 from sync_gateway.readers.base import Reader
 from sync_gateway.records import Position, RunInfo, RunRef, RunStatus, Snapshot, StreamChunk, fingerprint
@@ -457,14 +457,13 @@ class Gateway:
                     self.on_points(points)
             return commit
 
-        def refused_of(end: Optional[Position], payload: Any) -> Callable[[ServerError], None]:
-            def refused(err: ServerError) -> None:
+        def refused_of(end: Optional[Position], payload: Any) -> Callable[[BatchRefused], None]:
+            def refused(err: BatchRefused) -> None:
                 start = cur.offset
                 stop = end.offset if end is not None else start
                 why = redact(err)[:500]
                 st.quarantined = (st.quarantined + [{"stream": stream, "bytes": [start, stop],
-                                                     "points": getattr(err, "refused_points", None)
-                                                     or (len(payload) if hasattr(payload, "__len__") else 0),
+                                                     "points": err.points,
                                                      "error": why, "at_ms": int(self.clock() * 1000)}]
                                   )[-RunState.MAX_QUARANTINED:]
                 st.quarantined_total += 1

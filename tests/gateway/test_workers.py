@@ -21,7 +21,7 @@ from sync_gateway.engine.gateway import BREAKER_RUNS
 from sync_gateway.engine.lease import Lease
 from sync_gateway.engine.runner import Runner
 from sync_gateway.engine.state import StateStore
-from sync_gateway.errors import ServerError
+from sync_gateway.errors import ServerUnavailable
 from sync_gateway.settings import Settings
 from sync_gateway.sinks.base import SinkRun
 from sync_gateway.sinks.memory import MemorySink
@@ -67,7 +67,7 @@ class GatedSink(MemorySink):
     def send(self, run: SinkRun, payload: Any) -> int:
         sid = self._sync_id(run)
         if sid.rsplit("/", 1)[1] in self.failing:
-            raise ServerError(f"{sid}: HTTP 503", 503, retryable=True)
+            raise ServerUnavailable(f"{sid}: HTTP 503", 503)
         with self._count:
             self.active += 1
             self.most_active = max(self.most_active, self.active)

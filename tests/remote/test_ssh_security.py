@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from _runs import write_run
 
-from sync_gateway.errors import PermanentError, RetryableError
-from sync_gateway.sources.sftp.source import (
+from sync_gateway.errors import (
+    PermanentError,
+    RetryableError,
     SshAuthError,
     SshConfigError,
     SshHostKeyError,
     SshUnreachableError,
-    check_ssh_root,
 )
+from sync_gateway.sources.sftp.source import check_ssh_root
 
 
 def _keygen(path, *extra):

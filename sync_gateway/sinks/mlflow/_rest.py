@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Type
 
 import requests
 
 from sync_gateway._redact import redact
-from sync_gateway.errors import RunDeleted, ServerError
+from sync_gateway.errors import (
+    BatchRefused,
+    RunDeleted,
+    ServerError,
+    ServerRefused,
+    ServerUnavailable,
+    ServerUnreachable,
+)
 from sync_gateway.sinks._http import DeadlineExceeded, HttpClient
 from sync_gateway.sinks.mlflow._diagnose import BAD_HOST, body_bytes, host_refused, no_connection, reason, short
 
@@ -41,15 +48,15 @@ class MlflowRest:
             else:
                 r = self.http.request(method, API + path, json=body, params=params, idempotent=idempotent)
         except DeadlineExceeded as e:
-            raise ServerError(f"{method} {path}: {self.http.base_url} sent {e}", retryable=True) from e
+            raise ServerUnavailable(f"{method} {path}: {self.http.base_url} sent {e}") from e
         except requests.exceptions.SSLError as e:
-            raise ServerError(
+            raise ServerRefused(
                 f"TLS: cannot verify {self.http.base_url} with the CAs from {self.http.tls.source} ({reason(e)}). "
                 f"If the server uses a private CA, set tls.ca_bundle to that CA's PEM file; "
-                f"`sync-gateway doctor` names the issuer", retryable=False) from e
+                f"`sync-gateway doctor` names the issuer") from e
         except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): "
-                              f"{short(e)}", retryable=True, unreachable=no_connection(e)) from e
+            down = ServerUnreachable if no_connection(e) else ServerUnavailable
+            raise down(f"cannot reach {self.http.base_url} (after {self.http.retries} retries): {short(e)}") from e
         if r.status_code >= 400:
             try:
                 err = r.json()
@@ -71,9 +78,9 @@ class MlflowRest:
                 rid = (body or {}).get("run_id", "")
                 raise RunDeleted(f"the MLflow run {rid} was deleted on the server: not synced (restore it from "
                                  f"the MLflow trash to sync it again)")
-            refused = ServerError(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code, retry)
-            refused.error_code = err.get("error_code", "")  # type: ignore[attr-defined]
-            raise refused
+            refusal: Type[ServerError] = ServerUnavailable if retry else ServerRefused
+            raise refusal(f"{method} {path} -> HTTP {r.status_code} {msg}", r.status_code,
+                          str(err.get("error_code", "")))
         try:
             return r.json() if r.content else {}
         except ValueError:
@@ -93,10 +100,8 @@ class MlflowRest:
         if refused:
             lost = sum(n for n, _ in refused)
             first = refused[0][1]
-            err = ServerError(f"{lost} of {len(pts)} points refused for good (the others are stored); "
-                              f"first answer: {first}", first.status)
-            err.refused_points = lost  # type: ignore[attr-defined]
-            raise err
+            raise BatchRefused(f"{lost} of {len(pts)} points refused for good (the others are stored); "
+                               f"first answer: {first}", points=lost, status=first.status, error_code=first.error_code)
 
     def _send_split(self, run_id: str, lists: Dict[str, List[Dict[str, Any]]],
                     split_status: Tuple[int, ...]) -> List[Tuple[int, ServerError]]:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import requests
 
-from sync_gateway.errors import ConfigError, FileTooLarge, RunDeleted, ServerError
+from sync_gateway.errors import ConfigError, FileTooLarge, RunDeleted, ServerError, ServerRefused, ServerUnavailable
 from sync_gateway.records import MetricDef, Row, RunInfo, RunStatus, Summary
 from sync_gateway.settings import AuthSettings, Settings
 from sync_gateway.sinks._http import HttpClient
@@ -164,7 +164,7 @@ class MlflowSink(MlflowRest, Sink):
                 eid = self._call("POST", "/experiments/create", {
                     "name": name, "tags": [{"key": EXPERIMENT_KIND[0], "value": EXPERIMENT_KIND[1]}]})["experiment_id"]
             except ServerError as e2:  # another gateway created it meanwhile
-                if getattr(e2, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                if e2.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 eid = self._get_experiment(name)
         self._experiments[name] = eid
@@ -446,8 +446,8 @@ class MlflowSink(MlflowRest, Sink):
                 self._with_images.add(run.run_id)
         prefix = run.artifact_uri
         if not prefix.startswith("mlflow-artifacts:/"):
-            raise ServerError(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "
-                              f"proxy; start the server with --serve-artifacts", retryable=False)
+            raise ServerRefused(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "
+                              f"proxy; start the server with --serve-artifacts")
         rel = prefix[len("mlflow-artifacts:/"):].lstrip("/") + "/" + path
         # Streamed from ``body`` (urllib3 rewinds it for a retry); a PUT replaces the object.
         try:
@@ -499,7 +499,7 @@ class MlflowSink(MlflowRest, Sink):
         try:
             r = self.http.request("GET", "/version")
         except requests.exceptions.RequestException as e:
-            raise ServerError(f"cannot reach {self.http.base_url}: {short(e)}", retryable=True) from e
+            raise ServerUnavailable(f"cannot reach {self.http.base_url}: {short(e)}") from e
         return r.text.strip() if r.ok else f"unknown (GET /version -> HTTP {r.status_code})"
 
     def doctor(self, add: Any) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
-from sync_gateway.errors import PermanentError, SourceError
+from sync_gateway.errors import SshAuthError, SshConfigError, SshHostKeyError, SshUnreachableError
 
 __all__ = [
     "SshOptions", "SshHop", "SshConnection", "ConnectionPool", "parse_ssh_url", "resolve_hops", "open_connection",
@@ -33,33 +33,6 @@ log.addHandler(logging.NullHandler())
 
 _MAX_JUMPS = 8  # a ProxyJump chain longer than this is a loop in the config
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
-
-
-class SshConfigError(PermanentError):
-    """The root URL, the ssh_config or a named key file is unusable: fix the configuration."""
-
-
-class SshUnreachableError(SourceError):
-    """The host did not answer or the connection dropped: retryable, the next call reconnects."""
-
-    def __init__(self, display: str, message: str, path: str = ""):
-        super().__init__(display, path, message)
-        if not path:  # about the whole connection, not one file
-            self.args = (f"{display}: {message}",)
-
-
-class SshHostKeyError(PermanentError):
-    """The server's host key is unknown or changed: refused until a person checks and adds it."""
-
-    def __init__(self, message: str, host: str, port: int, fingerprint: str):
-        super().__init__(message)
-        self.host = host
-        self.port = port
-        self.fingerprint = fingerprint
-
-
-class SshAuthError(PermanentError):
-    """No key was usable or the server refused every key offered."""
 
 
 @dataclass(frozen=True)
