@@ -256,9 +256,7 @@ def import_bundles(settings: Settings, paths: List[str], sink: Optional[Sink] = 
 
 
 def _sync_mirror(settings: Settings, state: ImportState, sink: Sink) -> PassReport:
-    http = getattr(sink, "http", None)
-    if http is not None:
-        http.warn_if_insecure()
+    sink.before_pass()
     store = StateStore(settings.state_path)
     _clear_backoff(store)
     capture_s = state.capture_ms / 1000

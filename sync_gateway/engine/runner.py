@@ -41,9 +41,7 @@ class Runner:
         self.gateway = Gateway(settings, self.sink, [], self.state, clock, on_points)
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassReport:
-        http = getattr(self.sink, "http", None)
-        if http is not None:
-            http.warn_if_insecure()
+        self.sink.before_pass()
         held: List[Source] = []
         rep_skipped: Dict[str, str] = {}
         for s in self.sources:

@@ -24,12 +24,14 @@ from typing import (
     Callable,
     ClassVar,
     Dict,
+    Generic,
     Iterator,
     List,
     Mapping,
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
 )
 
 from sync_gateway.records import Row, RunInfo, RunStatus, Summary
@@ -37,7 +39,7 @@ from sync_gateway.records import Row, RunInfo, RunStatus, Summary
 if TYPE_CHECKING:
     from sync_gateway.settings import Settings
 
-__all__ = ["Sink", "SinkRun", "RunSpec", "GroupMember", "GroupView", "Check"]
+__all__ = ["Sink", "SinkRun", "RunSpec", "GroupMember", "GroupView", "Check", "RunT", "PayloadT"]
 
 #: one doctor line: (ok, name, detail)
 Check = Tuple[bool, str, str]
@@ -82,7 +84,15 @@ class GroupView:
     members: Sequence[GroupMember] = field(default_factory=tuple)
 
 
-class Sink(abc.ABC):
+#: a sink's own handle on a server run, and the payload its ``batches`` make and its ``send`` takes
+RunT = TypeVar("RunT", bound=SinkRun)
+PayloadT = TypeVar("PayloadT")
+
+
+class Sink(abc.ABC, Generic[RunT, PayloadT]):
+    """One server kind. Generic over its run handle and its batch payload (``MlflowSink(Sink[MlflowRun,
+    List[dict]])``): the engine holds a ``Sink[Any, Any]`` and passes back only what the sink gave it."""
+
     #: the ``server.kind`` that selects this sink
     kind: ClassVar[str]
     #: keys of the config's ``server:`` section this sink accepts besides ``kind`` and ``url``
@@ -108,7 +118,7 @@ class Sink(abc.ABC):
 
     # -- runs ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> SinkRun:
+    def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> RunT:
         """The server run of ``spec``: from ``saved`` (this sink's stored state), else found again by
         ``spec.sync_id`` (the state was lost), else created. MUST never create a second server run for
         a sync_id that already has one: creation is not retried blindly after a lost answer, and two
@@ -116,48 +126,48 @@ class Sink(abc.ABC):
         :class:`~sync_gateway.errors.RunDeleted` when a user deleted the server run."""
 
     @abc.abstractmethod
-    def retire_run(self, run: SinkRun, reason: str) -> None:
+    def retire_run(self, run: RunT, reason: str) -> None:
         """Detach ``run`` from its sync id but keep what it holds (the run was rewritten from scratch:
         its old content stays on the server, marked with ``reason``); the next ``open_run(spec, None)``
         creates a new server run."""
 
     @abc.abstractmethod
-    def restore(self, saved: Mapping[str, Any]) -> SinkRun:
+    def restore(self, saved: Mapping[str, Any]) -> RunT:
         """The handle whose :meth:`SinkRun.to_state` gave ``saved``."""
 
     @abc.abstractmethod
-    def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
+    def set_metadata(self, run: RunT, info: RunInfo) -> None:
         """Store (or update) the run's metadata: name, user, tags, notes, source, scheduler fields."""
 
     @abc.abstractmethod
-    def set_config(self, run: SinkRun, config: Mapping[str, Any]) -> List[str]:
+    def set_config(self, run: RunT, config: Mapping[str, Any]) -> List[str]:
         """Store the run's configuration (the whole, current document); return the keys the server
         could not change (they are reported, never silently lost)."""
 
     @abc.abstractmethod
-    def batches(self, run: SinkRun, stream: str, rows: Sequence[Row],
-                metrics: Sequence[Any] = ()) -> Iterator[Tuple[int, Any]]:
+    def batches(self, run: RunT, stream: str, rows: Sequence[Row],
+                metrics: Sequence[Any] = ()) -> Iterator[Tuple[int, PayloadT]]:
         """Split ``rows`` of ``stream`` (``history`` or ``system``) into requests: yields ``(n, payload)``
         where the first ``n`` rows are fully covered once this payload and the ones before it are sent.
         Pure (no I/O): the engine prepares the next batch while the previous one is in flight.
         ``metrics`` are the run's define_metric declarations."""
 
     @abc.abstractmethod
-    def send(self, run: SinkRun, payload: Any) -> int:
+    def send(self, run: RunT, payload: PayloadT) -> int:
         """Send one payload from :meth:`batches`; return how many points it carried. Sending the same
         payload again MUST NOT store a second copy."""
 
     @abc.abstractmethod
-    def set_summary(self, run: SinkRun, summary: Summary) -> None:
+    def set_summary(self, run: RunT, summary: Summary) -> None:
         """Store the summary (only what differs from the last logged values matters)."""
 
     @abc.abstractmethod
-    def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
+    def upload(self, run: RunT, path: str, body: BinaryIO, size_bytes: int) -> None:
         """Store (or replace) the file ``path`` of the run: ``size_bytes`` read from the seekable binary
         stream ``body`` (streamed, never read whole; seek(0) to send it again)."""
 
     @abc.abstractmethod
-    def set_state(self, run: SinkRun, status: RunStatus) -> None:
+    def set_state(self, run: RunT, status: RunStatus) -> None:
         """Record the run's state (``active``, ``finished``, ``failed``, ``preempted``, ``killed``,
         ``crashed``) and, for an ended run, its end time."""
 
@@ -165,6 +175,11 @@ class Sink(abc.ABC):
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         """Make the server show ``group`` (called after each pass with every member known so far);
         return this sink's state for the group (given back as ``saved`` next time)."""
+
+    # -- the pass ------------------------------------------------------------------------------
+    def before_pass(self) -> None:
+        """Called once at the start of every pass, by whichever command runs it (sync, daemon, import):
+        e.g. say loudly that TLS verification is off. Default: nothing."""
 
     # -- diagnostics and links ----------------------------------------------------------------
     @classmethod
@@ -183,10 +198,10 @@ class Sink(abc.ABC):
         except Exception as e:  # noqa: BLE001 - doctor reports whatever the check raised, as one line
             add(False, "server", f"{e.__class__.__name__}: {e}")
 
-    def run_url(self, run: SinkRun) -> str:
+    def run_url(self, run: RunT) -> str:
         return ""
 
-    def experiment_url(self, run: SinkRun) -> str:
+    def experiment_url(self, run: RunT) -> str:
         return ""
 
     def close(self) -> None:

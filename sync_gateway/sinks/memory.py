@@ -57,7 +57,7 @@ class StoredRun:
     retired: Optional[str] = None        # why it was detached from its sync id (rewritten from scratch)
 
 
-class MemorySink(Sink):
+class MemorySink(Sink[Any, Any]):
     kind = "memory"
 
     def __init__(self) -> None:

@@ -97,7 +97,7 @@ class MlflowRun(SinkRun):
         return asdict(self)
 
 
-class MlflowSink(MlflowRest, Sink):
+class MlflowSink(MlflowRest, Sink[Any, Any]):
     kind = "mlflow"
     options = ()
     config_change_note = "MLflow params cannot change, the new values are in the artifact hpc/config.json"
@@ -493,6 +493,9 @@ class MlflowSink(MlflowRest, Sink):
             self._update(parent.run_id, status, end)
             gs.update(status=status, end_ms=end)
         return gs
+
+    def before_pass(self) -> None:
+        self.http.warn_if_insecure()
 
     # -- diagnostics and links ----------------------------------------------------------------
     def server_version(self) -> str:
