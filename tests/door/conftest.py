@@ -4,7 +4,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
 from door_support import import_mlflow
 
 mlflow = import_mlflow()
