@@ -15,11 +15,14 @@ from typing import Optional, Tuple
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from .. import _format as fmt
+from .._stream import describe
+from .._terminal import Terminal
 from ._layout import path_from_uri
 
 __all__ = ["HpcArtifactRepository"]
 
 _STAGING_PREFIX = fmt.TMP_PREFIX + "artifact-"
+_terminal = Terminal(False)  # one per process: a storage failure warns once per kind, whichever repository
 
 
 class HpcArtifactRepository(LocalArtifactRepository):
@@ -32,6 +35,18 @@ class HpcArtifactRepository(LocalArtifactRepository):
         artifact_dir, destination = self._get_destination_artifact_path(artifact_file_name, artifact_path)
         fd, temp_path = tempfile.mkstemp(dir=artifact_dir, prefix=_STAGING_PREFIX)
         return fd, temp_path, destination
+
+    def log_artifact(self, local_file: str, artifact_path: Optional[str] = None) -> None:
+        """MLflow's copy (staged, renamed); a storage failure (full disk, a vanished directory) warns and
+        leaves the artifact out instead of ending the training, as every other write of an hpc run does."""
+        try:
+            super().log_artifact(local_file, artifact_path)
+        except OSError as err:
+            if not os.path.exists(local_file):
+                raise  # the caller's file is missing: the caller's error, raised as MLflow raises it
+            _terminal.warn_once(f"artifact-{err.errno}", f"cannot write the artifact {local_file} into "
+                                f"{self.artifact_dir}: {describe(err)}; it is NOT recorded, training goes on "
+                                "(further failures of this kind are not reported)")
 
     def log_artifacts(self, local_dir: str, artifact_path: Optional[str] = None) -> None:
         local_dir = os.path.abspath(local_dir)

@@ -70,6 +70,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _new_params(run_id: str, logged: Dict[str, str], params: List[Any]) -> Dict[str, str]:
+    """The params not logged yet; MLflow's immutability: another value for a logged one is refused, before
+    anything of the call is written."""
+    new = {}
+    for param in params:
+        value = "" if param.value is None else str(param.value)
+        before = logged.get(param.key)
+        if before is not None and before != value:
+            raise MlflowException(
+                f"Changing param values is not allowed. Param with key='{param.key}' was already logged "
+                f"with value='{before}' for run ID='{run_id}'. Attempted logging new value '{value}'.",
+                INVALID_PARAMETER_VALUE)
+        if before is None:
+            new[param.key] = value
+    return new
+
+
 def _status_name(status: Any) -> str:
     return status if isinstance(status, str) else RunStatus.to_string(status)
 
@@ -120,7 +137,17 @@ class HpcTrackingStore(AbstractStore):
     def _ensure_written(self, doc: Dict[str, Any]) -> None:
         path = layout.experiment_dir(self.root, doc["experiment_id"])
         if path is not None and layout.read_experiment(path) is None:
+            self._write_experiment(path, doc)
+
+    def _write_experiment(self, path: str, doc: Dict[str, Any]) -> None:
+        try:
             layout.write_experiment(path, doc)
+        except OSError as err:
+            raise self._storage_error(path, err) from err
+
+    def _storage_error(self, path: str, err: OSError) -> MlflowException:
+        return MlflowException(f"cannot write {path}: {err.strerror or err}; check that the "
+                               f"root of {self.store_uri} is a writable directory", INVALID_STATE)
 
     def _all_experiment_docs(self) -> List[Dict[str, Any]]:
         docs = {}
@@ -156,7 +183,7 @@ class HpcTrackingStore(AbstractStore):
         for tag in tags or []:
             _validate_experiment_tag(tag.key, tag.value)
         doc = self._new_experiment_doc(name, layout.experiment_id_for(directory), artifact_location, tags or [])
-        layout.write_experiment(os.path.join(self.root, directory), doc)
+        self._write_experiment(os.path.join(self.root, directory), doc)
         return doc["experiment_id"]
 
     def get_experiment(self, experiment_id):
@@ -181,7 +208,7 @@ class HpcTrackingStore(AbstractStore):
         doc["last_update_time"] = _now_ms()
         path = layout.experiment_dir(self.root, str(experiment_id))
         assert path is not None
-        layout.write_experiment(path, doc)
+        self._write_experiment(path, doc)
         return doc
 
     def delete_experiment(self, experiment_id):
@@ -259,8 +286,11 @@ class HpcTrackingStore(AbstractStore):
                 params, latest = {}, {}
             info["tags"].update({t.key: t.value for t in tags})
             info["tags"][MLFLOW_RUN_NAME] = info["run_name"]
-            run = DoorRun.open(run_dir, info, previous is not None, context, self.settings, self._terminal,
-                               params=params, latest=latest)
+            try:
+                run = DoorRun.open(run_dir, info, previous is not None, context, self.settings, self._terminal,
+                                   params=params, latest=latest)
+            except OSError as err:
+                raise self._storage_error(run_dir, err) from err
             self._runs[run_id] = run
             self._dirs[run_id] = run_dir
         return self._entity(run.info, run.params, run.latest)
@@ -435,19 +465,12 @@ class HpcTrackingStore(AbstractStore):
         _validate_batch_log_limits(metrics, params, tags)
         _validate_param_keys_unique(params)
         params = [_validate_param(p.key, p.value) for p in params]
-        run = self._runs.get(run_id) or self._writable(run_id)
+        run = self._runs.get(run_id)
+        if run is None and params:  # an ended run: refused params must not reopen it for a new attempt
+            _new_params(run_id, self._on_disk(run_id).params, params)
+        run = run or self._writable(run_id)
         if params:
-            new = {}
-            for param in params:
-                value = "" if param.value is None else str(param.value)
-                before = run.params.get(param.key)
-                if before is not None and before != value:  # MLflow's immutability, checked before any write
-                    raise MlflowException(
-                        f"Changing param values is not allowed. Param with key='{param.key}' was already logged "
-                        f"with value='{before}' for run ID='{run_id}'. Attempted logging new value '{value}'.",
-                        INVALID_PARAMETER_VALUE)
-                if before is None:
-                    new[param.key] = value
+            new = _new_params(run_id, run.params, params)
             if new:
                 run.set_params(new)
         if metrics:

@@ -283,3 +283,34 @@ def test_a_full_queue_drops_and_counts_points_never_blocks(door, monkeypatch):
     exit_doc = read_json(os.path.join(run_dir, "exit.json"))
     written = sum(len(r["values"]) for r in points(run_dir))
     assert written + exit_doc["dropped_points"] == 20_000 and exit_doc["points_records"] == len(points(run_dir))
+
+
+def test_an_unwritable_root_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    uri = f"hpc://{tmp_path}/afile/root"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    with pytest.raises(MlflowException, match="cannot write .* writable directory"):
+        mlflow.MlflowClient(uri).create_run("0")
+
+
+def test_an_artifact_that_storage_refuses_does_not_end_training(door, tmp_path, capsys):
+    (tmp_path / "w.bin").write_bytes(b"w")
+    with mlflow.start_run() as run:
+        (run_dir,) = run_dirs(door.root)
+        open(os.path.join(run_dir, "artifacts"), "w").close()  # a file where the directory belongs
+        mlflow.log_artifact(str(tmp_path / "w.bin"))
+        mlflow.log_metric("after", 1.0)
+        with pytest.raises(OSError):  # a missing local file stays the caller's error, as in MLflow
+            mlflow.log_artifact(str(tmp_path / "missing.bin"))
+    assert "it is NOT recorded, training goes on" in capsys.readouterr().err
+    assert mlflow.get_run(run.info.run_id).data.metrics == {"after": 1.0}
+
+
+def test_a_refused_param_does_not_reopen_an_ended_run(door):
+    with mlflow.start_run() as run:
+        mlflow.log_param("lr", "0.1")
+    with pytest.raises(MlflowException):
+        mlflow.MlflowClient().log_param(run.info.run_id, "lr", "0.2")
+    (run_dir,) = run_dirs(door.root)
+    assert read_json(os.path.join(run_dir, "run.json"))["attempt"] == 1
+    assert read_json(os.path.join(run_dir, "exit.json"))["reason"] == "finished"
