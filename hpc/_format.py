@@ -20,7 +20,7 @@ __all__ = [
     "HEARTBEAT", "EXIT", "OUTPUT", "FILES_DIR", "CODE_DIR",
 ]
 
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 FORMAT_MAJOR = 1
 # docs/run-format.md section 1. Use is_name(): fullmatch, because "$" also matches before a trailing newline
 # and would accept a directory named "run\n".

@@ -195,9 +195,11 @@ class Prepared:
 def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
                     exists: bool, name: Optional[str], job_type: Optional[str],
                     config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str],
-                    wandb_args: Optional[Dict[str, Any]] = None) -> Prepared:
+                    wandb_args: Optional[Dict[str, Any]] = None,
+                    extra_meta: Optional[Mapping[str, Any]] = None) -> Prepared:
     """Create or resume the directory: repair the history's torn tail, start a new attempt in run.json.
-    ``wandb_args``: W&B init arguments hpc accepted without a use, recorded as run.json's ``wandb``."""
+    ``wandb_args``: W&B init arguments hpc accepted without a use, recorded as run.json's ``wandb``;
+    ``extra_meta``: further run.json fields, set before its first write (the MLflow door's ``mlflow``)."""
     summary_state: Dict[str, Any] = {}
     config_doc: Dict[str, Any] = {}
     if exists:
@@ -237,6 +239,8 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
         meta["launcher"] = context.launcher
     if wandb_args:
         meta["wandb"] = wandb_args
+    if extra_meta:
+        meta.update(extra_meta)
     fmt.atomic_write_json(os.path.join(run_dir, fmt.RUN_JSON), meta)
     if exists:
         try:

@@ -374,6 +374,10 @@ class Writer(threading.Thread):
             return False
         return True
 
+    def outcome_extra(self) -> Dict[str, Any]:
+        """Fields a subclass adds to (or sets in) exit.json (the MLflow door: its end time and point counts)."""
+        return {}
+
     def finish(self, exit_code: int, reason: str, caller: CallerCounts) -> None:
         for pattern, base in self._end_saves:
             self._guard(self._save, pattern, base)
@@ -392,6 +396,7 @@ class Writer(threading.Thread):
             "dropped_rows": dropped,
             "dropped_output_bytes": self._output.dropped_bytes + caller["dropped_output_bytes"],
         }
+        self.outcome.update(self.outcome_extra())
         fmt.write_reserved(os.path.join(self._dir, fmt.EXIT), self.outcome)
 
 
