@@ -12,6 +12,8 @@ faults, then forwards everything else. Counts what it saw.
 - ``max_body_bytes=N``: answer any request whose body is larger with nginx's 413 page (its
   ``client_max_body_size``; nginx's default is 1 MB). Counted in ``too_large``.
 - ``retry_after="S"``: the Retry-After header of the injected failures (default ``0``);
+- ``forwarded_host=True``: tell the upstream the proxy's address (``X-Forwarded-Host``/``-Proto``), so URLs
+  it builds from the request (OpenWandb's upload URLs) lead back through the proxy;
 - ``record=True``: keep every request in ``records`` (``Recorded``: time, method, path, headers, body, the
   status answered or None for no answer), in the order they arrived.
 """
@@ -39,7 +41,8 @@ class Recorded:
 class FaultProxy:
     def __init__(self, upstream: str, fail_first: int = 0, status: int = 503, match: str = "/runs/log-batch",
                  body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False,
-                 max_body_bytes: Optional[int] = None, retry_after: str = "0", record: bool = False):
+                 max_body_bytes: Optional[int] = None, retry_after: str = "0", record: bool = False,
+                 forwarded_host: bool = False):
         self.up = urlsplit(upstream)
         self.fail_left = fail_first
         self.lose_left = lose_first
@@ -51,6 +54,7 @@ class FaultProxy:
         self.max_body_bytes = max_body_bytes
         self.retry_after = retry_after
         self.record = record
+        self.forwarded_host = forwarded_host
         self.records: List[Recorded] = []
         self.too_large = 0
         self.failed = 0
@@ -129,6 +133,8 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(proxy.up.hostname, proxy.up.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                if proxy.forwarded_host:
+                    headers.update({"X-Forwarded-Host": proxy.url.split("//", 1)[1], "X-Forwarded-Proto": "http"})
                 path = self.path
                 if path.startswith("http"):  # absolute form: we are used as a forward proxy (HTTP_PROXY)
                     parts = urlsplit(path)

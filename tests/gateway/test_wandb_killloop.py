@@ -46,7 +46,7 @@ def test_kill_minus_nine_loop_exactly_once_on_the_wire(openwandb, root, project,
     chunk = ROWS // (KILLS + 1)
     env = dict(os.environ, PYTHONPATH=REPO)
     kills = attempts = written = 0
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         cfg = tmp_path / "gateway.yaml"
         cfg.write_text(yaml.safe_dump({
             "roots": [root], "state_dir": str(state), "retries": 3,

@@ -70,7 +70,7 @@ def test_wire_offsets_shapes_auth_and_final_state(openwandb, wb_settings, root, 
     w.save("ckpt.txt", b"weights")
     w.raw("output.log", b"epoch 1\nepoch 2\n")
     w.exit(0)
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         rep, sink = sync_once(_via(wb_settings, proxy))
         assert rep.errors == {}
         recs = list(proxy.records)
@@ -83,6 +83,7 @@ def test_wire_offsets_shapes_auth_and_final_state(openwandb, wb_settings, root, 
     config = json.loads([v for n, v in ops if n == "UpsertBucket" and "config" in v][0]["config"])
     assert config["opt"] == {"value": {"beta": 0.9}, "desc": None}, "config: a JSON string of {key: {value}}"
     # HTTP Basic, user api, to the server; the upload URL gets no credentials at all.
+    assert sum(r.method == "PUT" for r in recs) >= 2, "ckpt.txt and the hpc/ files went through the proxy"
     for r in recs:
         auth = r.headers.get("Authorization")
         if r.method == "PUT":
@@ -111,7 +112,7 @@ def test_killed_run_does_not_stay_running(openwandb, wb_settings, root, project)
     run_id = f"{project}-k"
     w = _run(root, project, run_id, rows=3)
     w.exit(137, reason="killed")
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         sync_once(_via(wb_settings, proxy))
         final = file_streams(proxy.records)[-1][1]
     assert final["complete"] is True and final["exitcode"] != 0, "W&B shows it as failed, not running"
@@ -160,7 +161,7 @@ def test_server_errors_then_the_next_pass_resumes_at_the_acknowledged_offset(ope
         failed = [b for _, b in file_streams(proxy.records)]
     assert {b["files"]["wandb-history.jsonl"]["offset"] for b in failed if "wandb-history.jsonl" in b["files"]} \
         == {10}
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         rep, _ = sync_once(_via(wb_settings, proxy))
         assert rep.errors == {}
         hist = [b["files"]["wandb-history.jsonl"] for _, b in file_streams(proxy.records)
@@ -178,7 +179,7 @@ def test_resumed_fragments_are_one_run_with_steps_continuing(openwandb, wb_setti
     for i in range(5, 9):
         w.log({"train/loss": 1.0 / (i + 1), "acc": 0.1})
     w.exit(0)
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         sync_once(_via(wb_settings, proxy))
         hist = [b["files"]["wandb-history.jsonl"] for _, b in file_streams(proxy.records)
                 if "wandb-history.jsonl" in b["files"]]
@@ -208,7 +209,7 @@ def test_media_in_wandb_layout(openwandb, wb_settings, root, project):
     w._append("media.jsonl", {"seq": 1, "step": 2, "ts_ms": w.created_ms + 3000, "values": {
         "key": "preds", "kind": "table", "path": f"media/tables/preds/2-{w.created_ms + 3000}-0.json",
         "offset": len(png), "length": len(table), "format": "json"}})
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         rep, _ = sync_once(_via(wb_settings, proxy))
         assert rep.errors == {}
         hist = [json.loads(x) for x in replay(proxy.records, run_id, "wandb-history.jsonl")]
@@ -254,7 +255,7 @@ def test_rate_limit_keeps_a_run_under_its_requests_per_second(openwandb, wb_sett
     w.summary({"acc": 1.0})
     w.exit(0)
     slow = replace(wb_settings, server_options={**wb_settings.server_options, "run_requests_per_s": 2.0})
-    with FaultProxy(openwandb.url, match="/nothing", record=True) as proxy:
+    with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         t0 = time.monotonic()
         sync_once(_via(slow, proxy))
         times = [r.t for r, _ in file_streams(proxy.records)]

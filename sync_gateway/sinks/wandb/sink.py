@@ -73,7 +73,7 @@ class WandbRun(SinkRun):
     created_ms: int = 0
     offsets: Dict[str, int] = field(default_factory=dict)   # acknowledged next line offset per file
     console_bytes: int = 0       # bytes of output.log sent (complete lines)
-    last_ts_ms: int = 0          # the newest acknowledged history time: the console lines' time
+    last_ts_ms: int = 0          # the newest acknowledged history row's time
     uploaded: List[str] = field(default_factory=list)
     tags: List[str] = field(default_factory=list)
     display_name: str = ""
@@ -322,7 +322,9 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
                     return  # a partial last line: sent once it is complete
                 cut = len(data) - 1  # a line longer than a read: sent in pieces
             text = data[:cut].decode("utf-8", "replace")
-            self._append(run, OUTPUT, console_lines(text, run.last_ts_ms or run.created_ms))
+            # The file has no per-line times; the run's creation time is the one time that a re-send after a
+            # lost state gives again, so the lines at an offset are always the same bytes.
+            self._append(run, OUTPUT, console_lines(text, run.created_ms))
             run.console_bytes += cut + 1
 
     def _media(self, run: WandbRun, target: Tuple[str, str, int, int, str], dest: str, body: BinaryIO,
