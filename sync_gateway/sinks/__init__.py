@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "sink_class", "make_sink", "Sink"]
 
-_REGISTRY: Dict[str, str] = {"mlflow": "sync_gateway.sinks.mlflow.sink:MlflowSink"}
+_REGISTRY: Dict[str, str] = {"mlflow": "sync_gateway.sinks.mlflow.sink:MlflowSink",
+                             "wandb": "sync_gateway.sinks.wandb.sink:WandbSink"}
 #: every valid ``server.kind``
 KINDS = tuple(_REGISTRY)
 

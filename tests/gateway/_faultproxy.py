@@ -11,20 +11,38 @@ faults, then forwards everything else. Counts what it saw.
   (as some proxies and frameworks do);
 - ``max_body_bytes=N``: answer any request whose body is larger with nginx's 413 page (its
   ``client_max_body_size``; nginx's default is 1 MB). Counted in ``too_large``.
+- ``retry_after="S"``: the Retry-After header of the injected failures (default ``0``);
+- ``forwarded_host=True``: tell the upstream the proxy's address (``X-Forwarded-Host``/``-Proto``), so URLs
+  it builds from the request (OpenWandb's upload URLs) lead back through the proxy;
+- ``record=True``: keep every request in ``records`` (``Recorded``: time, method, path, headers, body, the
+  status answered or None for no answer), in the order they arrived.
 """
 from __future__ import annotations
 
 import http.client
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
+
+
+@dataclass
+class Recorded:
+    t: float                   # time.monotonic() when the request arrived
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes
+    status: Optional[int]      # what the client got; None: no answer (lost, dropped)
 
 
 class FaultProxy:
     def __init__(self, upstream: str, fail_first: int = 0, status: int = 503, match: str = "/runs/log-batch",
                  body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False,
-                 max_body_bytes: Optional[int] = None):
+                 max_body_bytes: Optional[int] = None, retry_after: str = "0", record: bool = False,
+                 forwarded_host: bool = False):
         self.up = urlsplit(upstream)
         self.fail_left = fail_first
         self.lose_left = lose_first
@@ -34,6 +52,10 @@ class FaultProxy:
         self.chaos = chaos
         self.echo_auth = echo_auth
         self.max_body_bytes = max_body_bytes
+        self.retry_after = retry_after
+        self.record = record
+        self.forwarded_host = forwarded_host
+        self.records: List[Recorded] = []
         self.too_large = 0
         self.failed = 0
         self.lost = 0
@@ -51,12 +73,17 @@ class FaultProxy:
 
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                rec = Recorded(time.monotonic(), self.command, self.path, dict(self.headers.items()), body, None)
+                if proxy.record:
+                    with proxy.lock:
+                        proxy.records.append(rec)
                 if proxy.max_body_bytes is not None and len(body) > proxy.max_body_bytes:
                     with proxy.lock:
                         proxy.too_large += 1
                     page = (b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
                             b"<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>"
                             b"\r\n</body>\r\n</html>\r\n")
+                    rec.status = 413
                     self.send_response(413)
                     self.send_header("Content-Type", "text/html")
                     self.send_header("Content-Length", str(len(page)))
@@ -87,6 +114,7 @@ class FaultProxy:
                 if action == "echo":
                     data = ('{"error_code": "BAD_REQUEST", "message": "refused; request headers were: '
                             f'Authorization: {self.headers.get("Authorization")}"}}').encode()
+                    rec.status = 400
                     self.send_response(400)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -94,8 +122,9 @@ class FaultProxy:
                     self.wfile.write(data)
                     return
                 if action == "fail":
-                    self.send_response(proxy.status if proxy.chaos is None else 503)
-                    self.send_header("Retry-After", "0")
+                    rec.status = proxy.status if proxy.chaos is None else 503
+                    self.send_response(rec.status)
+                    self.send_header("Retry-After", proxy.retry_after)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -104,6 +133,8 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(proxy.up.hostname, proxy.up.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                if proxy.forwarded_host:
+                    headers.update({"X-Forwarded-Host": proxy.url.split("//", 1)[1], "X-Forwarded-Proto": "http"})
                 path = self.path
                 if path.startswith("http"):  # absolute form: we are used as a forward proxy (HTTP_PROXY)
                     parts = urlsplit(path)
@@ -117,6 +148,7 @@ class FaultProxy:
                 if action == "lose":  # the server did it; the client never hears
                     self.close_connection = True
                     return
+                rec.status = r.status
                 self.send_response(r.status)
                 for k, v in r.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

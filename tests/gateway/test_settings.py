@@ -43,7 +43,7 @@ def test_default_config_path_is_read(tmp_path):
 @pytest.mark.parametrize("text, needle", [
     ("rootz: [/x]\n", "unknown key(s) rootz; valid keys are: roots, server"),
     ("tls: {ca_bundel: x}\n", "unknown key(s) ca_bundel; valid keys are: ca_bundle, client_cert"),
-    ("server: {kind: wandb}\n", "valid kinds are: mlflow"),
+    ("server: {kind: clearml}\n", "valid kinds are: mlflow, wandb"),
     ("server: {url: 'ftp://x'}\n", "must start with http"),
     ("interval_s: -1\n", "positive number"),
     ("batch_points: 5000\n", "from 1 to 1000"),

@@ -9,44 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Iterable, Optional, Tuple
 
+from sync_gateway.wandb_keys import GIB, MIB, WANDB_SYSTEM  # noqa: F401  (one table: the sink maps back)
+
 __all__ = ["WANDB_SYSTEM", "system_key", "system_values"]
 
-MIB = float(1 << 20)
-GIB = float(1 << 30)
-
-#: W&B key -> (neutral key, factor to its unit). ``{i}`` is a GPU or CPU index, ``{d}`` a disk or path.
-WANDB_SYSTEM: Dict[str, Tuple[str, float]] = {
-    "cpu": ("cpu/process_all_cores_percent", 1.0),          # the process tree, % of all cores (not of one)
-    "cpu.{i}.cpu_percent": ("cpu/{i}/system_percent", 1.0),
-    "memory": ("memory/system_percent", 1.0),                # wandb < 0.18
-    "memory_percent": ("memory/system_percent", 1.0),
-    "proc.memory.rssMB": ("memory/process_rss_bytes", MIB),
-    "proc.memory.availableMB": ("memory/system_available_bytes", MIB),
-    "proc.memory.percent": ("memory/process_percent", 1.0),
-    "proc.cpu.threads": ("process/thread_count", 1.0),
-    "disk": ("disk/usage_percent", 1.0),                     # wandb < 0.15
-    "disk.{d}.usagePercent": ("disk/usage_percent", 1.0),
-    "disk.{d}.usageGB": ("disk/used_bytes", GIB),
-    "disk.in": ("disk/read_bytes", MIB),
-    "disk.out": ("disk/write_bytes", MIB),
-    "disk.{d}.in": ("disk/{d}/read_bytes", MIB),
-    "disk.{d}.out": ("disk/{d}/write_bytes", MIB),
-    "network.sent": ("network/sent_bytes", 1.0),
-    "network.recv": ("network/received_bytes", 1.0),
-    "network.tcpRetransmits": ("network/tcp_retransmit_count", 1.0),
-    "gpu.{i}.gpu": ("gpu/{i}/utilization_percent", 1.0),
-    "gpu.{i}.memory": ("gpu/{i}/memory_controller_percent", 1.0),
-    "gpu.{i}.memoryAllocated": ("gpu/{i}/memory_used_percent", 1.0),
-    "gpu.{i}.memoryAllocatedBytes": ("gpu/{i}/memory_used_bytes", 1.0),
-    "gpu.{i}.temp": ("gpu/{i}/temperature_c", 1.0),
-    "gpu.{i}.powerWatts": ("gpu/{i}/power_w", 1.0),
-    "gpu.{i}.powerPercent": ("gpu/{i}/power_percent", 1.0),
-    "gpu.{i}.enforcedPowerLimitWatts": ("gpu/{i}/power_limit_w", 1.0),
-    "gpu.{i}.smClock": ("gpu/{i}/sm_clock_mhz", 1.0),
-    "gpu.{i}.memoryClock": ("gpu/{i}/memory_clock_mhz", 1.0),
-    "gpu.{i}.correctedMemoryErrors": ("gpu/{i}/ecc_corrected_count", 1.0),
-    "gpu.{i}.uncorrectedMemoryErrors": ("gpu/{i}/ecc_uncorrected_count", 1.0),
-}
 _INDEXED = re.compile(r"^(gpu|cpu)\.(\d+)\.(.+)$")
 _DISK = re.compile(r"^disk\.(.+)\.(usagePercent|usageGB|in|out)$")
 _ROOT_PATHS = ("/", "\\", "\\\\")   # wandb < 0.18 escaped the "/" of the root file system
