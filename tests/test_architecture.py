@@ -95,9 +95,10 @@ def _gateway_imports(path):
 
 
 # What each layer may import inside the package (besides the contracts at the bottom: records, settings,
-# errors, _redact). sources -> readers -> sinks -> engine -> airgap -> cli: a source knows no format, a reader no
+# errors, _redact, and wandb_keys: W&B's system-metric names, one table read by the W&B reader and the W&B sink). sources -> readers -> sinks -> engine -> airgap -> cli: a source knows no format, a reader no
 # server, a sink no file format, and the engine no backend.
-_BOTTOM = ("sync_gateway.records", "sync_gateway.settings", "sync_gateway.errors", "sync_gateway._redact")
+_BOTTOM = ("sync_gateway.records", "sync_gateway.settings", "sync_gateway.errors", "sync_gateway._redact",
+           "sync_gateway.wandb_keys")
 _LAYERS = {
     "sources": ("sync_gateway.sources",),
     "readers": ("sync_gateway.sources.base", "sync_gateway.readers"),
