@@ -86,9 +86,9 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     wandb_args = {k: v for k, v in zip(_WANDB_ONLY, (
         entity, config_exclude_keys, config_include_keys, allow_val_change, force, anonymous, reinit,
         resume_from, fork_from, save_code, tensorboard, sync_tensorboard, monitor_gym)) if v is not None}
-    early = Terminal(False)
     if unknown:
-        early.warn(f"init() ignores the unknown argument(s) {', '.join(sorted(unknown))} (recorded in run.json)")
+        Terminal(False).warn(f"init() ignores the unknown argument(s) {', '.join(sorted(unknown))} (recorded "
+                             "in run.json)")
         wandb_args.update(unknown)
     explicit: Dict[str, Any] = {}
     if isinstance(settings, WandbSettings):
@@ -98,19 +98,8 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
             wandb_args["settings"] = ignored
     elif settings is not None:
         explicit = dict(settings)
-    if mode is not None and str(mode).lower() in _WANDB_MODES:
-        wandb_args["mode"] = mode
-        mode = _WANDB_MODES[str(mode).lower()]
-    if isinstance(resume, str) and resume.lower() == "auto":
-        resume = "allow"
-    for key, value in (("project", project), ("group", group), ("run_id", id), ("resume", resume),
-                       ("job_type", job_type), ("tags", tags), ("mode", mode)):
-        if value is not None:
-            explicit[key] = value
-    # dir= is W&B's "where files go": below HPCSYNC_DIR, because libraries pass it on the user's behalf
-    # (Lightning's WandbLogger always passes save_dir, "." by default).
-    fallback = {"root": os.fspath(dir)} if dir is not None else None
-    resolved = Settings.resolve(explicit, fallback=fallback)
+    resolved = _resolve(explicit, wandb_args, project=project, group=group, run_id=id, resume=resume,
+                        job_type=job_type, tags=tags, mode=mode, dir=dir)
     terminal = Terminal(resolved.silent)
     if config is not None and not isinstance(config, Mapping):
         raise UsageError(f"config must be a dict, got {type(config).__name__}")
@@ -159,6 +148,24 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
         run = DisabledRun(resolved, config, name)
         _set_module_globals(run)
         return run
+
+
+def _resolve(explicit: Dict[str, Any], wandb_args: Dict[str, Any], *, dir: Optional[str], mode: Optional[str],
+             resume: Any, **arguments: Any) -> Settings:
+    """The run's settings: init's arguments above ``settings=`` (``explicit``), above the environment.
+    W&B's modes that mean "record" are recorded in ``wandb_args`` and record offline."""
+    if mode is not None and str(mode).lower() in _WANDB_MODES:
+        wandb_args["mode"] = mode
+        mode = _WANDB_MODES[str(mode).lower()]
+    if isinstance(resume, str) and resume.lower() == "auto":
+        resume = "allow"
+    for key, value in (*arguments.items(), ("resume", resume), ("mode", mode)):
+        if value is not None:
+            explicit[key] = value
+    # dir= is W&B's "where files go": below HPCSYNC_DIR, because libraries pass it on the user's behalf
+    # (Lightning's WandbLogger always passes save_dir, "." by default).
+    fallback = {"root": os.fspath(dir)} if dir is not None else None
+    return Settings.resolve(explicit, fallback=fallback)
 
 
 def check_resume(run_dir: str, resume_mode: Optional[str]) -> bool:
