@@ -3,6 +3,12 @@
 :class:`RowQueue` is the half of :class:`hpc.Run` that ``log()`` runs through, the training loop's hot path.
 Everything here runs on the caller's threads under one re-entrant lock; the writer thread only takes items
 off the queue and counts the bytes it took (``Writer.drained_bytes``).
+
+A signal handler may finish the run in the middle of a ``log()`` call: Python runs it between two bytecodes
+of the interrupted call, in the same thread, so it re-enters the lock (SIGINT instead raises
+KeyboardInterrupt there). So nothing here counts a row ahead of the one step that hands it over: a row is
+logged once it is on the queue (one ``deque.append``, which a signal cannot split; the writer counts it
+as it takes it off) or once ``_dropped_rows`` counts it; a call interrupted before either logged nothing.
 """
 from __future__ import annotations
 
@@ -53,7 +59,6 @@ class RowQueue:
         self._budget_bytes = queue_max_bytes
         self._queue_limit = self._budget_bytes
         self._full_warned: set = set()
-        self._logged_rows = 0
         self._dropped_rows = 0
         self._dropped_last: Dict[str, Any] = {}  # the newest value per key of rows dropped since the last one in
         self._dropped_output_bytes = 0
@@ -92,7 +97,6 @@ class RowQueue:
                         return
                     row = dict(data)  # a copy: the caller may reuse its dict
                     cost = _ROW_BYTES + _KEY_BYTES * len(row)
-                    self._logged_rows += 1
                     queued = self._queued_bytes + cost
                     if queued > self._queue_limit and not self._room_for(queued):
                         self._drop_row(row)
@@ -136,7 +140,6 @@ class RowQueue:
         """Queue one complete row, or drop and count it when the queue holds ``queue_max_bytes`` already.
         Dropping the new row never waits; the writer catches up and later rows get in again."""
         cost = _ROW_BYTES + _KEY_BYTES * len(row)
-        self._logged_rows += 1
         queued = self._queued_bytes + cost
         if queued > self._queue_limit and not self._room_for(queued):
             self._drop_row(row)
@@ -192,15 +195,15 @@ class RowQueue:
 
     def _last_rows(self) -> CallerCounts:
         """At finish: queue what is still held here (the dropped rows' summary values, the open row) and
-        return what only this side knows."""
+        return what only this side knows: the rows it dropped. The rows it queued are counted by the writer
+        as it takes them off the queue (exit.json's ``logged_rows`` is those plus these)."""
         with self._lock:
             if self._dropped_last:
                 self._queue_dropped_last()
             if self._pending is not None:  # the open row is the last one; one row may exceed the budget
-                self._logged_rows += 1
                 row, self._pending = self._pending, None
                 self._queue.append((ROW, self._pending_step, self._pending_ts_ms, row, 0))
-            return {"logged_rows": self._logged_rows, "dropped_rows": self._dropped_rows,
+            return {"dropped_rows": self._dropped_rows,
                     "dropped_output_bytes": self._dropped_output_bytes}
 
     @property

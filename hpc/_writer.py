@@ -40,10 +40,9 @@ _DRAIN_BATCH = 5000
 
 
 class CallerCounts(TypedDict):
-    """What the calling side knows at finish: rows it was given (None: it does not count them), rows and
-    console bytes it dropped before they reached the writer."""
+    """What the calling side knows at finish: the rows and console bytes it dropped before they reached the
+    writer (the rows that reached it, the writer counts itself: ``rows_taken``)."""
 
-    logged_rows: Optional[int]
     dropped_rows: int
     dropped_output_bytes: int
 
@@ -76,6 +75,10 @@ class Writer(threading.Thread):
         self.last_step: Optional[int] = history.last_step
         self._first_seq = history.next_seq if first_seq is None else first_seq  # this attempt's first record
         self.drained_bytes = 0
+        # Rows of this attempt given to this writer (taken off the queue, or write_row), each then written or
+        # counted as dropped; rows already in the history when it opened count too (the shell commands:
+        # each `hpc log` is a process of its own). exit.json's logged_rows is this plus the caller's drops.
+        self.rows_taken = history.next_seq - self._first_seq
         self.rows_failed = 0  # rows that reached this thread but could not be written (every value refused)
         self._media = MediaFile(run_dir, terminal, Stream)  # media.bin + media.jsonl, opened at the first one
         self._row_media: List[Tuple[str, Any]] = []
@@ -129,6 +132,7 @@ class Writer(threading.Thread):
             kind = item[0]
             if kind == ROW:
                 self.drained_bytes += item[4]
+                self.rows_taken += 1
                 self._guard_row(item)
             elif kind == TEXT:
                 self.drained_bytes += item[2]
@@ -157,6 +161,7 @@ class Writer(threading.Thread):
     def write_row(self, step: int, ts_ms: int, values: Dict[str, Any]) -> bool:
         """Write one row now and close the stream; False if it could not be written (counted as dropped)."""
         before = self._history.dropped
+        self.rows_taken += 1
         self._row((ROW, step, ts_ms, values, 0))
         self._history.close()
         return self._history.dropped == before
@@ -327,12 +332,11 @@ class Writer(threading.Thread):
         self._guard(self.write_documents)
         written = self._history.next_seq - self._first_seq
         dropped = self._history.dropped + self.rows_failed + caller["dropped_rows"]
-        logged = caller["logged_rows"]
         self.outcome = {
             "attempt": self._meta["attempt"], "exit_code": int(exit_code), "reason": reason,
             "end_ms": int(self._wall() * 1000), "last_step": self.last_step,
             "history_records": self._history.next_seq,
-            "logged_rows": written + dropped if logged is None else logged, "written_rows": written,
+            "logged_rows": self.rows_taken + caller["dropped_rows"], "written_rows": written,
             "dropped_rows": dropped,
             "dropped_output_bytes": self._output.dropped_bytes + caller["dropped_output_bytes"],
         }
