@@ -5,9 +5,9 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from ._values import key_problem
-from .errors import UsageError
+from .errors import NoActiveRunError, UsageError
 
-__all__ = ["Config", "Summary"]
+__all__ = ["Config", "Summary", "PreInit"]
 
 
 class Config(dict):
@@ -88,3 +88,35 @@ class Summary(MutableMapping):
 
     def __repr__(self) -> str:
         return f"Summary({self._values()!r})"
+
+
+class PreInit:
+    """``hpc.config`` and ``hpc.summary`` while there is no active run (before ``init``, after ``finish``):
+    as W&B's, every use raises an error that says to call ``init`` first (NoActiveRunError, a wandb.Error
+    under ``hpc.as_wandb()``), instead of a TypeError or AttributeError on None."""
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+
+    def _refuse(self, what: str) -> NoActiveRunError:
+        return NoActiveRunError(f"{what} needs an active run: call hpc.init() (wandb.init()) first")
+
+    def __getitem__(self, key: str) -> Any:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __delitem__(self, key: str) -> None:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy, pickle and the like probe for dunders: they must see a plain object
+            raise AttributeError(name)
+        raise self._refuse(f"{self._name}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._refuse(f"{self._name}.{name}")
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: no active run>"

@@ -1,12 +1,24 @@
-"""``define_metric`` declarations: W&B's arguments checked and mapped to hpc's one summary policy per key."""
+"""``define_metric`` declarations: W&B's arguments checked and mapped to hpc's one summary policy per key,
+and kept in run.json's ``metrics`` in the order in which the first matching declaration is W&B's choice.
+
+W&B (wandb-core's metric handler) looks a key up among the declared names first, and only then among the
+globs; a second declaration of a name merges into the first (the fields it sets replace those before it),
+unless ``overwrite=True`` replaces it whole. Among several matching globs W&B's pick is unspecified; hpc
+takes the most specific (the most characters that are not wildcards), then the later declared. So the
+list holds the names first, in declaration order, then the globs in that order, and the format's rule
+(docs/run-format.md section 4: the first matching declaration wins) gives W&B's answer: HF's
+``define_metric("*", step_metric="train/global_step")`` no longer shadows a user's ``define_metric("eval/loss",
+summary="min")``, whichever came first.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._values import MAX_KEY_CHARS, key_problem
 from .errors import UsageError
 
-__all__ = ["declaration", "SUMMARY_POLICIES"]
+__all__ = ["declaration", "add_declaration", "SUMMARY_POLICIES"]
 
 SUMMARY_POLICIES = ("min", "max", "mean", "last")
 
@@ -48,3 +60,32 @@ def summary_policy(name: str, summary: Optional[str], goal: Optional[str],
         warn_once(f"summary-{name}", f"define_metric({name!r}, summary={summary!r}): hpc keeps "
                   f"one summary per key, {mapped[0]!r}")
     return None if not mapped or mapped[0] == "none" else mapped[0]
+
+
+_WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
+
+
+def _precedence(name: str) -> Tuple[int, int]:
+    """Sort key, lower first: every plain name before every glob, then globs by specificity."""
+    literal = _WILDCARDS.sub("", name)
+    return (0, 0) if literal == name else (1, -len(literal))
+
+
+def add_declaration(declarations: List[Dict[str, Any]], decl: Dict[str, Any], overwrite: bool = False) -> None:
+    """Put ``decl`` into ``declarations`` (run.json's ``metrics``, kept in precedence order): merged into an
+    earlier declaration of the same name (the fields it sets win; ``overwrite``: replacing it), else placed
+    after the names or globs that take precedence over it and before the globs of its own specificity."""
+    for i, old in enumerate(declarations):
+        if old["name"] == decl["name"]:
+            declarations[i] = dict(decl) if overwrite else {**old, **{k: v for k, v in decl.items()
+                                                                      if v is not None}}
+            return
+    key = _precedence(decl["name"])
+    at = len(declarations)
+    for i, old in enumerate(declarations):
+        old_key = _precedence(old["name"])
+        # a plain name goes after the other names; a glob before those as specific (later declared wins)
+        if old_key > key or (key[0] == 1 and old_key == key):
+            at = i
+            break
+    declarations.insert(at, dict(decl))

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _console, _signals
-from ._config import Config, Summary
+from . import _format as fmt
+from ._artifact import next_versions
+from ._config import Config, PreInit, Summary
 from ._context import RunContext
 from ._metrics import declaration
 from ._names import random_id
@@ -21,10 +23,13 @@ from ._wandb_run import WandbRunMethods
 from ._writer import CONFIG, COPY, DEFINE, FINISH, SAVE, SUMMARY_DEL, SUMMARY_SET, Writer
 from .errors import UsageError
 
-__all__ = ["Run", "DisabledRun", "Config", "Summary", "active_run", "set_active"]
+__all__ = ["Run", "DisabledRun", "Config", "Summary", "active_run", "open_runs", "register", "OPEN_RUNS"]
 
+NO_CONFIG = PreInit("hpc.config")
+NO_SUMMARY = PreInit("hpc.summary")
 _FINISH_TIMEOUT_S = 60.0  # bounded: a hung file system must not keep a finished job alive forever
-_active: Optional[Run] = None
+_active: Optional[Run] = None  # hpc.run
+_open: List[Run] = []  # every run recorded here and not finished, oldest first (guarded by _active_lock)
 _active_lock = threading.RLock()  # re-entrant: a signal handler may finish the run mid-finish
 
 
@@ -47,7 +52,7 @@ class Run(RowQueue, WandbRunMethods):
         self.context = context
         self.resumed = meta["attempt"] > 1
         self._finished = False
-        self._artifact_versions: Dict[str, int] = {}
+        self._artifact_versions = next_versions(os.path.join(run_dir, fmt.FILES_DIR)) if self.resumed else {}
         writer = Writer(run_dir, meta, history, settings, terminal, summary_state, config,
                         capture_code=not settings.disable_code)
         RowQueue.__init__(self, writer, terminal, settings.queue_max_bytes,
@@ -90,7 +95,7 @@ class Run(RowQueue, WandbRunMethods):
         W&B's ``summary="best"`` with ``goal`` is ``min`` or ``max``; ``step_sync``, ``hidden`` and ``goal``
         are recorded in the declaration (docs/run-format.md section 4)."""
         self._enqueue((DEFINE, declaration(name, step_metric, summary, step_sync, hidden, goal,
-                                           self._terminal.warn_once)))
+                                           self._terminal.warn_once), bool(overwrite)))
 
     def save(self, path_or_glob: str, policy: str = "now", base_path: Optional[str] = None) -> None:
         """Copy files (a path or a glob, relative to ``base_path`` or the working directory) into
@@ -117,13 +122,17 @@ class Run(RowQueue, WandbRunMethods):
             self._closed = True
             if _active is self:
                 _active = None
+            if self in _open:
+                _open.remove(self)
+            last = not _open
         self._hooks.uninstall()
-        _signals.uninstall(self)
+        if last:
+            _signals.uninstall(OPEN_RUNS)
         if self._console is not None:
             _console.uninstall(self._console)
             self._console = None
         if forked:  # a forked child: the run, its writer and its monitor belong to the parent
-            _set_module_globals(None)
+            _release_module_globals(self)
             return
         monitor, self._monitor = self._monitor, None
         if monitor is not None:  # first: system.jsonl is complete before the writer writes exit.json
@@ -134,7 +143,7 @@ class Run(RowQueue, WandbRunMethods):
         if self._writer.is_alive():
             self._terminal.warn(f"the run directory {self.dir} did not take the last rows within "
                                 f"{_FINISH_TIMEOUT_S:.0f} s (hung file system?); exit.json may be missing")
-        _set_module_globals(None)
+        _release_module_globals(self)
 
     def __enter__(self) -> Run:
         return self
@@ -188,7 +197,7 @@ class DisabledRun(WandbRunMethods):
         return None
 
     def finish(self, exit_code: Optional[int] = 0, quiet: Optional[bool] = None) -> None:
-        _set_module_globals(None)
+        _release_module_globals(self)
 
     def _finish(self, exit_code: int, reason: str) -> None:
         self.finish(exit_code)
@@ -201,29 +210,64 @@ class DisabledRun(WandbRunMethods):
 
 
 def active_run() -> Optional[Run]:
+    """The run ``hpc.run`` names (None: none, or only runs made with ``reinit="create_new"``)."""
     return _active
 
 
-def set_active(run: Run) -> None:
+def open_runs() -> List[Run]:
+    """Every run this process records and has not finished, oldest first (``reinit="create_new"`` keeps
+    several open, as W&B does)."""
+    with _active_lock:
+        return list(_open)
+
+
+def register(run: Run, *, make_active: bool) -> None:
+    """A new run is open; ``make_active``: it becomes ``hpc.run`` (W&B's create_new runs do not)."""
     global _active
     with _active_lock:
-        _active = run
+        _open.append(run)
+        if make_active:
+            _active = run
+
+
+def finish_open_runs(exit_code: int, reason: str) -> None:
+    """Finish every open run, newest first: what a termination signal and the end of the process do."""
+    for run in reversed(open_runs()):
+        run._finish(exit_code, reason)
+
+
+class _OpenRuns:
+    """What the signal handlers close (hpc._signals calls ``_finish``): every open run of this process."""
+
+    def _finish(self, exit_code: int, reason: str) -> None:
+        finish_open_runs(exit_code, reason)
+
+
+OPEN_RUNS = _OpenRuns()
 
 
 def _set_module_globals(run: Any) -> None:
     package = sys.modules.get("hpc")
     if package is None:
         return
-    # hpc.run / hpc.config / hpc.summary: module attributes W&B-style code reads, set as runs come and go.
-    vars(package).update(run=run, config=run.config if run is not None else None,
-                         summary=run.summary if run is not None else None)
+    # hpc.run / hpc.config / hpc.summary: module attributes W&B-style code reads, set as runs come and go;
+    # without a run, config and summary refuse every use with a message, as W&B's do.
+    vars(package).update(run=run, config=run.config if run is not None else NO_CONFIG,
+                         summary=run.summary if run is not None else NO_SUMMARY)
+
+
+def _release_module_globals(run: Any) -> None:
+    """A run finished: ``hpc.run`` and its companions let go of it if they name it (a create_new run's
+    finish leaves the active run in place)."""
+    package = sys.modules.get("hpc")
+    if package is not None and getattr(package, "run", None) is run:
+        _set_module_globals(None)
 
 
 def _after_fork_in_child() -> None:
     global _active_lock
     _active_lock = threading.RLock()  # another thread may have held it at the fork
-    run = _active
-    if run is not None:
+    for run in list(_open):
         run._after_fork_in_child()
 
 
@@ -232,6 +276,5 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 @atexit.register
 def _finish_at_exit() -> None:
-    run = _active
-    if run is not None:
+    for run in reversed(open_runs()):
         run._finish(*run._hooks.outcome())

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 from . import _format as fmt
 from ._code import capture_git, ignored
 from ._media import Media, MediaFile
+from ._metrics import add_declaration
 from ._stream import OutputLog, Stream, describe
 from ._summary_state import SummaryState
 from ._terminal import Terminal
@@ -232,8 +233,8 @@ class Writer(threading.Thread):
         elif kind == SUMMARY_DEL:
             self.summary.delete(item[1])
             self._summary_dirty = True
-        elif kind == DEFINE:
-            self._meta.setdefault("metrics", []).append(item[1])
+        elif kind == DEFINE:  # (DEFINE, declaration, overwrite)
+            add_declaration(self._meta.setdefault("metrics", []), item[1], item[2])
             self.summary.declarations_changed(self._meta["metrics"])
             self._meta_dirty = True
         elif kind == SAVE:
