@@ -16,8 +16,11 @@ from typing import Any, Mapping, Optional
 
 from . import errors
 from ._artifact import Artifact
+from ._config import PreInit as _PreInit
 from ._init import init
 from ._media import Histogram, Image, Table
+from ._run import NO_CONFIG as _NO_CONFIG
+from ._run import NO_SUMMARY as _NO_SUMMARY
 from ._run import Config, DisabledRun, Run, Summary
 from ._settings import Settings
 from ._wandb import as_wandb, login, util
@@ -36,15 +39,16 @@ __all__ = [
 
 #: The active run (``None`` before ``init`` and after ``finish``), like ``wandb.run``.
 run: Optional[Run] = None
-#: The active run's config and summary, replaced by ``init``.
-config: Optional[Config] = None
-summary: Optional[Summary] = None
+#: The active run's config and summary, replaced by ``init``; without a run, every use of them raises
+#: NoActiveRunError, as W&B's raise ``wandb.Error``.
+config: Config | _PreInit = _NO_CONFIG
+summary: Summary | dict | _PreInit = _NO_SUMMARY
 
 
 def _current(what: str) -> Any:
     current = run
     if current is None:
-        raise UsageError(f"hpc.{what}() needs an active run: call hpc.init() first")
+        raise errors.NoActiveRunError(f"hpc.{what}() needs an active run: call hpc.init() first")
     return current
 
 

@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import UsageError
 
-__all__ = ["Artifact", "artifact_copies"]
+__all__ = ["Artifact", "artifact_copies", "next_versions"]
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_VERSION_DIR = re.compile(r"v(\d+)")
 MANIFEST = "hpc-artifact.json"
 
 
@@ -110,3 +111,23 @@ def artifact_copies(artifact: Any, name: Optional[str], type: Optional[str], ali
     artifact.version = f"v{version}"
     artifact.aliases = list(aliases or []) + ["latest"]
     return artifact, artifact._copies(version, artifact.aliases)
+
+
+def next_versions(files_dir: str) -> Dict[str, int]:
+    """The next version of every artifact already in a run's ``files/`` (a resumed run goes on numbering
+    where its earlier attempts stopped, as W&B's versions do, instead of overwriting v0)."""
+    root = os.path.join(files_dir, "artifacts")
+    versions: Dict[str, int] = {}
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return versions
+    for name in names:
+        try:
+            entries = os.listdir(os.path.join(root, name))
+        except OSError:
+            continue
+        numbers = [int(m.group(1)) for m in map(_VERSION_DIR.fullmatch, entries) if m]
+        if numbers:
+            versions[name] = max(numbers) + 1
+    return versions

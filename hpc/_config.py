@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from ._values import key_problem
-from ._writer import SUMMARY_DEL, SUMMARY_SET
-from .errors import UsageError
+from .errors import NoActiveRunError, UsageError
 
-if TYPE_CHECKING:
-    from ._run import Run
-
-__all__ = ["Config", "Summary"]
+__all__ = ["Config", "Summary", "PreInit"]
 
 
 class Config(dict):
@@ -56,14 +52,19 @@ class Config(dict):
 
 
 class Summary(MutableMapping):
-    """``run.summary``: last logged value per key (or its min/max/mean policy); a value set by hand wins."""
+    """``run.summary``: last logged value per key (or its min/max/mean policy); a value set by hand wins.
 
-    def __init__(self, run: Run):
-        self._run = run
+    It holds no state of its own: ``values`` reads the run's current summary (after what is queued is
+    written), ``set_value`` and ``delete`` pass a change on to the run's writer."""
+
+    def __init__(self, values: Callable[[], Dict[str, Any]], set_value: Callable[[str, Any], None],
+                 delete: Callable[[str], None]):
+        self._read = values
+        self._set = set_value
+        self._delete = delete
 
     def _values(self) -> Dict[str, Any]:
-        self._run._sync()
-        return self._run._writer.summary_values()
+        return self._read()
 
     def __getitem__(self, key: str) -> Any:
         return self._values()[key]
@@ -72,12 +73,12 @@ class Summary(MutableMapping):
         problem = key_problem(key)
         if problem:
             raise UsageError(problem)
-        self._run._enqueue((SUMMARY_SET, key, value))
+        self._set(key, value)
 
     def __delitem__(self, key: str) -> None:
         if key not in self._values():
             raise KeyError(key)
-        self._run._enqueue((SUMMARY_DEL, key))
+        self._delete(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values())
@@ -87,3 +88,35 @@ class Summary(MutableMapping):
 
     def __repr__(self) -> str:
         return f"Summary({self._values()!r})"
+
+
+class PreInit:
+    """``hpc.config`` and ``hpc.summary`` while there is no active run (before ``init``, after ``finish``):
+    as W&B's, every use raises an error that says to call ``init`` first (NoActiveRunError, a wandb.Error
+    under ``hpc.as_wandb()``), instead of a TypeError or AttributeError on None."""
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+
+    def _refuse(self, what: str) -> NoActiveRunError:
+        return NoActiveRunError(f"{what} needs an active run: call hpc.init() (wandb.init()) first")
+
+    def __getitem__(self, key: str) -> Any:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __delitem__(self, key: str) -> None:
+        raise self._refuse(f"{self._name}[{key!r}]")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy, pickle and the like probe for dunders: they must see a plain object
+            raise AttributeError(name)
+        raise self._refuse(f"{self._name}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._refuse(f"{self._name}.{name}")
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: no active run>"

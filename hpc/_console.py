@@ -7,20 +7,21 @@ or child processes is not captured; the batch system's own output file still has
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 __all__ = ["Tee", "install", "uninstall"]
 
 
 class Tee:
-    def __init__(self, stream: Any, sink: Callable[[str], None]):
+    def __init__(self, stream: Any, sink: Optional[Callable[[str], None]]):
         self._stream = stream
-        self._sink = sink
+        self._sink = sink  # None once its run has finished: the text only passes through
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
-        if text:
-            self._sink(text)
+        sink = self._sink
+        if text and sink is not None:
+            sink(text)
         return written
 
     def writelines(self, lines: Any) -> None:
@@ -32,17 +33,32 @@ class Tee:
 
 
 def install(sink: Callable[[str], None]) -> tuple:
+    """Tee stdout and stderr into ``sink``; returns what :func:`uninstall` needs. Runs open at the same time
+    (``reinit="create_new"``) each add a tee on top of the previous one, so each gets the text."""
     originals = (sys.stdout, sys.stderr)
-    if sys.stdout is not None:
-        sys.stdout = Tee(sys.stdout, sink)
-    if sys.stderr is not None:
-        sys.stderr = Tee(sys.stderr, sink)
-    return originals
+    tees = tuple(None if stream is None else Tee(stream, sink) for stream in originals)
+    if tees[0] is not None:
+        sys.stdout = tees[0]
+    if tees[1] is not None:
+        sys.stderr = tees[1]
+    return originals + tees
 
 
-def uninstall(originals: tuple) -> None:
-    # Only undo our own wrapper: if something replaced it since, leave theirs alone.
-    if isinstance(sys.stdout, Tee):
-        sys.stdout = originals[0]
-    if isinstance(sys.stderr, Tee):
-        sys.stderr = originals[1]
+def uninstall(installed: tuple) -> None:
+    # Only undo our own wrapper: if something replaced it since (a newer run's tee, the user's own), leave
+    # it there; our tee then only passes text through, and goes when the wrapper above it is undone.
+    out, err, out_tee, err_tee = installed
+    for tee in (out_tee, err_tee):
+        if tee is not None:
+            tee._sink = None
+    if out_tee is not None and sys.stdout is out_tee:
+        sys.stdout = _live(out)
+    if err_tee is not None and sys.stderr is err_tee:
+        sys.stderr = _live(err)
+
+
+def _live(stream: Any) -> Any:
+    """``stream`` without the tees of runs that have finished since it was wrapped."""
+    while isinstance(stream, Tee) and stream._sink is None:
+        stream = stream._stream
+    return stream

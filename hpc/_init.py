@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _format as fmt
 from . import _run, _signals
@@ -86,9 +86,9 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     wandb_args = {k: v for k, v in zip(_WANDB_ONLY, (
         entity, config_exclude_keys, config_include_keys, allow_val_change, force, anonymous, reinit,
         resume_from, fork_from, save_code, tensorboard, sync_tensorboard, monitor_gym)) if v is not None}
-    early = Terminal(False)
     if unknown:
-        early.warn(f"init() ignores the unknown argument(s) {', '.join(sorted(unknown))} (recorded in run.json)")
+        Terminal(False).warn(f"init() ignores the unknown argument(s) {', '.join(sorted(unknown))} (recorded "
+                             "in run.json)")
         wandb_args.update(unknown)
     explicit: Dict[str, Any] = {}
     if isinstance(settings, WandbSettings):
@@ -98,19 +98,8 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
             wandb_args["settings"] = ignored
     elif settings is not None:
         explicit = dict(settings)
-    if mode is not None and str(mode).lower() in _WANDB_MODES:
-        wandb_args["mode"] = mode
-        mode = _WANDB_MODES[str(mode).lower()]
-    if isinstance(resume, str) and resume.lower() == "auto":
-        resume = "allow"
-    for key, value in (("project", project), ("group", group), ("run_id", id), ("resume", resume),
-                       ("job_type", job_type), ("tags", tags), ("mode", mode)):
-        if value is not None:
-            explicit[key] = value
-    # dir= is W&B's "where files go": below HPCSYNC_DIR, because libraries pass it on the user's behalf
-    # (Lightning's WandbLogger always passes save_dir, "." by default).
-    fallback = {"root": os.fspath(dir)} if dir is not None else None
-    resolved = Settings.resolve(explicit, fallback=fallback)
+    resolved = _resolve(explicit, wandb_args, project=project, group=group, run_id=id, resume=resume,
+                        job_type=job_type, tags=tags, mode=mode, dir=dir)
     terminal = Terminal(resolved.silent)
     if config is not None and not isinstance(config, Mapping):
         raise UsageError(f"config must be a dict, got {type(config).__name__}")
@@ -120,17 +109,12 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     job_type = resolved.job_type
     tags = list(resolved.tags) if resolved.tags is not None else None
 
-    previous = _run.active_run()
+    previous = _previous_run(reinit, terminal)
     if previous is not None:
-        if reinit in (False, "return_previous") and previous.recorded_here:
-            return previous
-        if previous.recorded_here and reinit not in (True, "finish_previous", "create_new"):
-            terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first")
-        previous.finish()  # in a forked child, this only lets go of the parent's run
+        return previous
+    make_active = reinit != "create_new"  # W&B: a create_new run leaves wandb.run (and wandb.log) alone
     if resolved.mode == "disabled":
-        run = DisabledRun(resolved, config, name)
-        _set_module_globals(run)
-        return run
+        return _disabled(DisabledRun(resolved, config, name), make_active)
 
     context = detect(os.environ)
     project_name = resolved.project
@@ -142,7 +126,8 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
     root = os.path.abspath(resolved.root)
     if run_id is not None:
         check_name("run id", run_id)
-    else:
+        run_id, resume_mode = _not_open_here(root, project_name, run_id, resume_mode, resolved.run_id is None)
+    if run_id is None:
         run_id = random_id()
         while os.path.exists(os.path.join(root, project_name, run_id)):
             run_id = random_id()
@@ -151,14 +136,73 @@ def init(project: Optional[str] = None, name: Optional[str] = None, group: Optio
 
     try:
         return _open_run(resolved, terminal, context, run_dir, run_id, exists, name, job_type,
-                         config, tags, notes, plain_config(wandb_args) if wandb_args else None)
+                         config, tags, notes, plain_config(wandb_args) if wandb_args else None, make_active)
     except OSError as err:
         # Training goes on without tracking rather than dying at start on a storage problem.
         terminal.warn(f"cannot write the run directory {run_dir} ({err.strerror or err}): this run is NOT "
                       "being recorded; set HPCSYNC_DIR (or dir=) to a writable directory")
-        run = DisabledRun(resolved, config, name)
+        return _disabled(DisabledRun(resolved, config, name), make_active)
+
+
+def _previous_run(reinit: Any, terminal: Terminal) -> Optional[Run]:
+    """W&B's ``reinit``: the active run to return (``"return_previous"``, False), or None once what must be
+    finished is: every open run for ``"finish_previous"`` (True), none for ``"create_new"`` (W&B keeps them
+    all open), and otherwise the active one, with a warning."""
+    for run in _run.open_runs():
+        if not run.recorded_here:
+            run.finish()  # a forked child lets go of its parent's runs, whatever reinit says
+    previous = _run.active_run()
+    if reinit == "create_new":
+        return None
+    if reinit in (True, "finish_previous"):
+        for run in reversed(_run.open_runs()):
+            run.finish()
+        return None
+    if previous is None:
+        return None
+    if reinit in (False, "return_previous") and previous.recorded_here:
+        return previous
+    if previous.recorded_here:
+        terminal.warn(f"hpc.init() while run {previous.id} is active: finishing it first (pass "
+                      "reinit='create_new' to keep both open)")
+    previous.finish()
+    return None
+
+
+def _not_open_here(root: str, project: str, run_id: str, resume_mode: Optional[str],
+                   derived: bool) -> Tuple[Optional[str], Optional[str]]:
+    """A run directory has one writer: an id open in this process (reinit="create_new") is refused, or, when
+    it was derived from SLURM or torchrun, replaced by a random one (None) with its resume mode."""
+    run_dir = os.path.join(root, project, run_id)
+    if not any(os.path.abspath(r.dir) == run_dir for r in _run.open_runs()):
+        return run_id, resume_mode
+    if derived:
+        return None, None
+    raise UsageError(f"run {project}/{run_id} is open in this process: finish it first, or pass another id")
+
+
+def _disabled(run: DisabledRun, make_active: bool) -> DisabledRun:
+    if make_active:
         _set_module_globals(run)
-        return run
+    return run
+
+
+def _resolve(explicit: Dict[str, Any], wandb_args: Dict[str, Any], *, dir: Optional[str], mode: Optional[str],
+             resume: Any, **arguments: Any) -> Settings:
+    """The run's settings: init's arguments above ``settings=`` (``explicit``), above the environment.
+    W&B's modes that mean "record" are recorded in ``wandb_args`` and record offline."""
+    if mode is not None and str(mode).lower() in _WANDB_MODES:
+        wandb_args["mode"] = mode
+        mode = _WANDB_MODES[str(mode).lower()]
+    if isinstance(resume, str) and resume.lower() == "auto":
+        resume = "allow"
+    for key, value in (*arguments.items(), ("resume", resume), ("mode", mode)):
+        if value is not None:
+            explicit[key] = value
+    # dir= is W&B's "where files go": below HPCSYNC_DIR, because libraries pass it on the user's behalf
+    # (Lightning's WandbLogger always passes save_dir, "." by default).
+    fallback = {"root": os.fspath(dir)} if dir is not None else None
+    return Settings.resolve(explicit, fallback=fallback)
 
 
 def check_resume(run_dir: str, resume_mode: Optional[str]) -> bool:
@@ -255,17 +299,18 @@ def prepare_run_dir(settings: Settings, terminal: Terminal, context: RunContext,
 def _open_run(settings: Settings, terminal: Terminal, context: RunContext, run_dir: str, run_id: str,
               exists: bool, name: Optional[str], job_type: Optional[str],
               config: Optional[Mapping], tags: Optional[List[str]], notes: Optional[str],
-              wandb_args: Optional[Dict[str, Any]] = None) -> Run:
+              wandb_args: Optional[Dict[str, Any]] = None, make_active: bool = True) -> Run:
     ready = prepare_run_dir(settings, terminal, context, run_dir, run_id, exists, name, job_type,
                             config, tags, notes, wandb_args)
     run = Run(settings, terminal, ready.meta, run_dir, ready.history, ready.config, ready.summary_state,
               context)
     run._start_capture()
-    _signals.install(run)
+    _run.register(run, make_active=make_active)
+    _signals.install(_run.OPEN_RUNS)  # a termination signal closes every open run
     run._monitor = start_monitor(run_dir, parent_pid=os.getpid(), settings=settings,
                                  local_rank=context.local_rank, local_world_size=None)
-    _run.set_active(run)
-    _set_module_globals(run)
+    if make_active:
+        _set_module_globals(run)
     verb = "resuming" if exists else "recording"
     terminal.info(f"{verb} run {run.name} ({run.project}/{run.id}) offline in {run_dir}")
     return run

@@ -118,5 +118,5 @@ def finish(run_dir: str, exit_code: int, settings: Settings) -> Dict[str, Any]:
     writer.mark_summary_changed()
     # Each `hpc log` wrote its row or failed with an error the script saw: nothing was dropped silently.
     writer.finish(exit_code, "finished" if exit_code == 0 else "failed",
-                   {"logged_rows": None, "dropped_rows": 0, "dropped_output_bytes": 0})
+                   {"dropped_rows": 0, "dropped_output_bytes": 0})
     return writer.outcome or {}

@@ -12,9 +12,7 @@ what it put on to keep the queue within ``queue_max_bytes``. One writer per coun
 """
 from __future__ import annotations
 
-import fnmatch
 import glob as globlib
-import math
 import os
 import shutil
 import threading
@@ -25,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 from . import _format as fmt
 from ._code import capture_git, ignored
 from ._media import Media, MediaFile
+from ._metrics import add_declaration
 from ._stream import OutputLog, Stream, describe
+from ._summary_state import SummaryState
 from ._terminal import Terminal
 from ._values import flatten_row, plain_config
 
@@ -41,10 +41,9 @@ _DRAIN_BATCH = 5000
 
 
 class CallerCounts(TypedDict):
-    """What the calling side knows at finish: rows it was given (None: it does not count them), rows and
-    console bytes it dropped before they reached the writer."""
+    """What the calling side knows at finish: the rows and console bytes it dropped before they reached the
+    writer (the rows that reached it, the writer counts itself: ``rows_taken``)."""
 
-    logged_rows: Optional[int]
     dropped_rows: int
     dropped_output_bytes: int
 
@@ -68,11 +67,7 @@ class Writer(threading.Thread):
         self._config = config
         self._config_dirty = False
         self._meta_dirty = False
-        # Summary state: last values, manual values, policy accumulators.
-        self.last: Dict[str, Any] = dict(summary_state.get("last", {}))
-        self.manual: Dict[str, Any] = dict(summary_state.get("manual", {}))
-        self._acc: Dict[str, List[float]] = {k: list(v) for k, v in summary_state.get("acc", {}).items()}
-        self._policy_cache: Dict[str, Optional[Tuple[str, Optional[str]]]] = {}
+        self.summary = SummaryState(summary_state, meta.get("metrics", ()))
         self._summary_dirty = False
         self._rejected: set = set()
         self._end_saves: List[Tuple[str, str]] = []
@@ -81,6 +76,10 @@ class Writer(threading.Thread):
         self.last_step: Optional[int] = history.last_step
         self._first_seq = history.next_seq if first_seq is None else first_seq  # this attempt's first record
         self.drained_bytes = 0
+        # Rows of this attempt given to this writer (taken off the queue, or write_row), each then written or
+        # counted as dropped; rows already in the history when it opened count too (the shell commands:
+        # each `hpc log` is a process of its own). exit.json's logged_rows is this plus the caller's drops.
+        self.rows_taken = history.next_seq - self._first_seq
         self.rows_failed = 0  # rows that reached this thread but could not be written (every value refused)
         self._media = MediaFile(run_dir, terminal, Stream)  # media.bin + media.jsonl, opened at the first one
         self._row_media: List[Tuple[str, Any]] = []
@@ -134,6 +133,7 @@ class Writer(threading.Thread):
             kind = item[0]
             if kind == ROW:
                 self.drained_bytes += item[4]
+                self.rows_taken += 1
                 self._guard_row(item)
             elif kind == TEXT:
                 self.drained_bytes += item[2]
@@ -162,6 +162,7 @@ class Writer(threading.Thread):
     def write_row(self, step: int, ts_ms: int, values: Dict[str, Any]) -> bool:
         """Write one row now and close the stream; False if it could not be written (counted as dropped)."""
         before = self._history.dropped
+        self.rows_taken += 1
         self._row((ROW, step, ts_ms, values, 0))
         self._history.close()
         return self._history.dropped == before
@@ -185,9 +186,9 @@ class Writer(threading.Thread):
             return
         self._history.append(step, ts_ms, fmt.encode_values(values))
         self.last_step = step
-        self.last.update(values)
+        self.summary.last.update(values)
         if self._meta.get("metrics"):
-            self._accumulate(values)
+            self.summary.accumulate(values)
         self._summary_dirty = True
 
     def _take_media(self, key: str, value: Any) -> bool:
@@ -215,55 +216,6 @@ class Writer(threading.Thread):
             self._rejected.add(key)
             self._terminal.warn(f"dropping key {key!r}: {why}; the rest of the row is written")
 
-    def _policy(self, key: str) -> Optional[Tuple[str, Optional[str]]]:
-        try:
-            return self._policy_cache[key]
-        except KeyError:
-            pass
-        found = None
-        for decl in self._meta.get("metrics", ()):
-            if decl["name"] == key or fnmatch.fnmatchcase(key, decl["name"]):
-                found = (decl.get("summary") or "last", decl.get("step_metric"))
-                break
-        self._policy_cache[key] = found
-        return found
-
-    def _accumulate(self, values: Dict[str, Any]) -> None:
-        for key, value in values.items():
-            policy = self._policy(key)
-            if policy is None or policy[0] == "last":
-                continue
-            if type(value) not in (int, float) or (type(value) is float and math.isnan(value)):
-                continue
-            acc = self._acc.get(key)
-            if acc is None:
-                self._acc[key] = [1, value, value, value]  # count, sum, min, max
-            else:
-                acc[0] += 1
-                acc[1] += value
-                acc[2] = min(acc[2], value)
-                acc[3] = max(acc[3], value)
-
-    def summary_values(self) -> Dict[str, Any]:
-        values = dict(self.last)
-        for key, (count, total, low, high) in self._acc.items():
-            policy = self._policy(key)
-            if policy is None:
-                continue
-            values[key] = {"min": low, "max": high, "mean": total / count if count else None}.get(
-                policy[0], values.get(key))
-        values.update(self.manual)
-        return values
-
-    def summary_document(self) -> Dict[str, Any]:
-        policies = {}
-        for key in self._acc:
-            policy = self._policy(key)
-            if policy and policy[0] != "last":
-                policies[key] = policy[0]
-        return {"values": self.summary_values(), "set_by_hand": sorted(self.manual),
-                "policies": policies, "last": self.last, "accumulators": self._acc}
-
     # ---- everything else ------------------------------------------------------------------------------
     def _other(self, item: tuple) -> None:
         kind = item[0]
@@ -271,21 +223,19 @@ class Writer(threading.Thread):
             self._config = plain_config(item[1])
             self._config_dirty = True
         elif kind == SUMMARY_SET:
-            self.manual[item[1]] = plain_config(item[2])
+            self.summary.manual[item[1]] = plain_config(item[2])
             self._summary_dirty = True
         elif kind == SUMMARY_LAST:  # rows dropped from the history still set the summary's last values
             values: Dict[str, Any] = {}
             flatten_row(item[1], values, lambda key, why: None, media=_is_media)
-            self.last.update(values)
+            self.summary.last.update(values)
             self._summary_dirty = True
         elif kind == SUMMARY_DEL:
-            self.manual.pop(item[1], None)
-            self.last.pop(item[1], None)
-            self._acc.pop(item[1], None)
+            self.summary.delete(item[1])
             self._summary_dirty = True
-        elif kind == DEFINE:
-            self._meta.setdefault("metrics", []).append(item[1])
-            self._policy_cache.clear()
+        elif kind == DEFINE:  # (DEFINE, declaration, overwrite)
+            add_declaration(self._meta.setdefault("metrics", []), item[1], item[2])
+            self.summary.declarations_changed(self._meta["metrics"])
             self._meta_dirty = True
         elif kind == SAVE:
             _, pattern, base, policy = item
@@ -361,7 +311,7 @@ class Writer(threading.Thread):
         if self._config_dirty:
             self._config_dirty = not self._write_document(fmt.CONFIG, self._config, fsync)
         if self._summary_dirty:
-            self._summary_dirty = not self._write_document(fmt.SUMMARY, self.summary_document(), fsync)
+            self._summary_dirty = not self._write_document(fmt.SUMMARY, self.summary.document(), fsync)
 
     def _write_document(self, name: str, document: Dict[str, Any], fsync: bool) -> bool:
         path = os.path.join(self._dir, name)
@@ -387,12 +337,11 @@ class Writer(threading.Thread):
         self._guard(self.write_documents)
         written = self._history.next_seq - self._first_seq
         dropped = self._history.dropped + self.rows_failed + caller["dropped_rows"]
-        logged = caller["logged_rows"]
         self.outcome = {
             "attempt": self._meta["attempt"], "exit_code": int(exit_code), "reason": reason,
             "end_ms": int(self._wall() * 1000), "last_step": self.last_step,
             "history_records": self._history.next_seq,
-            "logged_rows": written + dropped if logged is None else logged, "written_rows": written,
+            "logged_rows": self.rows_taken + caller["dropped_rows"], "written_rows": written,
             "dropped_rows": dropped,
             "dropped_output_bytes": self._output.dropped_bytes + caller["dropped_output_bytes"],
         }

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = [
-    "HpcError", "UsageError", "SettingsError", "ResumeError", "FormatVersionError", "MonitorError", "GpuError",
-    "JobWaitTimeout",
+    "HpcError", "UsageError", "NoActiveRunError", "SettingsError", "ResumeError", "FormatVersionError",
+    "MonitorError", "GpuError", "JobWaitTimeout",
 ]
 
 
@@ -35,6 +35,12 @@ def _restore(cls: type, args: tuple) -> HpcError:
 
 class UsageError(HpcError, ValueError):
     """The SDK was called wrongly: ``log`` before ``init`` or after ``finish``, a bad key, a bad argument."""
+
+
+class NoActiveRunError(UsageError):
+    """A call that needs a run came before ``hpc.init()`` or after ``finish()``: ``hpc.log``,
+    ``hpc.config.update``, ``hpc.summary[key] = value``... (W&B raises ``wandb.Error`` there; under
+    ``hpc.as_wandb()`` ``wandb.Error`` is :class:`HpcError`, so ``except wandb.Error`` catches this too)."""
 
 
 class SettingsError(UsageError):

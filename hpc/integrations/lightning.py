@@ -5,6 +5,7 @@
 
 Metrics are logged at the trainer's global step (the row's ``step``, and ``trainer/global_step`` in the row,
 as WandbLogger does); hyperparameters (``save_hyperparameters()``, ``log_hyperparams``) go to the config.
+``log_image``, ``log_table`` and ``log_text`` take WandbLogger's arguments and log ``hpc.Image``/``hpc.Table``.
 ``log_model=True`` records the best checkpoint at the end, ``"all"`` every checkpoint when it is saved, as
 artifacts (``files/artifacts/model-<run id>/v<N>/``). Only rank 0 records, as with WandbLogger.
 """
@@ -77,6 +78,33 @@ class HpcLogger(Logger):
             self.experiment.log(row)
         else:
             self.experiment.log({**row, "trainer/global_step": step}, step=step)
+
+    # WandbLogger's media methods, with its signatures (Lightning 2.6), logged as hpc media
+    @rank_zero_only
+    def log_table(self, key: str, columns: Optional[List[str]] = None, data: Optional[List[List[Any]]] = None,
+                  dataframe: Any = None, step: Optional[int] = None) -> None:
+        """Log a table, from ``columns`` and ``data`` or from a pandas ``dataframe``."""
+        self.log_metrics({key: hpc.Table(columns=columns, data=data, dataframe=dataframe)}, step)  # type: ignore[dict-item]
+
+    @rank_zero_only
+    def log_text(self, key: str, columns: Optional[List[str]] = None, data: Optional[List[List[str]]] = None,
+                 dataframe: Any = None, step: Optional[int] = None) -> None:
+        """Log text as a table (as WandbLogger does)."""
+        self.log_table(key, columns, data, dataframe, step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: List[Any], step: Optional[int] = None, **kwargs: Any) -> None:
+        """Log images (tensors, numpy arrays, PIL images or file paths); each keyword argument is a list with
+        one value per image, passed to its ``hpc.Image`` (``caption``, ``masks``, ``boxes``...)."""
+        if not isinstance(images, list):
+            raise TypeError(f'Expected a list as "images", found {type(images)}')
+        n = len(images)
+        for name, values in kwargs.items():
+            if len(values) != n:
+                raise ValueError(f"Expected {n} items but only found {len(values)} for {name}")
+        per_image = [{name: kwargs[name][i] for name in kwargs} for i in range(n)]
+        self.log_metrics({key: [hpc.Image(image, **extra) for image, extra in zip(images, per_image)]},  # type: ignore[dict-item]
+                         step)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:

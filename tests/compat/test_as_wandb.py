@@ -180,3 +180,119 @@ def test_the_scripts_exit_code_reaches_exit_json(tmp_path):
     assert out.returncode == 3, out.stderr
     exit_doc = doc(out.stdout.split()[-1], "exit.json")
     assert (exit_doc["exit_code"], exit_doc["reason"]) == (3, "failed")
+
+
+# ---- W&B's edge semantics (issue 24, item 4) ---------------------------------------------------------------
+def test_config_and_summary_without_a_run_raise_wandbs_error_with_a_message(tmp_path):
+    """W&B's wandb.config and wandb.summary before init (and after finish) raise wandb.Error saying to call
+    wandb.init() first; a TypeError or AttributeError on None tells the user nothing."""
+    wandb = hpc.as_wandb()
+    for _when in ("before init", "after finish"):
+        with pytest.raises(wandb.Error, match=r"hpc.summary\['best'\] needs an active run: call hpc.init"):
+            wandb.summary["best"] = 1.0
+        with pytest.raises(wandb.Error, match=r"hpc.config.update needs an active run"):
+            wandb.config.update({"lr": 0.1})
+        with pytest.raises(wandb.Error, match=r"hpc.config\['lr'\]"):
+            wandb.config["lr"]
+        with pytest.raises(wandb.Error, match=r"hpc.config.lr"):
+            wandb.config.lr = 0.1
+        with pytest.raises(hpc.errors.NoActiveRunError, match="hpc.log"):
+            wandb.log({"x": 1})
+        run = wandb.init(project="p", dir=str(tmp_path))
+        wandb.config.update({"lr": 0.1})
+        wandb.summary["best"] = 1.0
+        run.finish()
+    assert doc(run.dir, "config.json") == {"lr": 0.1} and doc(run.dir, "summary.json")["values"]["best"] == 1.0
+
+
+def test_reinit_create_new_keeps_the_previous_run_open(tmp_path):
+    """W&B: create_new leaves the other runs open, and wandb.run (and wandb.log) where they were."""
+    outer = hpc.init(project="p", id="outer", dir=str(tmp_path))
+    inner = hpc.init(project="p", id="inner", dir=str(tmp_path), reinit="create_new")
+    assert hpc.run is outer and hpc.config is outer.config
+    inner.log({"inner": 1.0})
+    outer.log({"outer": 1.0})
+    hpc.log({"outer": 2.0})
+    inner.finish()
+    assert hpc.run is outer
+    outer.log({"outer": 3.0})  # W&B-valid: the outer run is still open
+    outer.finish()
+    assert hpc.run is None
+    assert [doc(r.dir, "exit.json")["written_rows"] for r in (outer, inner)] == [3, 1]
+    assert all(doc(r.dir, "exit.json")["reason"] == "finished" for r in (outer, inner))
+    with pytest.raises(hpc.UsageError, match="open in this process"):
+        with hpc.init(project="p", id="again", dir=str(tmp_path)):
+            hpc.init(project="p", id="again", dir=str(tmp_path), resume="allow", reinit="create_new")
+    third = hpc.init(project="p", dir=str(tmp_path))
+    fourth = hpc.init(project="p", dir=str(tmp_path), reinit="create_new")
+    fifth = hpc.init(project="p", dir=str(tmp_path), reinit="finish_previous")  # W&B: finishes every open run
+    assert all(doc(r.dir, "exit.json")["reason"] == "finished" for r in (third, fourth))
+    assert hpc.run is fifth and not os.path.exists(os.path.join(fifth.dir, "exit.json"))
+
+
+TWO_RUNS = """
+import sys, time, hpc
+outer = hpc.init(project="p", id="outer")
+inner = hpc.init(project="p", id="inner", reinit="create_new")
+outer.log({"x": 1.0})
+inner.log({"y": 1.0})
+print("outer text", flush=True)
+if sys.argv[1] == "wait":
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "sigterm"])
+def test_the_end_of_the_process_closes_every_open_run(tmp_path, end):
+    import signal
+
+    root = str(tmp_path / "runs")
+    child = subprocess.Popen([sys.executable, "-c", TWO_RUNS, "wait" if end == "sigterm" else "exit"],
+                             env=environ(root), stdout=subprocess.PIPE, text=True)
+    if end == "sigterm":
+        while child.stdout.readline().strip() != "ready":
+            pass
+        child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=60)
+    outcomes = {name: doc(os.path.join(root, "p", name), "exit.json") for name in ("outer", "inner")}
+    assert {o["reason"] for o in outcomes.values()} == {"finished" if end == "exit" else "killed"}, outcomes
+    assert all(o["written_rows"] == 1 for o in outcomes.values()), outcomes
+    for name in ("outer", "inner"):  # both runs capture the console while both are open
+        with open(os.path.join(root, "p", name, "output.log"), encoding="utf-8") as f:
+            assert "outer text" in f.read()
+
+
+def test_a_later_or_more_specific_declaration_is_not_shadowed_by_hfs_star(tmp_path):
+    """transformers' WandbCallback declares define_metric("*", step_metric="train/global_step") at train
+    begin; W&B still applies the user's own declarations: a name before any glob, then the most specific."""
+    run = hpc.init(project="p", dir=str(tmp_path))
+    run.define_metric("eval/*", step_metric="epoch")  # before HF's "*": still the more specific
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    run.define_metric("eval/loss", summary="min")  # after "*": a name wins over every glob
+    run.define_metric("eval/acc", summary="max")
+    run.define_metric("eval/acc", goal="maximize")  # W&B merges a second declaration of the same name
+    run.define_metric("train/loss", summary="max")
+    run.define_metric("train/loss", summary="mean", overwrite=True)  # overwrite=True replaces it
+    for step, (loss, acc) in enumerate([(3.0, 0.1), (1.0, 0.5), (2.0, 0.3)]):
+        run.log({"eval/loss": loss, "eval/acc": acc, "train/loss": loss, "train/global_step": step, "epoch": step})
+    run.finish()
+    metrics = doc(run.dir, "run.json")["metrics"]
+    assert [m["name"] for m in metrics] == ["train/global_step", "eval/loss", "eval/acc", "train/loss", "eval/*", "*"]
+    assert metrics[2] == {"name": "eval/acc", "step_metric": None, "summary": "max", "goal": "maximize"}
+    assert metrics[3] == {"name": "train/loss", "step_metric": None, "summary": "mean"}
+    summary = doc(run.dir, "summary.json")["values"]
+    assert (summary["eval/loss"], summary["eval/acc"], summary["train/loss"]) == (1.0, 0.5, 2.0)
+
+
+def test_artifact_versions_go_on_after_a_resume(tmp_path):
+    (tmp_path / "ckpt.bin").write_bytes(b"1")
+    for attempt in range(3):
+        run = hpc.init(project="p", id="resumed", dir=str(tmp_path / "runs"), resume="allow")
+        artifact = run.log_artifact(str(tmp_path / "ckpt.bin"), name="model")
+        assert artifact.version == f"v{attempt}"
+        run.finish()
+    versions = sorted(os.listdir(os.path.join(run.dir, "files", "artifacts", "model")))
+    assert versions == ["v0", "v1", "v2"]
+    assert doc(os.path.join(run.dir, "files", "artifacts", "model", "v2"), "hpc-artifact.json")["version"] == "v2"

@@ -11,6 +11,7 @@ import hpc.errors as errors
 SAMPLES = {
     "HpcError": lambda: errors.HpcError("something went wrong"),
     "UsageError": lambda: errors.UsageError("log() before init()"),
+    "NoActiveRunError": lambda: errors.NoActiveRunError("hpc.config.update needs an active run"),
     "SettingsError": lambda: errors.SettingsError("flush_interval_s", "soon", "a positive number of seconds"),
     "ResumeError": lambda: errors.ResumeError("/runs/p/x", "run p/x already exists"),
     "FormatVersionError": lambda: errors.FormatVersionError("/runs/p/x", "9.0", "1"),
