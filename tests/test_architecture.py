@@ -94,9 +94,10 @@ def _gateway_imports(path):
             yield from (a.name for a in node.names if a.name.startswith("sync_gateway"))
 
 
-# What each layer may import inside the package (besides the contracts at the bottom: records, settings,
-# errors, _redact, and wandb_keys: W&B's system-metric names, one table read by the W&B reader and the W&B sink). sources -> readers -> sinks -> engine -> airgap -> cli: a source knows no format, a reader no
-# server, a sink no file format, and the engine no backend.
+# What each layer may import inside the package besides the contracts at the bottom: records, settings,
+# errors, _redact, and wandb_keys (W&B's system-metric names: one table for the W&B reader and the W&B sink).
+# sources -> readers -> sinks -> engine -> airgap -> cli: a source knows no format, a reader no server, a sink
+# no file format, and the engine no backend.
 _BOTTOM = ("sync_gateway.records", "sync_gateway.settings", "sync_gateway.errors", "sync_gateway._redact",
            "sync_gateway.wandb_keys")
 _LAYERS = {

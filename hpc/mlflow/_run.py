@@ -205,7 +205,7 @@ class DoorRun:
             exit_code, reason = STATUS_OUTCOME.get(status or "", (0, None))
             self.writer.end_ms = end_ms
             self.writer.dropped_points = self.dropped_points
-            counts: CallerCounts = {"logged_rows": None, "dropped_rows": 0, "dropped_output_bytes": 0}
+            counts: CallerCounts = {"dropped_rows": 0, "dropped_output_bytes": 0}
             self._queue.append((FINISH, exit_code, reason, counts))
         self.writer.wake.set()
         self.writer.join(_FINISH_TIMEOUT_S)
