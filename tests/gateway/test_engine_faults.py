@@ -446,3 +446,22 @@ def test_runs_of_a_root_that_cannot_be_listed_are_not_taken_for_gone(tmp_path, p
         rep = runner.run_pass()
     assert root in rep.roots_skipped and not rep.notes and sink.stored(f"{project}/r").state == "active", rep
 
+
+
+# -- the composition root ---------------------------------------------------------------------------------------
+def test_status_reads_through_the_runner_and_closes_every_source_it_opens(tmp_path, root, project, capsys,
+                                                                          monkeypatch):
+    from sync_gateway.sources.local import LocalSource
+
+    w = _run(root, project, "st", rows=10)
+    s = _settings(tmp_path, root)
+    assert _pass(s, MemorySink()).ok
+    w.log_many(({"x": float(i)} for i in range(10, 13)), ts0_ms=T0 + 10)  # 3 records not synced yet
+    opened, closed = [], []
+    real_init, real_close = LocalSource.__init__, LocalSource.close
+    monkeypatch.setattr(LocalSource, "__init__", lambda self, *a, **kw: (opened.append(self),
+                                                                        real_init(self, *a, **kw))[1])
+    monkeypatch.setattr(LocalSource, "close", lambda self: (closed.append(self), real_close(self))[1])
+    out = _status(tmp_path, s, capsys)
+    assert f"{project}/st" in out and "10 / 13" in out, out
+    assert opened and all(src in closed for src in opened)
