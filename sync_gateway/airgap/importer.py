@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from sync_gateway.airgap.bundle import Manifest, bundle_name, pieces, verify_file
-from sync_gateway.engine.gateway import Gateway, PassReport
+from sync_gateway.engine.gateway import PassReport
 from sync_gateway.engine.lease import Lease
+from sync_gateway.engine.runner import Runner
 from sync_gateway.engine.state import StateStore, _atomic_write, fsync_dir, load_fields
 from sync_gateway.errors import BundleError, GatewayError
 from sync_gateway.settings import Settings
@@ -256,14 +257,15 @@ def import_bundles(settings: Settings, paths: List[str], sink: Optional[Sink] = 
 
 
 def _sync_mirror(settings: Settings, state: ImportState, sink: Sink) -> PassReport:
-    sink.before_pass()
     store = StateStore(settings.state_path)
     _clear_backoff(store)
     capture_s = state.capture_ms / 1000
     started = time.monotonic()
-    sources = [LocalSource(r) for r in mirror_roots(settings)]
-    gateway = Gateway(settings, sink, sources, store, clock=lambda: capture_s + (time.monotonic() - started))
+    # The engine's one composition root, over the mirror, by the capture clock; no lease per root: this
+    # import holds one for all of it. The sink is import_bundles' own, which closes it.
+    runner = Runner(settings, sink=sink, sources=[LocalSource(r) for r in mirror_roots(settings)],
+                    clock=lambda: capture_s + (time.monotonic() - started), leases=False)
     try:
-        return gateway.sync_pass()
+        return runner.run_pass()
     finally:
-        gateway.close()
+        runner.close(keep_sink=True)

@@ -16,13 +16,9 @@ import time
 from typing import Any, Dict, List, Optional
 
 from sync_gateway._redact import RedactingFilter, redact, redact_url
-from sync_gateway.engine.runner import Runner
-from sync_gateway.engine.state import StateStore
+from sync_gateway.engine.runner import Runner, open_sources
 from sync_gateway.errors import ConfigError, GatewayError
-from sync_gateway.readers import reader_for
-from sync_gateway.records import Position
 from sync_gateway.settings import Settings
-from sync_gateway.sources import open_source
 
 __all__ = ["main", "build_parser"]
 
@@ -245,53 +241,45 @@ def _daemon(settings: Settings) -> int:
 
 
 def _status(settings: Settings) -> int:
+    from sync_gateway.airgap.importer import mirror_roots
+
+    roots = list(settings.roots) + mirror_roots(settings)  # the mirror: what `import` syncs
+    # The composition root every command uses, reading only: no sink, no lease; it closes what it opens.
+    with Runner(settings, sources=open_sources(roots, settings, skip_bad=True), read_only=True) as runner:
+        return _status_table(settings, runner)
+
+
+def _status_table(settings: Settings, runner: Runner) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sync_gateway.airgap.importer import mirror_roots
-
-    store = StateStore(settings.state_path)
-    index = store.load_index()
-    sources = {}
-    for r in list(settings.roots) + mirror_roots(settings):  # the mirror: what `import` syncs
-        try:
-            src = open_source(r, settings)
-            for ref in src.list_runs():
-                sources[ref.key] = (src, ref)
-        except GatewayError as e:
-            log.warning("root %s: %s", r, e)
     from sync_gateway.sinks import sink_class
 
+    index = runner.state.load_index()
+    found, listed = runner.discover()
     sink_cls = sink_class(settings.server_kind)
     table = Table(title=f"sync-gateway status ({redact_url(settings.server_url or '') or 'no server'})")
     for col in ("run", "state", "records synced / on disk", "behind", "last sync", "last error", "notes"):
         table.add_column(col, overflow="fold")
     now_ms = int(time.time() * 1000)
     bad = 0
-    for key, st in store.all_run_states().items():
+    for key, st in runner.state.all_run_states().items():
         synced = sum(c.records for c in st.cursors.values())
         on_disk, behind = synced, 0
-        if key in sources:
-            src, ref = sources[key]
+        notes = list(st.notes[-3:])
+        ent = index.get(key)
+        if key in found:
             try:
-                reader = reader_for(src, ref)
-                for stream, size in reader.streams(reader.snapshot()):
-                    cur = st.cursors.get(stream)
-                    start = Position(cur.offset, cur.seq) if cur and cur.offset <= size else Position()
-                    if size > start.offset:
-                        behind += size - start.offset
-                        while True:  # count the complete records not yet synced, a chunk at a time
-                            chunk = reader.read(stream, start, size, 1 << 20)
-                            on_disk += len(chunk.rows)
-                            start = chunk.end
-                            if chunk.at_end:
-                                break
+                unsynced, behind = runner.backlog(*found[key], st)
+                on_disk += unsynced
             except Exception as e:  # noqa: BLE001 - status shows every run, whatever one of them holds
                 st.last_error = st.last_error or f"{e.__class__.__name__}: {e}"
-        ent = index.get(key)
+        root = ent.root if ent is not None else None
+        gone = key not in found and root in listed
+        if gone:
+            notes.append(f"gone: not found under {root} (moved or deleted); counts are from its last sync")
         err = st.last_error or (ent.error if ent else None) or ""
         bad += bool(err) + bool(st.quarantined_total)
-        notes = list(st.notes[-3:])
         if st.quarantined_total:
             q = st.quarantined[-1]
             notes.append(f"{st.quarantined_total} batch(es) quarantined (refused by the server for good); last: "
@@ -302,7 +290,9 @@ def _status(settings: Settings) -> int:
             notes += sink_cls.notes(st.sink)
         last = st.last_sync_ms
         ago = f"{(now_ms - last) / 1000:.0f} s ago" if last else "never"
-        table.add_row(key, st.state or "?", f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
+        state = st.state or "?"
+        table.add_row(key, f"{state} (gone)" if gone else state,
+                      f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
                       redact("; ".join(notes))[:600])
     # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)

@@ -8,23 +8,36 @@ ack. Different runs proceed independently: a slow run occupies one worker, the o
 """
 from __future__ import annotations
 
+import abc
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from sync_gateway.engine.state import IndexEntry
 from sync_gateway.errors import BatchRefused
 from sync_gateway.sinks.base import SinkRun
 from sync_gateway.sources.base import Source
 
-__all__ = ["InFlight", "Stopped", "RunPool", "RunCtx", "stop_now"]
+__all__ = ["InFlight", "Ack", "Stopped", "RunPool", "RunCtx", "stop_now"]
 T = TypeVar("T")
 
 
 class Stopped(Exception):
     """A stop was requested (SIGTERM, the circuit breaker, a lost lease): the batch in flight finished
     and its cursor is committed."""
+
+
+class Ack(abc.ABC):
+    """What becomes of one batch once its send is answered (called by the run's own thread, in order)."""
+
+    @abc.abstractmethod
+    def committed(self, points: int) -> None:
+        """The server acknowledged the batch (``points`` stored): move the cursor over it."""
+
+    @abc.abstractmethod
+    def refused(self, error: BatchRefused) -> None:
+        """The sink reported the batch refused for good: quarantine it; :meth:`committed` follows."""
 
 
 class InFlight:
@@ -35,13 +48,13 @@ class InFlight:
     def __init__(self, executor: ThreadPoolExecutor, should_stop: Callable[[], bool]):
         self.ex = executor
         self.should_stop = should_stop
-        self.pending: Optional[Tuple[Future, Callable[[int], None], Any]] = None
+        self.pending: Optional[Tuple[Future, Ack]] = None
 
-    def submit(self, send: Callable[[], int], commit: Callable[[int], None],
-               refused: Optional[Callable[[BatchRefused], None]] = None) -> None:
-        """``refused`` (if given) takes a batch the sink reported refused for good (:class:`BatchRefused`:
-        the sink decides what its server refuses for good); its cursor then moves on."""
-        prev, self.pending = self.pending, (self.ex.submit(send), commit, refused)
+    def submit(self, send: Callable[[], int], ack: Ack) -> None:
+        """Send in the background; ``ack`` hears the answer once the next batch is submitted or on
+        :meth:`flush`. A :class:`BatchRefused` (the sink decides what its server refuses for good) goes to
+        ``ack.refused`` and the cursor moves on; any other error is raised here."""
+        prev, self.pending = self.pending, (self.ex.submit(send), ack)
         if prev is not None:
             self._finish(prev)
 
@@ -50,16 +63,14 @@ class InFlight:
         if prev is not None:
             self._finish(prev)
 
-    def _finish(self, item: Tuple[Future, Callable[[int], None], Any]) -> None:
-        fut, commit, refused = item
+    def _finish(self, item: Tuple[Future, Ack]) -> None:
+        fut, ack = item
         try:
             points = fut.result()
         except BatchRefused as e:
-            if refused is None:
-                raise
-            refused(e)
+            ack.refused(e)
             points = 0
-        commit(points)
+        ack.committed(points)
         if self.should_stop():
             self.flush()  # the batch already in flight is finished and committed too
             raise Stopped()

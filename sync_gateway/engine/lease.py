@@ -23,6 +23,8 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, Optional
 
+from sync_gateway.errors import LeaseHeld
+
 __all__ = ["Lease", "LeaseKeeper"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,13 @@ class Lease:
                 return {"owner": None, "expires_s": os.stat(path).st_mtime + self.ttl_s}
             except FileNotFoundError:
                 return None
+
+    def take(self) -> None:
+        """Take or renew the lease; raise :class:`~sync_gateway.errors.LeaseHeld` (naming the holder) when
+        another live owner holds it."""
+        if not self.acquire():
+            holder = str((self.read() or {}).get("owner") or "?")
+            raise LeaseHeld(f"another gateway ({holder}) holds the lease {self.path}", holder=holder)
 
     def acquire(self) -> bool:
         """Take or renew the lease; False when another live owner holds it."""

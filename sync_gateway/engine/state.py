@@ -53,6 +53,9 @@ class RunState:
     documents: Dict[str, Optional[List[int]]] = field(default_factory=dict)  # metadata/config/summary versions
     artifacts: Dict[str, List[int]] = field(default_factory=dict)           # file -> [size, mtime_ns] sent
     state: Optional[str] = None            # the run state last delivered (docs/run-format.md section 7)
+    # The RunStatus last delivered, {state, end_ms, alive_ms} (None: delivered by a gateway before it kept
+    # one): a run that ends, resumes and ends again between two passes has the same state, a new end.
+    status: Optional[Dict[str, Any]] = None
     last_error: Optional[str] = None
     last_sync_ms: Optional[int] = None
     corrupt_lines: int = 0
@@ -72,6 +75,13 @@ class RunState:
 
     def note(self, text: str) -> None:
         self.notes = (self.notes + [text])[-self.MAX_NOTES:]
+
+    def send_anew(self, forget_server_run: bool = False) -> None:
+        """Everything is sent again (cursors, documents, files, state); ``forget_server_run``: the sink's
+        own identifiers too (the next open finds or creates the server run)."""
+        self.cursors, self.documents, self.artifacts, self.state, self.status = {}, {}, {}, None, None
+        if forget_server_run:
+            self.sink = {}
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -97,6 +107,7 @@ class IndexEntry:
     group: Optional[Tuple[str, str]] = None   # (project, group name)
     live_sig: Optional[str] = None         # the signature when alive_ms was set (gateway clock)
     retry_at_ms: int = 0                   # backing off after a retryable error: not before this
+    root: Optional[str] = None             # the root (Source.display) it was found under at its last sync
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> IndexEntry:

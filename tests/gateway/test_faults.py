@@ -92,7 +92,7 @@ def test_hostile_runs_are_recorded_on_themselves_and_the_others_sync(settings, r
 
 def test_any_exception_in_one_run_is_recorded_and_the_pass_goes_on(settings, root, project, tmp_path, capsys,
                                                                    monkeypatch):
-    from sync_gateway.readers import hpc
+    from sync_gateway.readers.hpc import reader as hpc
 
     bad = _good(root, project, "abad")
     _good(root, project, "bgood")
@@ -218,7 +218,7 @@ def test_an_error_every_point_shares_costs_a_bounded_number_of_requests(settings
 
 
 def test_a_line_over_the_length_limit_is_skipped_and_the_rest_syncs(settings, root, project, monkeypatch):
-    from sync_gateway.readers import hpc
+    from sync_gateway.readers.hpc import reader as hpc
 
     monkeypatch.setattr(hpc, "MAX_LINE_BYTES", 64 << 10)  # the rule, at a size a test can write
     w = RunWriter(root, project, "longline")

@@ -1,5 +1,6 @@
-"""The contract every sink must pass (sinks/base.py). Run against the reference MemorySink and against
-the MLflow sink on a real MLflow server; a new sink adds itself to SINKS with a small read-back view."""
+"""The contract every sink must pass (sinks/base.py): the same assertions for every sink, the reference
+MemorySink always and the MLflow sink on a real MLflow server. Each sink has a small read-back view (what its
+server shows: runs, points, files, summary, state, groups); a new sink adds its view to ``sink_and_view``."""
 from __future__ import annotations
 
 import io
@@ -24,6 +25,14 @@ class MemoryView:
 
     def __init__(self, sink: MemorySink):
         self.sink = sink
+
+    def summary(self, run: SinkRun, key: str) -> Any:
+        stored = self.sink._run(run)
+        return stored.summary.values.get(key) if stored.summary and key in stored.summary.special else None
+
+    def state(self, run: SinkRun) -> Tuple[Optional[str], Optional[int]]:
+        stored = self.sink._run(run)
+        return stored.state, stored.end_ms
 
     def runs_with(self, sync_id: str) -> int:
         return sum(1 for r in self.sink.runs.values() if r.sync_id == sync_id and not r.retired)
@@ -66,6 +75,20 @@ class MlflowView:
 
     def _info(self, run_id: str) -> Dict[str, Any]:
         return self.sink._call("GET", "/runs/get", params={"run_id": run_id})["run"]
+
+    def _tags(self, run: SinkRun) -> Dict[str, str]:
+        return {t["key"]: t["value"] for t in self._info(run.run_id)["data"].get("tags", [])}
+
+    def summary(self, run: SinkRun, key: str) -> Any:
+        """A summary that differs from the last logged value: the metric summary/<key>, or a tag."""
+        pts = self.points(run, f"summary/{key}")
+        return pts[-1][2] if pts else self._tags(run).get(f"summary.{key}")
+
+    def state(self, run: SinkRun) -> Tuple[Optional[str], Optional[int]]:
+        info = self._info(run.run_id)
+        tags = {t["key"]: t["value"] for t in info["data"].get("tags", [])}
+        end = info["info"].get("end_time")
+        return tags.get("hpc.state"), int(end) if end is not None else None
 
     def parent_of(self, run: SinkRun) -> Optional[str]:
         tags = {t["key"]: t["value"] for t in self._info(run.run_id)["data"].get("tags", [])}
@@ -155,15 +178,11 @@ def test_non_finite_values_and_step_metrics(sink_and_view):
     xs = view.points(run, "x")
     # MLflow's SQL store keeps +inf as the largest double; nothing else may change a value.
     assert math.isnan(xs[0][2]) and xs[1][2] in (math.inf, sys.float_info.max)
-    acc = view.points(run, "val/acc")
-    assert [v for _, _, v in acc] == [0.5]
-    if isinstance(sink, MemorySink):
-        assert acc[0][0] == 0  # the reference sink keeps the row's step and stores the declaration
-    else:
-        assert acc[0][0] == 3  # MLflow has one x-axis per point: the step metric's value becomes the step
+    # A key declared with a step metric is shown against that metric's value in its row.
+    assert view.points(run, "val/acc") == [(3, T0, 0.5)]
 
 
-def test_config_summary_files_and_every_state_are_accepted(sink_and_view):
+def test_config_summary_files_and_every_state_are_accepted_and_shown(sink_and_view):
     sink, view = sink_and_view
     project = "c" + uuid.uuid4().hex[:8]
     run = sink.open_run(RunSpec(f"{project}/s", info(project, "s")), None)
@@ -171,12 +190,29 @@ def test_config_summary_files_and_every_state_are_accepted(sink_and_view):
     assert sink.set_config(run, {"lr": 0.1, "model": {"depth": 4}}) == []   # the same again: no change
     refused = sink.set_config(run, {"lr": 0.2, "model": {"depth": 4}})
     assert refused in ([], ["lr"])  # stored anew, or reported: never silently dropped
-    sink.set_summary(run, Summary({"best": 0.9, "loss": 0.1}, frozenset({"best"}), {}, T0))
+    sink.set_summary(run, Summary({"best": 0.9, "loss": 0.1, "tag": "text"}, frozenset({"best", "tag"}), {}, T0))
+    assert view.summary(run, "best") == 0.9 and view.summary(run, "tag") == "text"
+    assert view.summary(run, "loss") is None  # the last logged value: nothing to store beside it
+    sink.set_summary(run, Summary({"best": 0.95}, frozenset({"best"}), {}, T0 + 1))  # changed: the new one shows
+    assert view.summary(run, "best") == 0.95
     sink.upload(run, "files/a.txt", io.BytesIO(b"hello"), 5)
     sink.upload(run, "files/a.txt", io.BytesIO(b"hello again"), 11)  # replaced
     assert view.file(run, "files/a.txt") == b"hello again"
-    for state in RUN_STATES:
-        sink.set_state(run, RunStatus(state, None if state == "active" else T0 + 5, T0))
+    for i, state in enumerate(RUN_STATES):
+        sink.set_state(run, RunStatus(state, None if state == "active" else T0 + 5 + i, T0))
+        shown, end = view.state(run)
+        assert shown == state and (state == "active" or end == T0 + 5 + i), (state, shown, end)
+
+
+def test_a_run_that_ends_again_shows_its_new_end(sink_and_view):
+    sink, view = sink_and_view
+    project = "c" + uuid.uuid4().hex[:8]
+    run = sink.open_run(RunSpec(f"{project}/e", info(project, "e")), None)
+    sink.set_state(run, RunStatus("finished", T0 + 3_100, T0 + 3_100))
+    sink.set_state(run, RunStatus("active", None, T0 + 5_000))        # resumed
+    assert view.state(run)[0] == "active"
+    sink.set_state(run, RunStatus("finished", T0 + 12_700, T0 + 12_700))
+    assert view.state(run) == ("finished", T0 + 12_700)
 
 
 def test_a_group_spans_its_members_and_is_created_once(sink_and_view):
