@@ -226,3 +226,29 @@ def test_every_backend_is_one_module_or_one_package():
         for name in names:
             for backend in names + packages:
                 assert not name.startswith(f"_{backend}_"), f"{layer}/{name}.py belongs in {layer}/{backend}/"
+
+
+def test_gateway_public_namespace_is_complete():
+    """``sync_gateway.__all__`` names what a user or a new backend needs, each resolving, and nothing else is
+    public at the top (httpx keeps such a test)."""
+    import sync_gateway
+    from sync_gateway import records
+
+    for name in sync_gateway.__all__:
+        assert getattr(sync_gateway, name) is not None, name
+    public = {n for n in dir(sync_gateway) if not n.startswith("_")
+              and not isinstance(getattr(sync_gateway, n), type(os))} - {"annotations", "Any", "Dict", "List"}
+    assert public <= set(sync_gateway.__all__), public - set(sync_gateway.__all__)
+    wanted = {"Settings", "Runner", "PassReport", "main", "Source", "Reader", "Sink", "SinkRun", "GatewayError"}
+    wanted |= {n for n in records.__all__ if not n.startswith(("ENDED_", "FINGERPRINT", "fingerprint"))}
+    assert wanted <= set(sync_gateway.__all__), wanted - set(sync_gateway.__all__)
+
+
+def test_import_sync_gateway_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, sync_gateway, sync_gateway.errors, sync_gateway.records; "
+            "print(sorted(m for m in ('requests', 'urllib3', 'paramiko', 'rich', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
