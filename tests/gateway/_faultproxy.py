@@ -16,7 +16,7 @@ faults, then forwards everything else. Counts what it saw.
 - ``stall_first=N, stall_s=S``: do NOT forward the first N matching requests (nothing reaches the server),
   and send nothing for S seconds (a read timeout), then close;
 - ``trickle_first=N``: do NOT forward the first N matching requests, answer with a status line and then
-  headers one byte per second (a request deadline fires mid-headers);
+  one header line per second (a request deadline fires between two header lines);
 - ``retry_after="0"``: the ``Retry-After`` header of the ``fail_first`` answers (None: no header).
 """
 from __future__ import annotations
@@ -127,9 +127,9 @@ class FaultProxy:
                     try:
                         self.wfile.write(b"HTTP/1.1 200 OK\r\n")
                         self.wfile.flush()
-                        for b in b"Content-Type: application/json\r\nX-Slow: " + b"x" * 600:
+                        for i in range(600):  # whole header lines: a cut between two looks like the end
                             time.sleep(1.0)
-                            self.wfile.write(bytes([b]))
+                            self.wfile.write(f"X-Slow-{i}: x\r\n".encode())
                             self.wfile.flush()
                     except OSError:
                         pass

@@ -69,7 +69,7 @@ def test_a_deadline_firing_inside_the_headers_is_a_fault_not_a_success(settings,
     """A batch the server never got, answered by headers trickling a byte a second: the deadline fires
     mid-headers. It used to come back as "200" with an empty body, the cursor moved, the points were lost."""
     _run(root, project, "slowhdr", n=10)
-    with FaultProxy(settings.server_url, trickle_first=1, match="/runs/log-batch") as proxy:
+    with FaultProxy(settings.server_url, trickle_first=1, body_match=b'"metrics"') as proxy:
         t0 = time.monotonic()
         rep = sync_once(replace(settings, server_url=proxy.url, request_deadline_s=3.0, retries=0))
         took_s = time.monotonic() - t0
