@@ -21,6 +21,7 @@ Example config (``~/.config/hpc-sync/gateway.yaml`` by default)::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -166,6 +167,11 @@ _CONFIG_NAME = {"server_url": "server.url", "server_kind": "server.kind"}
 _DEFAULTS = Settings()
 
 
+def _shown(url: str) -> str:
+    """A URL as a message may show it: without credentials, also before a host without a scheme."""
+    return re.sub(r"^[^/]*@", "***@", redact_url(url) if "://" in url else url)
+
+
 def default_config_path(environ: Mapping[str, str]) -> str:
     base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "hpc-sync", "gateway.yaml")
@@ -183,7 +189,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
     url = env.get("HPCSYNC_SERVER_URL")
     if url:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"HPCSYNC_SERVER_URL={redact_url(url)!r} is not an http:// or https:// URL; set it to "
+            raise ConfigError(f"HPCSYNC_SERVER_URL={_shown(url)!r} is not an http:// or https:// URL; set it to "
                               f"the tracking server's address (e.g. https://mlflow.example:5000) or unset it")
         upd["server_url"] = url
         origins["server_url"] = "HPCSYNC_SERVER_URL"
@@ -266,7 +272,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
 
 def _validated(s: Settings) -> Settings:
     if s.server_url and not s.server_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{s.origin('server_url')} {redact_url(s.server_url)!r} must start with http:// or https://")
+        raise ConfigError(f"{s.origin('server_url')} {_shown(s.server_url)!r} must start with http:// or https://")
     for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s", "request_deadline_s"):
         v = getattr(s, k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:

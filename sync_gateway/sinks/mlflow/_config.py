@@ -14,6 +14,7 @@ through :meth:`Settings.from_environ`: at the environment's rank, never over the
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from sync_gateway._redact import redact_url
@@ -53,7 +54,8 @@ def no_url_message(environ: Mapping[str, str]) -> str:
     """What to tell a user whose settings have no server URL."""
     uri = environ.get("MLFLOW_TRACKING_URI", "")
     if uri and not uri.startswith(("http://", "https://")):
-        return (f"no server URL: MLFLOW_TRACKING_URI is {redact_url(uri)!r}, "
+        shown = re.sub(r"^[^/]*@", "***@", redact_url(uri) if "://" in uri else uri)  # no credentials
+        return (f"no server URL: MLFLOW_TRACKING_URI is {shown!r}, "
                 f"which is not an http:// or https:// tracking server "
                 f"(a local store the gateway cannot sync to), so it is not used; set server.url in "
                 f"the config (or HPCSYNC_SERVER_URL) to the MLflow server's URL")
