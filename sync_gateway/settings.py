@@ -1,4 +1,12 @@
-"""The gateway's one Settings object, resolved in one place: YAML config file > environment > defaults.
+"""The gateway's one Settings object, resolved in one place: explicit arguments > YAML config file >
+environment > defaults.
+
+Sink-agnostic: this module imports no sink. A sink's own environment variables (MLflow's
+``MLFLOW_TRACKING_*``) and keys of the ``server:`` section are applied and checked by that sink's classmethods
+(``settings_from_environ``, ``validate``, called by ``sinks.configure``) through :meth:`Settings.from_environ`,
+which places them at the environment's rank: below the config file and explicit arguments, above defaults.
+Each value that is not a default remembers where it came from (:meth:`Settings.origin`), so that rank holds
+and messages name the place a value came from.
 
 Example config (``~/.config/hpc-sync/gateway.yaml`` by default)::
 
@@ -13,11 +21,13 @@ Example config (``~/.config/hpc-sync/gateway.yaml`` by default)::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
+from sync_gateway._redact import redact_url
 from sync_gateway.errors import ConfigError
 
 __all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path", "MIN_BUNDLE_BYTES"]
@@ -84,6 +94,9 @@ class Settings:
     max_file_bytes: int = 5_000_000_000  # larger files (files/, output.log) are not uploaded (warned)
     bundle_max_bytes: int = 256 << 20   # air gap (docs/airgap.md): the most bytes one exported bundle file holds
     workers: int = 4                    # runs synced at once (docs/gateway.md, "Sizing"); 1: one after another
+    #: where each value that is not a default came from: a key (``server_url``, ``tls.ca_bundle``, ``auth``)
+    #: -> ``config``, ``argument`` or the environment variable's name. Not part of the value (compare=False).
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def state_path(self) -> str:
@@ -93,36 +106,70 @@ class Settings:
     def lease_path(self) -> str:
         return os.path.abspath(os.path.expanduser(self.lease_dir or self.state_dir))
 
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` (``server_url``, ``tls.ca_bundle``) came from, for messages: its config
+        key (``server.url``), the environment variable, or ``argument``; the config key when nothing set it."""
+        where = self.origins.get(key)
+        return _CONFIG_NAME.get(key, key) if where in (None, "config") else where
+
+    def from_environ(self, variable: str, values: Mapping[str, Any]) -> Settings:
+        """Settings with ``values`` (keys as in :meth:`origin`; ``auth`` is the whole section) read from the
+        environment variable ``variable``, at the environment's rank: a value applies only where no explicit
+        argument, config key or earlier variable set that key or another key of the same choice (the trust
+        anchors ``tls.insecure``/``ca_bundle``/``truststore``; the client certificate; the auth section),
+        and where these all still hold their defaults. Sinks apply their own variables with it."""
+        upd: Dict[str, Any] = {}
+        tls: Dict[str, Any] = {}
+        origins = dict(self.origins)
+        for key, value in values.items():
+            group = _CHOICE.get(key, key)
+            keys = [k for k, g in _CHOICE.items() if g == group] or [key]
+            if any(_CHOICE.get(k, k) == group for k in origins) or \
+                    any(self._get(k) != _DEFAULTS._get(k) for k in keys):
+                continue
+            section, _, name = key.rpartition(".")
+            (tls if section == "tls" else upd)[name] = value
+            origins[key] = variable
+        if tls:
+            upd["tls"] = replace(self.tls, **tls)
+        return replace(self, **upd, origins=origins) if upd else self
+
+    def _get(self, key: str) -> Any:
+        section, _, name = key.rpartition(".")
+        return getattr(getattr(self, section) if section else self, name)
+
     @classmethod
     def resolve(cls, config_path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
                 overrides: Optional[Dict[str, Any]] = None) -> Settings:
-        """Defaults, then the environment (the generic HPCSYNC_* variables, then the sink's own, such as
-        MLFLOW_TRACKING_URI), then the YAML file, then ``overrides`` (CLI flags)."""
-        from sync_gateway.sinks import sink_class  # the sink decides about its own keys and variables
-
+        """Defaults, then the environment's generic HPCSYNC_* variables, then the YAML file, then
+        ``overrides`` (CLI flags). The sink's own variables and keys are applied by ``sinks.configure``."""
         environ = os.environ if environ is None else environ
         path = config_path or environ.get("HPCSYNC_GATEWAY_CONFIG")
         explicit = path is not None
         path = path or default_config_path(environ)
-        doc = None
+        s = _from_env(cls(), environ)
         if os.path.exists(path):
-            doc = _load_yaml(path)
+            s = _from_yaml(s, path, _load_yaml(path))
         elif explicit:
             raise ConfigError(f"config file {path} does not exist; create it or drop --config")
-        s = _from_env(cls(), environ)
-        kind = ((doc or {}).get("server") or {}).get("kind") if isinstance((doc or {}).get("server"), dict) else None
-        sink = sink_class(str(kind or s.server_kind))
-        s = sink.settings_from_environ(s, environ)
-        if doc is not None:
-            s = _from_yaml(s, path, doc)
         if overrides:
-            s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
-        s = _validated(s)
-        valid = ", ".join(("kind", "url") + tuple(sink.options))
-        _check_keys("server", s.server_options, sink.options,
-                    f"valid keys for server.kind {s.server_kind} are: {valid}")
-        sink.validate(s)
-        return s
+            given = {k: v for k, v in overrides.items() if v is not None}
+            s = replace(s, **given, origins={**s.origins, **{k: "argument" for k in given}})
+        return _validated(s)
+
+
+#: keys that are one choice: a value for any of them, from a stronger place, hides the others' values from a
+#: weaker place (a config ``tls.truststore: true`` beats an environment's CA bundle)
+_CHOICE = {"tls.insecure": "tls.trust", "tls.ca_bundle": "tls.trust", "tls.truststore": "tls.trust",
+           "tls.client_cert": "tls.client", "tls.client_key": "tls.client"}
+#: how the config file spells a key, for messages
+_CONFIG_NAME = {"server_url": "server.url", "server_kind": "server.kind"}
+_DEFAULTS = Settings()
+
+
+def _shown(url: str) -> str:
+    """A URL as a message may show it: without credentials, also before a host without a scheme."""
+    return re.sub(r"^[^/]*@", "***@", redact_url(url) if "://" in url else url)
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -132,13 +179,20 @@ def default_config_path(environ: Mapping[str, str]) -> str:
 
 def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
     upd: Dict[str, Any] = {}
+    origins: Dict[str, str] = {}
     if env.get("HPCSYNC_GATEWAY_ROOTS"):
         upd["roots"] = [r for r in env["HPCSYNC_GATEWAY_ROOTS"].split(os.pathsep) if r]
+        origins["roots"] = "HPCSYNC_GATEWAY_ROOTS"
     if env.get("HPCSYNC_SERVER_KIND"):
         upd["server_kind"] = env["HPCSYNC_SERVER_KIND"]
+        origins["server_kind"] = "HPCSYNC_SERVER_KIND"
     url = env.get("HPCSYNC_SERVER_URL")
-    if url and url.startswith(("http://", "https://")):
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"HPCSYNC_SERVER_URL={_shown(url)!r} is not an http:// or https:// URL; set it to "
+                              f"the tracking server's address (e.g. https://mlflow.example:5000) or unset it")
         upd["server_url"] = url
+        origins["server_url"] = "HPCSYNC_SERVER_URL"
     for name, key, conv in (("state_dir", "HPCSYNC_GATEWAY_STATE_DIR", str),
                             ("interval_s", "HPCSYNC_GATEWAY_INTERVAL_S", float),
                             ("stale_after_s", "HPCSYNC_GATEWAY_STALE_AFTER_S", float),
@@ -149,7 +203,8 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
                 upd[name] = conv(env[key])
             except ValueError:
                 raise ConfigError(f"{key}={env[key]!r} is not a valid {name}") from None
-    return replace(s, **upd)
+            origins[name] = key
+    return replace(s, **upd, origins={**s.origins, **origins})
 
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
@@ -178,6 +233,7 @@ def _load_yaml(path: str) -> Dict[str, Any]:
 def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     _check_keys(path, doc, _TOP)
     upd: Dict[str, Any] = {}
+    origins: Dict[str, str] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
               "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth",
               "bundle_max_bytes", "workers"):
@@ -197,7 +253,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
         upd["server_kind"] = server["kind"]
     if "url" in server:
         upd["server_url"] = server["url"]
-    # The sink's own keys: checked by the sink (Settings.resolve), which knows them.
+    # The sink's own keys: checked by the sink (its validate, from sinks.configure), which knows them.
     upd["server_options"] = {k: v for k, v in server.items() if k not in ("kind", "url")}
     for name, cls_ in (("tls", TlsSettings), ("auth", AuthSettings), ("ssh", SshSettings)):
         sub = doc.get(name)
@@ -209,12 +265,14 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
         # A config auth section replaces the environment's as a whole: mixing the two is confusing.
         base = AuthSettings() if name == "auth" else getattr(s, name)
         upd[name] = replace(base, **sub)
-    return replace(s, **upd)
+        origins.update({name: "config"} if name == "auth" else {f"{name}.{k}": "config" for k in sub})
+    origins.update({k: "config" for k in upd if k not in ("tls", "auth", "ssh", "server_options")})
+    return replace(s, **upd, origins={**s.origins, **origins})
 
 
 def _validated(s: Settings) -> Settings:
     if s.server_url and not s.server_url.startswith(("http://", "https://")):
-        raise ConfigError(f"server.url {s.server_url!r} must start with http:// or https://")
+        raise ConfigError(f"{s.origin('server_url')} {_shown(s.server_url)!r} must start with http:// or https://")
     for k in ("interval_s", "stale_after_s", "timeout_s", "lease_ttl_s", "request_deadline_s"):
         v = getattr(s, k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:

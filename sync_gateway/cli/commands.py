@@ -19,6 +19,7 @@ from sync_gateway._redact import RedactingFilter, redact, redact_url
 from sync_gateway.engine.runner import Runner, open_sources
 from sync_gateway.errors import ConfigError, GatewayError
 from sync_gateway.settings import Settings
+from sync_gateway.sinks import configure
 
 __all__ = ["main", "build_parser"]
 
@@ -73,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "verify":  # needs no configuration: it runs anywhere on the transfer path
             return _verify(args.bundles)
         overrides = {"interval_s": getattr(args, "interval_s", None)}
-        settings = Settings.resolve(args.config, overrides=overrides)
+        # The sink's own variables (MLFLOW_TRACKING_URI, ...) and keys, so that every command sees them.
+        settings = configure(Settings.resolve(args.config, overrides=overrides))
         if args.cmd == "sync":
             return _sync(settings, args.quiet)
         if args.cmd == "daemon":

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sync_gateway.errors import GatewayError
 from sync_gateway.settings import Settings
-from sync_gateway.sinks import make_sink
+from sync_gateway.sinks import configure, make_sink
 from sync_gateway.sinks._http import resolve_auth, resolve_tls
 
 __all__ = ["doctor"]
@@ -29,7 +29,7 @@ def _issuer_of(der: Optional[bytes]) -> Tuple[str, str]:
 
 
 def _tls_context(settings: Settings, environ: Mapping[str, str]) -> Tuple[ssl.SSLContext, str]:
-    choice = resolve_tls(settings.tls, environ)
+    choice = resolve_tls(settings.tls, environ, settings.origin)
     if choice.truststore:
         import truststore
 
@@ -77,8 +77,12 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
             p = os.path.expanduser(r)
             add(os.path.isdir(p) and os.access(p, os.R_OK | os.X_OK), "root",
                 f"{p}" + ("" if os.path.isdir(p) else " does not exist or is not a directory"))
+    settings = configure(settings, environ)  # the sink's own variables (MLFLOW_TRACKING_URI, ...)
     if not settings.server_url:
-        add(False, "server", "no server.url; set it in the config or MLFLOW_TRACKING_URI")
+        try:
+            make_sink(settings, environ).close()
+        except GatewayError as e:  # the sink says which of its variables held what
+            add(False, "server", str(e))
         return False
     u = urlsplit(settings.server_url)
     host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)

@@ -1,11 +1,16 @@
 """HTTP for the sinks: one ``requests.Session`` with retries, TLS trust and auth resolved in one place.
 
+Generic: it names no server's variables (a sink maps its own onto the settings, e.g. MLflow's
+``MLFLOW_TRACKING_SERVER_CERT_PATH`` onto ``tls.ca_bundle``; messages name the place a value came from,
+``Settings.origin``).
+
 TLS trust, first match wins (``resolve_tls``):
   1. ``tls.insecure: true``  -> no verification (a loud warning on every pass);
   2. ``tls.ca_bundle``       -> that PEM file or hashed directory;
   3. ``tls.truststore: true`` -> the operating system's trust store (corporate CAs);
   4. ``REQUESTS_CA_BUNDLE``, then ``SSL_CERT_FILE``, then ``CURL_CA_BUNDLE`` from the environment;
   5. requests' default store (certifi).
+(1-3 come from the config file, or else from a sink's variables, e.g. MLflow's.)
 requests lets ``REQUESTS_CA_BUNDLE`` silently override ``Session.verify`` (docs/facts.md), so the session has
 ``trust_env = False``, proxies are resolved here from ``HTTPS_PROXY``/``NO_PROXY``, and ``verify`` is passed
 on every request.
@@ -16,9 +21,16 @@ watchdog shuts the request's socket down when the deadline passes, and no retry 
 
 Calls that are not idempotent (MLflow ``runs/create``) go through ``request(..., idempotent=False)``: retried
 only when the connection could not be opened (nothing reached the server), never after a lost answer.
+
+An answer whose end cannot be told from a cut is not an answer: an HTTP/1.1 response with a body but neither
+``Content-Length`` nor chunked framing (the connection closed after the status line, or the deadline shut
+the socket mid-headers: http.client then returns "200" with no headers and an empty body) raises
+:class:`IncompleteAnswer` inside urllib3, which retries it like a lost answer (idempotent calls) or gives up.
+urllib3 itself refuses a body shorter than its ``Content-Length``.
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
@@ -26,7 +38,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,7 +50,8 @@ from sync_gateway._redact import register_secret, split_url_credentials
 from sync_gateway.errors import ConfigError
 from sync_gateway.settings import AuthSettings, Settings, TlsSettings
 
-__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient", "DeadlineExceeded"]
+__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient", "DeadlineExceeded",
+           "IncompleteAnswer"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -54,20 +67,26 @@ class TlsChoice:
     cert: Union[None, str, Tuple[str, str]] = None
 
 
-def resolve_tls(tls: TlsSettings, environ: Mapping[str, str]) -> TlsChoice:
+def resolve_tls(tls: TlsSettings, environ: Mapping[str, str],
+                origin: Callable[[str], str] = lambda key: key) -> TlsChoice:
+    """``origin`` names where a ``tls.*`` value came from (``Settings.origin``: the config key or a variable)."""
     cert: Union[None, str, Tuple[str, str]] = None
     if tls.client_cert:
         cert = (os.path.expanduser(tls.client_cert), os.path.expanduser(tls.client_key)) \
             if tls.client_key else os.path.expanduser(tls.client_cert)
+        for key, path in (("tls.client_cert", tls.client_cert), ("tls.client_key", tls.client_key)):
+            if path and not os.path.exists(os.path.expanduser(path)):
+                where = f"{origin(key)} {os.path.expanduser(path)}"
+                raise ConfigError(f"{where} does not exist; point it at the client's PEM file")
     if tls.insecure:
-        return TlsChoice(False, "tls.insecure", cert=cert)
+        return TlsChoice(False, origin("tls.insecure"), cert=cert)
     if tls.ca_bundle:
         path = os.path.expanduser(tls.ca_bundle)
         if not os.path.exists(path):
-            raise ConfigError(f"tls.ca_bundle {path} does not exist; point it at the CA's PEM file")
-        return TlsChoice(path, "tls.ca_bundle", cert=cert)
+            raise ConfigError(f"{origin('tls.ca_bundle')} {path} does not exist; point it at the CA's PEM file")
+        return TlsChoice(path, origin("tls.ca_bundle"), cert=cert)
     if tls.truststore:
-        return TlsChoice(True, "tls.truststore", truststore=True, cert=cert)
+        return TlsChoice(True, origin("tls.truststore"), truststore=True, cert=cert)
     for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
         if environ.get(var):
             return TlsChoice(environ[var], var, cert=cert)
@@ -131,6 +150,22 @@ class DeadlineExceeded(requests.exceptions.Timeout):
     """No complete answer within the request's total deadline (the socket was shut down)."""
 
 
+class IncompleteAnswer(http.client.HTTPException):
+    """An answer whose end cannot be told from a cut (see the module docstring); urllib3 counts it as a
+    failed read: retried where the request is idempotent."""
+
+
+def _unframed(response: Any, method: str) -> bool:
+    """An HTTP/1.1 answer that has a body (not 1xx, 204, 304, nor to HEAD) but neither a Content-Length nor
+    chunked framing. Legal in HTTP/1.1 (the body ends when the connection closes), but no server or proxy a
+    gateway talks to sends one; a connection cut after the status line looks exactly like it."""
+    if getattr(response, "version", 11) < 11 or method == "HEAD" or response.status < 200 \
+            or response.status in (204, 304):
+        return False
+    headers = response.headers
+    return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+
+
 class _Deadline:
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -166,11 +201,20 @@ class _Deadline:
 class _Watched:
     """Mixed into urllib3's connections: the request's deadline watches the connection it goes out on."""
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    def request(self, method: str, *args: Any, **kwargs: Any) -> None:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.watch(self)
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        self._hpc_method = method
+        return super().request(method, *args, **kwargs)  # type: ignore[misc]
+
+    def getresponse(self) -> Any:
+        r = super().getresponse()  # type: ignore[misc]
+        if _unframed(r, getattr(self, "_hpc_method", "")):
+            self.close()  # type: ignore[attr-defined]
+            raise IncompleteAnswer(f"HTTP {r.status} answer cut off (neither Content-Length nor chunked framing: "
+                                   f"the connection closed after the status line or inside the headers)")
+        return r
 
 
 class _WatchedHTTPConnection(_Watched, HTTPConnection):
@@ -263,12 +307,12 @@ class HttpClient:
                  session: Optional[requests.Session] = None, backoff_factor: float = 0.5):
         environ = os.environ if environ is None else environ
         if not settings.server_url:
-            raise ConfigError("no server URL: set server.url in the config or MLFLOW_TRACKING_URI")
+            raise ConfigError("no server URL: set server.url in the config or HPCSYNC_SERVER_URL")
         # Credentials in the URL (https://user:pass@host) become basic auth; the URL kept, logged and
         # shown never holds them.
         url, user, password = split_url_credentials(settings.server_url)
         self.base_url = url.rstrip("/")
-        self.tls = resolve_tls(settings.tls, environ)
+        self.tls = resolve_tls(settings.tls, environ, settings.origin)
         self.auth = resolve_auth(settings.auth, environ)
         self.auth_desc = repr(settings.auth)  # names the places credentials come from, never a secret
         if self.auth is None and user is not None:
@@ -277,14 +321,15 @@ class HttpClient:
         self.timeout_s = settings.timeout_s
         self.deadline_s = settings.request_deadline_s
         self.retries = settings.retries
+        self.backoff_factor = backoff_factor   # the base of exponential backoff (s), also for callers' own retries
         self.session = session or build_session(settings, backoff_factor)
         self.session_once = build_session(settings, backoff_factor, idempotent=False)
         self.proxies: Dict[str, str] = _proxies(self.base_url, environ)
 
     def warn_if_insecure(self) -> None:
         if self.tls.verify is False:
-            log.warning("TLS VERIFICATION IS OFF (tls.insecure: true): anyone on the network path can read "
-                        "and alter what this gateway sends to %s. Set tls.ca_bundle instead.", self.base_url)
+            log.warning("TLS VERIFICATION IS OFF (%s): anyone on the network path can read and alter what this "
+                        "gateway sends to %s. Set tls.ca_bundle instead.", self.tls.source, self.base_url)
 
     def request(self, method: str, path: str, idempotent: bool = True, deadline_s: Optional[float] = None,
                 **kw: Any) -> requests.Response:

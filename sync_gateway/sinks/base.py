@@ -10,7 +10,8 @@ threads: different runs at the same time, one run never concurrently (its calls 
 ``send`` possibly from another thread than its ``batches``). Whatever a sink shares across runs (caches,
 counters, a connection pool of at least ``2 x workers`` connections) must be safe for that.
 
-To add a sink: subclass :class:`Sink` in ``sinks/<kind>.py``, register it in ``sinks/__init__.py`` and
+To add a sink: subclass :class:`Sink` in ``sinks/<kind>/sink.py`` (a package, with its server's client beside
+it), register it in ``sinks/__init__.py`` and
 make it pass ``tests/gateway/test_sink_contract.py`` (docs/gateway.md, "Adding a sink").
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from typing import (
-    TYPE_CHECKING,
     Any,
     BinaryIO,
     Callable,
@@ -34,10 +34,9 @@ from typing import (
     TypeVar,
 )
 
+from sync_gateway.errors import ConfigError
 from sync_gateway.records import Row, RunInfo, RunStatus, Summary
-
-if TYPE_CHECKING:
-    from sync_gateway.settings import Settings
+from sync_gateway.settings import Settings
 
 __all__ = ["Sink", "SinkRun", "RunSpec", "GroupMember", "GroupView", "Check", "RunT", "PayloadT"]
 
@@ -109,12 +108,19 @@ class Sink(abc.ABC, Generic[RunT, PayloadT]):
 
     @classmethod
     def settings_from_environ(cls, settings: Settings, environ: Mapping[str, str]) -> Settings:
-        """Apply this server's own environment variables (below the config file in precedence)."""
+        """Apply this server's own environment variables, each through :meth:`Settings.from_environ` (which
+        keeps them below the config file and explicit arguments). Default: none."""
         return settings
 
     @classmethod
     def validate(cls, settings: Settings) -> None:
-        """Raise ConfigError for a setting this sink cannot work with (unknown option, bad value)."""
+        """Raise ConfigError for a setting this sink cannot work with. The default refuses keys of the
+        ``server:`` section not in :attr:`options`; a sink that overrides it calls it too."""
+        unknown = sorted(set(settings.server_options) - set(cls.options))
+        if unknown:
+            valid = ", ".join(("kind", "url") + tuple(cls.options))
+            raise ConfigError(f"server: unknown key(s) {', '.join(unknown)}; valid keys for server.kind "
+                              f"{settings.server_kind} are: {valid}")
 
     # -- runs ---------------------------------------------------------------------------------
     @abc.abstractmethod

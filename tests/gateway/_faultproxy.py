@@ -11,11 +11,17 @@ faults, then forwards everything else. Counts what it saw.
   (as some proxies and frameworks do);
 - ``max_body_bytes=N``: answer any request whose body is larger with nginx's 413 page (its
   ``client_max_body_size``; nginx's default is 1 MB). Counted in ``too_large``.
-- ``retry_after="S"``: the Retry-After header of the injected failures (default ``0``);
 - ``forwarded_host=True``: tell the upstream the proxy's address (``X-Forwarded-Host``/``-Proto``), so URLs
   it builds from the request (OpenWandb's upload URLs) lead back through the proxy;
 - ``record=True``: keep every request in ``records`` (``Recorded``: time, method, path, headers, body, the
   status answered or None for no answer), in the order they arrived.
+- ``cut_first=N``: forward the first N matching requests, then send only the status line of the answer
+  (``HTTP/1.1 200 OK``) and close: urllib3 hands back a 200 with no headers and an empty body;
+- ``stall_first=N, stall_s=S``: do NOT forward the first N matching requests (nothing reaches the server),
+  and send nothing for S seconds (a read timeout), then close;
+- ``trickle_first=N``: do NOT forward the first N matching requests, answer with a status line and then
+  one header line per second (a request deadline fires between two header lines);
+- ``retry_after="0"``: the ``Retry-After`` header of the ``fail_first`` answers (None: no header).
 """
 from __future__ import annotations
 
@@ -41,8 +47,9 @@ class Recorded:
 class FaultProxy:
     def __init__(self, upstream: str, fail_first: int = 0, status: int = 503, match: str = "/runs/log-batch",
                  body_match: Optional[bytes] = None, lose_first: int = 0, chaos=None, echo_auth: bool = False,
-                 max_body_bytes: Optional[int] = None, retry_after: str = "0", record: bool = False,
-                 forwarded_host: bool = False):
+                 max_body_bytes: Optional[int] = None, cut_first: int = 0, stall_first: int = 0,
+                 stall_s: float = 5.0, trickle_first: int = 0, retry_after: Optional[str] = "0",
+                 record: bool = False, forwarded_host: bool = False):
         self.up = urlsplit(upstream)
         self.fail_left = fail_first
         self.lose_left = lose_first
@@ -52,11 +59,14 @@ class FaultProxy:
         self.chaos = chaos
         self.echo_auth = echo_auth
         self.max_body_bytes = max_body_bytes
-        self.retry_after = retry_after
         self.record = record
         self.forwarded_host = forwarded_host
         self.records: List[Recorded] = []
         self.too_large = 0
+        self.cut_left, self.stall_left, self.trickle_left = cut_first, stall_first, trickle_first
+        self.stall_s = stall_s
+        self.retry_after = retry_after
+        self.cut = self.stalled = self.trickled = 0
         self.failed = 0
         self.lost = 0
         self.dropped = 0
@@ -103,6 +113,18 @@ class FaultProxy:
                         elif proxy.lose_left > 0:
                             proxy.lose_left -= 1
                             action = "lose"
+                        elif proxy.cut_left > 0:
+                            proxy.cut_left -= 1
+                            proxy.cut += 1
+                            action = "cut"
+                        elif proxy.stall_left > 0:
+                            proxy.stall_left -= 1
+                            proxy.stalled += 1
+                            action = "stall"
+                        elif proxy.trickle_left > 0:
+                            proxy.trickle_left -= 1
+                            proxy.trickled += 1
+                            action = "trickle"
                         elif proxy.chaos is not None and proxy.chaos[0].random() < proxy.chaos[1]:
                             action = proxy.chaos[0].choice(["fail", "lose", "drop"])
                     if action == "fail":
@@ -121,10 +143,27 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(data)
                     return
+                if action == "stall":  # nothing forwarded, nothing answered: the client's read times out
+                    time.sleep(proxy.stall_s)
+                    self.close_connection = True
+                    return
+                if action == "trickle":  # nothing forwarded; headers so slow that a deadline fires inside them
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        self.wfile.flush()
+                        for i in range(600):  # whole header lines: a cut between two looks like the end
+                            time.sleep(1.0)
+                            self.wfile.write(f"X-Slow-{i}: x\r\n".encode())
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    return
                 if action == "fail":
                     rec.status = proxy.status if proxy.chaos is None else 503
                     self.send_response(rec.status)
-                    self.send_header("Retry-After", proxy.retry_after)
+                    if proxy.retry_after is not None:
+                        self.send_header("Retry-After", proxy.retry_after)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -147,6 +186,10 @@ class FaultProxy:
                     proxy.forwarded += 1
                 if action == "lose":  # the server did it; the client never hears
                     self.close_connection = True
+                    return
+                if action == "cut":  # the server did it; the answer ends after its status line
+                    self.close_connection = True
+                    self.wfile.write(f"HTTP/1.1 {r.status} {r.reason}\r\n".encode())
                     return
                 rec.status = r.status
                 self.send_response(r.status)

@@ -9,6 +9,7 @@ import pytest
 
 from sync_gateway.errors import ConfigError
 from sync_gateway.settings import Settings, TlsSettings
+from sync_gateway.sinks import configure
 from sync_gateway.sinks._http import resolve_tls
 from sync_gateway.sinks.mlflow._names import (
     SYSTEM_METRICS,
@@ -23,12 +24,12 @@ from sync_gateway.sinks.mlflow._names import (
 def test_yaml_beats_environment_beats_defaults(tmp_path):
     env = {"MLFLOW_TRACKING_URI": "http://env:5000", "HPCSYNC_GATEWAY_ROOTS": "/a:/b",
            "HPCSYNC_GATEWAY_INTERVAL_S": "7", "XDG_CONFIG_HOME": str(tmp_path / "none")}
-    s = Settings.resolve(None, env)
+    s = configure(Settings.resolve(None, env), env)  # the sink's own variables: MLFLOW_TRACKING_URI
     assert s.server_url == "http://env:5000" and s.roots == ["/a", "/b"] and s.interval_s == 7
     assert s.stale_after_s == 300.0  # default
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("server: {kind: mlflow, url: 'https://file:443'}\ninterval_s: 60\ntls: {ca_bundle: /ca.pem}\n")
-    s = Settings.resolve(str(cfg), env)
+    s = configure(Settings.resolve(str(cfg), env), env)
     assert s.server_url == "https://file:443" and s.interval_s == 60 and s.roots == ["/a", "/b"]
     assert s.tls.ca_bundle == "/ca.pem"
     assert Settings.resolve(str(cfg), env, overrides={"interval_s": 5.0}).interval_s == 5.0
@@ -54,7 +55,7 @@ def test_bad_config_names_the_valid_keys(tmp_path, text, needle):
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(text)
     with pytest.raises(ConfigError) as e:
-        Settings.resolve(str(cfg), {})
+        configure(Settings.resolve(str(cfg), {}), {})  # the sink checks its kind and keys
     assert needle in str(e.value)
 
 
@@ -75,8 +76,12 @@ def test_tls_precedence_in_one_place(tmp_path):
     assert resolve_tls(TlsSettings(), {}).verify is True
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_tls(TlsSettings(ca_bundle=str(tmp_path / "missing.pem")), {})
-    c = resolve_tls(TlsSettings(client_cert="/c.pem", client_key="/k.pem"), {})
-    assert c.cert == ("/c.pem", "/k.pem")
+    (tmp_path / "c.pem").write_text("c")
+    (tmp_path / "k.pem").write_text("k")
+    c = resolve_tls(TlsSettings(client_cert=str(tmp_path / "c.pem"), client_key=str(tmp_path / "k.pem")), {})
+    assert c.cert == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    with pytest.raises(ConfigError, match="tls.client_key .*k2.pem does not exist"):
+        resolve_tls(TlsSettings(client_cert=str(tmp_path / "c.pem"), client_key=str(tmp_path / "k2.pem")), {})
 
 
 @pytest.mark.parametrize("key, want", [

@@ -11,6 +11,7 @@ from sync_gateway.errors import ConfigError, ServerUnavailable
 from sync_gateway.readers.wandb._system import system_key
 from sync_gateway.records import MetricDef, Position, Row, Summary
 from sync_gateway.settings import Settings
+from sync_gateway.sinks import configure
 from sync_gateway.sinks.wandb._api import RateLimiter
 from sync_gateway.sinks.wandb._names import config_json, events_line, history_line, summary_line
 from sync_gateway.sinks.wandb.sink import WandbRun, WandbSink, api_key
@@ -112,16 +113,18 @@ def test_unknown_neutral_keys_keep_their_name_and_wandb_keys_come_back():
 def test_settings_accept_the_wandb_keys_and_name_the_valid_ones(tmp_path):
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("server: {kind: wandb, url: 'http://127.0.0.1:1', entity: lab, api_key_file: /k}\n")
-    s = Settings.resolve(str(cfg), {})
+    s = configure(Settings.resolve(str(cfg), {}), {})  # the sink checks its own keys (settings knows no sink)
     assert s.server_options == {"entity": "lab", "api_key_file": "/k"}
     cfg.write_text("server: {kind: wandb, project: x}\n")
     with pytest.raises(ConfigError, match="valid keys for server.kind wandb are: kind, url, entity, api_key_file"):
-        Settings.resolve(str(cfg), {})
+        configure(Settings.resolve(str(cfg), {}), {})
     cfg.write_text("server: {kind: wandb, run_requests_per_s: 0}\n")
     with pytest.raises(ConfigError, match="above 0"):
-        Settings.resolve(str(cfg), {})
-    assert Settings.resolve(None, {"HPCSYNC_SERVER_KIND": "wandb", "WANDB_BASE_URL": "https://wb.lab"}).server_url \
-        == "https://wb.lab"
+        configure(Settings.resolve(str(cfg), {}), {})
+    env = {"HPCSYNC_SERVER_KIND": "wandb", "WANDB_BASE_URL": "https://wb.lab"}
+    assert configure(Settings.resolve(None, env), env).server_url == "https://wb.lab"
+    cfg.write_text("server: {kind: wandb, url: 'https://config.lab'}\n")  # the config file beats WANDB_BASE_URL
+    assert configure(Settings.resolve(str(cfg), env), env).server_url == "https://config.lab"
 
 
 def test_the_api_key_file_must_be_private(tmp_path):

@@ -1,6 +1,6 @@
 """The MLflow sink: plain REST calls (``/api/2.0/mlflow``) with ``requests``, not the mlflow client.
 
-It owns every MLflow rule: key characters and lengths, units of system metrics (``_mlflow_names``),
+It owns every MLflow rule: key characters and lengths, units of system metrics (``_names``, ``_points``),
 config as immutable params, the summary as ``summary/<key>`` points at step 0, a run's state as MLflow's
 RUNNING/FINISHED/FAILED/KILLED, a group as a parent run whose members nest under it, and its identifiers
 (run id, experiment id, artifact URI) in the state the engine keeps for it.
@@ -9,33 +9,31 @@ Exactly once rests on two server facts (docs/facts.md): an identical metric poin
 value, step, timestamp) is stored once, and an identical param value is accepted again. A server run is
 found again by its tag ``hpc.run_id`` when the gateway's own state is lost.
 
-One hpc run is one MLflow run: ``runs/create`` is never retried after a lost answer (the sink searches by
-tag instead), and when a race between two gateways created two runs with one tag, every gateway that sees
+Its parts: the REST client (``_rest.MlflowRest``, composed as ``self.rest``), runs by sync id (``_runs.Runs``:
+find, create once, converge), rows to points (``_points.Points``), MLflow's environment variables
+(``_config``), diagnostics (``_diagnose``).
+
+One hpc run is one MLflow run: ``runs/create`` is sent again only when a search by its tag proves the last
+one created nothing, and when a race between two gateways created two runs with one tag, every gateway that sees
 them picks the same winner (the smallest MLflow run id: a total order, unlike start times, which are equal
 for copies of one run) and marks the losers (tag ``hpc.duplicate_of``, moved to the trash); a gateway
-whose run was marked moves to the winner and sends everything again. Values MLflow cannot store (a step or
-timestamp outside int64, a negative timestamp, an integer beyond float) are skipped point by point and
-counted, never sent: MLflow answers 200 to a step of 10**30 but stores 0 and drops the rest of the batch.
+whose run was marked moves to the winner and sends everything again. Values MLflow cannot store are
+skipped point by point and counted (``_points``).
 """
 from __future__ import annotations
 
-import fnmatch
-import logging
-import math
-import re
 import threading
-import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import quote
 
 import requests
 
-from sync_gateway.errors import ConfigError, FileTooLarge, RunDeleted, ServerError, ServerRefused, ServerUnavailable
+from sync_gateway.errors import ConfigError, FileTooLarge, ServerError, ServerRefused, ServerUnavailable
 from sync_gateway.records import MetricDef, Row, RunInfo, RunStatus, Summary
-from sync_gateway.settings import AuthSettings, Settings
+from sync_gateway.settings import Settings
 from sync_gateway.sinks._http import HttpClient
-from sync_gateway.sinks.base import GroupView, RunSpec, Sink, SinkRun
+from sync_gateway.sinks.base import GroupView, RunSpec, Sink
+from sync_gateway.sinks.mlflow import _config
 from sync_gateway.sinks.mlflow._diagnose import mlflow_doctor, short
 from sync_gateway.sinks.mlflow._names import (
     flatten_config,
@@ -43,255 +41,80 @@ from sync_gateway.sinks.mlflow._names import (
     metric_key,
     metric_value,
     run_tags,
-    system_metric,
     tag_value,
 )
-from sync_gateway.sinks.mlflow._rest import API, MlflowRest
+from sync_gateway.sinks.mlflow._points import MAX_POINTS, Point, Points, int64, num
+from sync_gateway.sinks.mlflow._rest import API, DUPLICATE_TAG, MAX_PARAMS, SYNC_TAG, MlflowRest
+from sync_gateway.sinks.mlflow._runs import EXPERIMENT_KIND, RETIRED_TAG, SETTLE_S, MlflowRun, Runs
 
-__all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND"]
+__all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND", "DUPLICATE_TAG", "RETIRED_TAG",
+           "SETTLE_S", "MAX_POINTS"]
 
-log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
-
-SYNC_TAG = "hpc.run_id"
-MAX_POINTS = 1000       # MLflow refuses a log-batch of more metrics (400)
-MAX_PARAMS = 100        # ... params, tags
 #: run state (docs/run-format.md section 7) -> MLflow run status
 STATUS = {"active": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED",
           "killed": "KILLED", "crashed": "KILLED"}
-#: MLflow 3 opens a new experiment on its GenAI view unless this experiment tag says otherwise.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-DUPLICATE_TAG = "hpc.duplicate_of"   # on a run that lost a creation race: the winner's run id
-RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from scratch: why
-#: a server run is checked for duplicates until a check this long after adopting it found none
-SETTLE_S = 60.0
-INT64_MAX = (1 << 63) - 1
 
 
-def _int64(v: Any, lo: int = -(1 << 63)) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= INT64_MAX
-
-
-def _num(v: float) -> Any:
-    # Protobuf's JSON mapping spells non-finite doubles as these strings; plain JSON has no literal.
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Infinity" if v > 0 else "-Infinity"
-    return v
-
-
-@dataclass
-class MlflowRun(SinkRun):
-    run_id: str
-    experiment_id: str
-    artifact_uri: str = ""
-    params: Dict[str, str] = field(default_factory=dict)     # what the server holds (params are immutable)
-    refused_params: List[str] = field(default_factory=list)  # config keys whose change MLflow refused
-    skipped_values: int = 0                                  # logged values that are not metrics (strings)
-    unstorable_points: int = 0     # points MLflow cannot store (step/timestamp/value out of its range)
-    adopted_ms: int = 0            # when this gateway created or found the run (its clock)
-    settled: bool = False          # a check SETTLE_S after adoption found no duplicate
-
-    def to_state(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
-class MlflowSink(MlflowRest, Sink[Any, Any]):
+class MlflowSink(Sink[MlflowRun, List[Point]]):
     kind = "mlflow"
     options = ()
     config_change_note = "MLflow params cannot change, the new values are in the artifact hpc/config.json"
 
     def __init__(self, http: HttpClient, batch_points: int = MAX_POINTS):
-        self.http = http
-        self.batch_points = min(batch_points, MAX_POINTS)
-        self._experiments: Dict[str, str] = {}
+        self.rest = MlflowRest(http, min(batch_points, MAX_POINTS))
+        self.runs = Runs(self.rest)
+        self.points = Points()
         self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
-        self._matchers: Dict[Tuple[MetricDef, ...], List[Tuple[Any, Optional[str]]]] = {}
-        self._too_large_warned = False
-        # The engine calls a sink from several threads (different runs at once): the caches above are
-        # shared; an experiment is looked up or created by one thread at a time.
-        self._lock = threading.Lock()
-        self._experiment_lock = threading.Lock()
+        self._lock = threading.Lock()   # the engine calls a sink from several threads (different runs at once)
 
+    @property
+    def http(self) -> HttpClient:
+        return self.rest.http
+
+    def _call(self, *args: Any, **kw: Any) -> Dict[str, Any]:
+        """One REST call (``MlflowRest.call``): what tests and tools read the server through."""
+        return self.rest.call(*args, **kw)
+
+    # -- configuration ------------------------------------------------------------------------
     @classmethod
     def from_settings(cls, settings: Settings, environ: Optional[Mapping[str, str]] = None,
                       **http_kw: Any) -> MlflowSink:
+        if not settings.server_url:
+            raise ConfigError(_config.no_url_message(environ or {}))
         return cls(HttpClient(settings, environ, **http_kw), settings.batch_points)
 
-    # -- configuration: MLflow's own variables, so an existing MLflow setup needs nothing new ----------
     @classmethod
     def settings_from_environ(cls, settings: Settings, environ: Mapping[str, str]) -> Settings:
-        upd: Dict[str, Any] = {}
-        url = environ.get("MLFLOW_TRACKING_URI")
-        if not settings.server_url and url and url.startswith(("http://", "https://")):
-            upd["server_url"] = url
-        if settings.auth == AuthSettings():
-            upd["auth"] = AuthSettings(
-                token_env="MLFLOW_TRACKING_TOKEN" if environ.get("MLFLOW_TRACKING_TOKEN") else None,
-                username=environ.get("MLFLOW_TRACKING_USERNAME"),
-                password_env="MLFLOW_TRACKING_PASSWORD" if environ.get("MLFLOW_TRACKING_PASSWORD") else None)
-        if environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            upd["tls"] = replace(settings.tls, insecure=True)
-        return replace(settings, **upd)
+        """MLflow's own variables (``MLFLOW_TRACKING_URI``, ``_TOKEN``, ``_SERVER_CERT_PATH``...: ``_config``)."""
+        return _config.settings_from_environ(settings, environ)
 
     @classmethod
     def validate(cls, settings: Settings) -> None:
+        super().validate(settings)
         if not 1 <= settings.batch_points <= MAX_POINTS:
             raise ConfigError(f"batch_points must be an integer from 1 to {MAX_POINTS} (MLflow's limit), "
                               f"not {settings.batch_points!r}")
 
-    def _get_experiment(self, name: str) -> str:
-        return self._call("GET", "/experiments/get-by-name", params={"experiment_name": name})["experiment"][
-            "experiment_id"]
-
-    def experiment_id(self, name: str) -> str:
-        eid = self._experiments.get(name)  # known: no lock (a lookup of another one may be in flight)
-        if eid is not None:
-            return eid
-        with self._experiment_lock:
-            return self._experiment_id(name)
-
-    def _experiment_id(self, name: str) -> str:
-        if name in self._experiments:
-            return self._experiments[name]
-        try:
-            eid = self._get_experiment(name)
-        except ServerError as e:
-            if e.status != 404:
-                raise
-            try:
-                eid = self._call("POST", "/experiments/create", {
-                    "name": name, "tags": [{"key": EXPERIMENT_KIND[0], "value": EXPERIMENT_KIND[1]}]})["experiment_id"]
-            except ServerError as e2:  # another gateway created it meanwhile
-                if e2.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                eid = self._get_experiment(name)
-        self._experiments[name] = eid
-        return eid
-
-    def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        items = list(tags.items())
-        for i in range(0, len(items), MAX_PARAMS):
-            self._log_batch(run_id, tags=[{"key": k, "value": v} for k, v in items[i:i + MAX_PARAMS]])
-
-    def _update(self, run_id: str, status: str, end_ms: Optional[int]) -> None:
-        body: Dict[str, Any] = {"run_id": run_id, "status": status}
-        if end_ms is not None:
-            body["end_time"] = end_ms
-        self._call("POST", "/runs/update", body)
-
     # -- runs ---------------------------------------------------------------------------------
-    def _tagged(self, experiment_id: str, sync_id: str) -> List[Dict[str, Any]]:
-        """Every run (deleted ones too) carrying the sync tag ``sync_id``: their ``info`` and tags."""
-        quoted = sync_id.replace("\\", "\\\\").replace("'", "\\'")
-        res = self._call("POST", "/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
-                                                  "run_view_type": "ALL",
-                                                  "filter": f"tags.`{SYNC_TAG}` = '{quoted}'"})
-        out = []
-        for r in res.get("runs") or []:
-            info = dict(r["info"])
-            info["tags"] = {t["key"]: t.get("value", "") for t in (r.get("data") or {}).get("tags", [])}
-            out.append(info)
-        return out
-
-    def _converge(self, experiment_id: str, sync_id: str, found: List[Dict[str, Any]]) -> Optional[MlflowRun]:
-        """The one run of ``sync_id`` among ``found``: the active run with the smallest run id (a total
-        order every gateway computes alike); the other active ones are marked as its duplicates."""
-        active = sorted((r for r in found if r.get("lifecycle_stage", "active") == "active"),
-                        key=lambda r: r["run_id"])
-        if not active:
-            return None
-        win = active[0]
-        for loser in active[1:]:
-            log.warning("%s: MLflow runs %s and %s both carry %s=%s (two gateways raced to create it): "
-                        "keeping %s, marking %s as its duplicate", sync_id, win["run_id"], loser["run_id"],
-                        SYNC_TAG, sync_id, win["run_id"], loser["run_id"])
-            self._mark_duplicate(loser["run_id"], win["run_id"], sync_id)
-        return MlflowRun(win["run_id"], experiment_id, win.get("artifact_uri", ""))
-
-    def _mark_duplicate(self, run_id: str, winner: str, sync_id: str) -> None:
-        try:
-            self._set_tags(run_id, {DUPLICATE_TAG: winner, SYNC_TAG: f"duplicate:{sync_id}"})
-            self._call("POST", "/runs/delete", {"run_id": run_id})  # to the trash; the winner gets it all
-        except RunDeleted:
-            pass  # another gateway marked it first
+    def experiment_id(self, name: str) -> str:
+        return self.runs.experiment_id(name)
 
     def find(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
         """The server run of ``sync_id``, None if there is none; raises RunDeleted when a user deleted it."""
-        found = self._tagged(experiment_id, sync_id)
-        run = self._converge(experiment_id, sync_id, found)
-        if run is None and any(not r["tags"].get(DUPLICATE_TAG) for r in found):
-            raise RunDeleted(f"the MLflow run of {sync_id} was deleted on the server: it is not synced "
-                             f"(restore it from the MLflow trash to sync it again)")
-        return run
-
-    def _find_or_create(self, project: str, sync_id: str, name: str, start_ms: int,
-                        tags: Mapping[str, str]) -> MlflowRun:
-        eid = self.experiment_id(project)
-        found = self.find(eid, sync_id)
-        if found:
-            found.adopted_ms = _now_ms()
-            return found
-        body: Dict[str, Any] = {"experiment_id": eid, "run_name": name,
-                                "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
-        if _int64(start_ms, 1):  # else (0, garbage in run.json) the server takes its own clock
-            body["start_time"] = start_ms
-        try:
-            # Not idempotent: a retry after a lost answer would create a second run. Search instead.
-            res = self._call("POST", "/runs/create", body, idempotent=False)
-        except ServerError as e:
-            if not e.retryable:
-                raise
-            again = self.find(eid, sync_id)
-            if again is None:
-                raise
-            log.info("%s: the answer to runs/create was lost; found the run it created by its tag", sync_id)
-            again.adopted_ms = _now_ms()
-            return again
-        info = res["run"]["info"]
-        # Another gateway may have raced us between search and create: converge at once on the winner.
-        run = self._converge(eid, sync_id, self._tagged(eid, sync_id)) or \
-            MlflowRun(info["run_id"], eid, info.get("artifact_uri", ""))
-        run.adopted_ms = _now_ms()
-        return run
+        return self.runs.find(experiment_id, sync_id)
 
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> MlflowRun:
         if saved and saved.get("run_id"):
             run = self.restore(saved)
             if not run.settled:
-                self._check_duplicates(spec.sync_id, run)
+                self.runs.check_duplicates(spec.sync_id, run)
             return run
         info = spec.info
-        return self._find_or_create(info.project, spec.sync_id, info.name, info.created_ms, run_tags(info))
+        start = info.created_ms if int64(info.created_ms, 1) else None  # else (0, garbage) the server's clock
+        return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, run_tags(info))
 
-    def _check_duplicates(self, sync_id: str, run: MlflowRun) -> None:
-        """A run created in a race may have a twin that another gateway created at the same moment: look
-        until a look at least SETTLE_S after adopting the run found none."""
-        win = self._converge(run.experiment_id, sync_id, self._tagged(run.experiment_id, sync_id))
-        if win is None or win.run_id == run.run_id:
-            run.settled = _now_ms() - run.adopted_ms >= SETTLE_S * 1000
-            return
-        # Ours lost (marked just now, or by the other gateway): move to the winner, send everything again.
-        reason = (f"MLflow run {run.run_id} duplicated {win.run_id} (two gateways created it at once); "
-                  f"syncing into {win.run_id}, the old one is marked {DUPLICATE_TAG} and in the trash")
-        run.__dict__.update(MlflowRun(win.run_id, run.experiment_id, win.artifact_uri,
-                                      adopted_ms=_now_ms()).__dict__)
-        run.replaced = reason
-
-    def retire_run(self, run: SinkRun, reason: str) -> None:
-        assert isinstance(run, MlflowRun)
-        try:
-            cur = self._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
-            tags = {t["key"]: t.get("value", "") for t in cur.get("data", {}).get("tags", [])}
-            sync_id = tags.get(SYNC_TAG, "")
-            if sync_id.startswith("retired:"):
-                return
-            name = tags.get("mlflow.runName") or cur["info"].get("run_name", "")
-            self._set_tags(run.run_id, {SYNC_TAG: f"retired:{_now_ms()}:{sync_id}", RETIRED_TAG: tag_value(reason),
-                                        "mlflow.runName": tag_value(f"{name} (replaced)")})
-        except RunDeleted:
-            pass  # deleted by a user: nothing to detach
+    def retire_run(self, run: MlflowRun, reason: str) -> None:
+        self.runs.retire(run, reason)
 
     def restore(self, saved: Mapping[str, Any]) -> MlflowRun:
         return MlflowRun(**{k: v for k, v in saved.items() if k in MlflowRun.__dataclass_fields__})
@@ -306,12 +129,10 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
             out.append(f"{saved['skipped_values']} values that are not metrics skipped (strings, lists)")
         return out
 
-    def set_metadata(self, run: SinkRun, info: RunInfo) -> None:
-        assert isinstance(run, MlflowRun)
-        self._set_tags(run.run_id, run_tags(info))
+    def set_metadata(self, run: MlflowRun, info: RunInfo) -> None:
+        self.rest.set_tags(run.run_id, run_tags(info))
 
-    def set_config(self, run: SinkRun, config: Mapping[str, Any]) -> List[str]:
-        assert isinstance(run, MlflowRun)
+    def set_config(self, run: MlflowRun, config: Mapping[str, Any]) -> List[str]:
         params = dict(flatten_config(dict(config)))
         new = {k: v for k, v in params.items() if run.params.get(k) != v}
         fresh = {k: v for k, v in new.items() if k not in run.params}
@@ -328,97 +149,33 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
         for i in range(0, len(items), MAX_PARAMS):
             chunk = items[i:i + MAX_PARAMS]
             try:
-                self._log_batch(run.run_id, params=[{"key": k, "value": v} for k, v in chunk])
+                self.rest.log_batch(run.run_id, params=[{"key": k, "value": v} for k, v in chunk])
             except ServerError as e:
                 if e.status != 400:
                     raise
                 # A param that already holds another value cannot change (MLflow params are immutable):
                 # send only the new keys, and report the changed ones.
-                kept = self._params(run)
+                run_data = self.rest.get_run(run.run_id).get("data", {})
+                kept = {p["key"]: p.get("value", "") for p in run_data.get("params", [])}
                 new = [(k, v) for k, v in chunk if k not in kept]
                 refused.update({k: kept[k] for k, v in chunk if k in kept and kept[k] != v})
                 if new:
-                    self._log_batch(run.run_id, params=[{"key": k, "value": v} for k, v in new])
+                    self.rest.log_batch(run.run_id, params=[{"key": k, "value": v} for k, v in new])
         return refused
 
-    def _params(self, run: MlflowRun) -> Dict[str, str]:
-        res = self._call("GET", "/runs/get", params={"run_id": run.run_id})
-        return {p["key"]: p.get("value", "") for p in res["run"].get("data", {}).get("params", [])}
-
     # -- points -------------------------------------------------------------------------------
-    def _rules(self, metrics: Sequence[MetricDef]) -> List[Tuple[Any, Optional[str]]]:
-        key = tuple(metrics)
-        with self._lock:
-            if key not in self._matchers:
-                self._matchers[key] = [(re.compile(fnmatch.translate(m.pattern)).match, m.step_metric)
-                                       for m in metrics]
-            return self._matchers[key]
+    def batches(self, run: MlflowRun, stream: str, rows: Sequence[Row],
+                metrics: Sequence[MetricDef] = ()) -> Iterator[Tuple[int, List[Point]]]:
+        return self.points.batches(run, stream, rows, metrics, self.rest.batch_points)
 
-    def _points(self, run: MlflowRun, row: Row, system: bool,
-                rules: List[Tuple[Any, Optional[str]]]) -> List[Dict[str, Any]]:
-        out: List[Dict[str, Any]] = []
-        row_ok = _int64(row.step) and _int64(row.ts_ms, 0)  # MLflow: int64 steps, non-negative timestamps
-        for k, v in row.values.items():
-            try:
-                val = metric_value(v)
-            except OverflowError:   # an integer beyond float (10**400): MLflow cannot store it
-                run.unstorable_points += 1
-                continue
-            if val is None:
-                run.skipped_values += 1
-                continue
-            if not row_ok:
-                run.unstorable_points += 1
-                continue
-            if system:
-                mkey, factor = system_metric(k)
-                out.append({"key": mkey, "value": _num(val * factor), "timestamp": row.ts_ms, "step": row.step})
-                continue
-            step: Optional[int] = row.step
-            for match, step_metric in rules:  # define_metric: the first matching declaration wins
-                if match(k):
-                    sv = row.values.get(step_metric) if step_metric else None
-                    if isinstance(sv, (int, float)) and not isinstance(sv, bool):
-                        if isinstance(sv, float) and not math.isfinite(sv) or not -2.0**63 <= sv < 2.0**63:
-                            step = None  # a non-finite or out-of-range x-axis value: not storable
-                        else:
-                            step = int(sv)
-                    break
-            if step is None:
-                run.unstorable_points += 1
-                continue
-            out.append({"key": metric_key(k), "value": _num(val), "timestamp": row.ts_ms, "step": step})
-        return out
-
-    def batches(self, run: SinkRun, stream: str, rows: Sequence[Row],
-                metrics: Sequence[MetricDef] = ()) -> Iterator[Tuple[int, Any]]:
-        assert isinstance(run, MlflowRun)
-        system = stream == "system"
-        rules = [] if system else self._rules(metrics)
-        limit = self.batch_points
-        batch: List[Dict[str, Any]] = []
-        for i, row in enumerate(rows):
-            pts = self._points(run, row, system, rules)
-            if batch and len(batch) + len(pts) > limit:
-                yield i, batch
-                batch = []
-            while len(pts) > limit:  # a row wider than a batch: it is covered only by its last piece
-                yield i, pts[:limit]
-                pts = pts[limit:]
-            batch.extend(pts)
-        if batch:
-            yield len(rows), batch
-
-    def send(self, run: SinkRun, payload: Any) -> int:
-        assert isinstance(run, MlflowRun)
+    def send(self, run: MlflowRun, payload: List[Point]) -> int:
         if payload:
-            self._send_points(run.run_id, payload)
+            self.rest.send_points(run.run_id, payload)
         return len(payload)
 
-    def set_summary(self, run: SinkRun, summary: Summary) -> None:
+    def set_summary(self, run: MlflowRun, summary: Summary) -> None:
         """Keys whose summary differs from the last logged value become ``summary/<key>`` points at step 0
         (non-numeric ones: ``summary.<key>`` tags); the others are the metrics' own last values."""
-        assert isinstance(run, MlflowRun)
         pts, tags = [], {}
         for k in summary.special:
             try:
@@ -428,30 +185,31 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
             if v is None:
                 tags["summary." + metric_key(k)] = tag_value(summary.values[k])
             else:
-                pts.append({"key": metric_key("summary/" + k), "value": _num(v), "timestamp": summary.version_ms,
+                pts.append({"key": metric_key("summary/" + k), "value": num(v), "timestamp": summary.version_ms,
                             "step": 0})
-        for i in range(0, len(pts), self.batch_points):
-            self._send_points(run.run_id, pts[i:i + self.batch_points])
+        limit = self.rest.batch_points
+        for i in range(0, len(pts), limit):
+            self.rest.send_points(run.run_id, pts[i:i + limit])
         if tags:
-            self._set_tags(run.run_id, tags)
+            self.rest.set_tags(run.run_id, tags)
 
-    def upload(self, run: SinkRun, path: str, body: BinaryIO, size_bytes: int) -> None:
-        assert isinstance(run, MlflowRun)
+    def upload(self, run: MlflowRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         path, image = media_artifact_path(path, run.run_id)
         with self._lock:
             tag = image and run.run_id not in self._with_images
         if tag:  # the tag log_image sets: the UI shows an Images view
-            self._set_tags(run.run_id, {"mlflow.loggedImages": "true"})
+            self.rest.set_tags(run.run_id, {"mlflow.loggedImages": "true"})
             with self._lock:
                 self._with_images.add(run.run_id)
         prefix = run.artifact_uri
         if not prefix.startswith("mlflow-artifacts:/"):
             raise ServerRefused(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "
-                              f"proxy; start the server with --serve-artifacts")
+                                f"proxy; start the server with --serve-artifacts")
         rel = prefix[len("mlflow-artifacts:/"):].lstrip("/") + "/" + path
         # Streamed from ``body`` (urllib3 rewinds it for a retry); a PUT replaces the object.
         try:
-            self._call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body, size_bytes=size_bytes)
+            self.rest.call("PUT", "/api/2.0/mlflow-artifacts/artifacts/" + quote(rel), data=body,
+                           size_bytes=size_bytes)
         except ServerError as e:
             if e.status != 413:
                 raise
@@ -459,11 +217,10 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
                                f"server or a proxy before it: raise its body limit (nginx: client_max_body_size) "
                                f"to upload it", 413) from e
 
-    def set_state(self, run: SinkRun, status: RunStatus) -> None:
-        assert isinstance(run, MlflowRun)
-        end = None if status.state == "active" or not _int64(status.end_ms, 0) else status.end_ms
-        self._update(run.run_id, STATUS[status.state], end)
-        self._set_tags(run.run_id, {"hpc.state": status.state})
+    def set_state(self, run: MlflowRun, status: RunStatus) -> None:
+        end = None if status.state == "active" or not int64(status.end_ms, 0) else status.end_ms
+        self.rest.update(run.run_id, STATUS[status.state], end)
+        self.rest.set_tags(run.run_id, {"hpc.state": status.state})
 
     # -- groups: a parent run spanning its members, which nest under it ------------------------------
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -480,17 +237,18 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
         else:
             # MLflow cannot move a run's start later: the parent starts with the earliest member known now.
             start = min(m.start_ms for m in group.members)
-            parent = self._find_or_create(group.project, f"group:{group.project}/{group.name}", group.name, start,
-                                          {"hpc.group": tag_value(group.name),
-                                           "mlflow.runName": tag_value(group.name)})
+            parent = self.runs.find_or_create(group.project, f"group:{group.project}/{group.name}", group.name,
+                                              start if int64(start, 1) else None,
+                                              {"hpc.group": tag_value(group.name),
+                                               "mlflow.runName": tag_value(group.name)})
             gs.update(run_id=parent.run_id, parent=parent.to_state(), members=[], status=None, end_ms=None)
         for m in group.members:
             if m.key not in gs["members"]:
-                assert isinstance(m.run, MlflowRun)
-                self._set_tags(m.run.run_id, {"mlflow.parentRunId": parent.run_id})
+                member = cast(MlflowRun, m.run)  # the engine gives back what open_run made
+                self.rest.set_tags(member.run_id, {"mlflow.parentRunId": parent.run_id})
                 gs["members"] = sorted(set(gs["members"]) | {m.key})
         if (gs.get("status"), gs.get("end_ms")) != (status, end):
-            self._update(parent.run_id, status, end)
+            self.rest.update(parent.run_id, status, end)
             gs.update(status=status, end_ms=end)
         return gs
 
@@ -505,15 +263,13 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
             raise ServerUnavailable(f"cannot reach {self.http.base_url}: {short(e)}") from e
         return r.text.strip() if r.ok else f"unknown (GET /version -> HTTP {r.status_code})"
 
-    def doctor(self, add: Any) -> None:
+    def doctor(self, add: Callable[[bool, str, str], None]) -> None:
         mlflow_doctor(self.http, API, add)
 
-    def run_url(self, run: SinkRun) -> str:
-        assert isinstance(run, MlflowRun)
+    def run_url(self, run: MlflowRun) -> str:
         return f"{self.http.base_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
-    def experiment_url(self, run: SinkRun) -> str:
-        assert isinstance(run, MlflowRun)
+    def experiment_url(self, run: MlflowRun) -> str:
         return f"{self.http.base_url}/#/experiments/{run.experiment_id}"
 
     def get_history(self, run: MlflowRun, key: str) -> List[Dict[str, Any]]:
@@ -524,7 +280,7 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
             params = {"run_id": run.run_id, "metric_key": key, "max_results": 25000}
             if token:
                 params["page_token"] = token
-            res = self._call("GET", "/metrics/get-history", params=params)
+            res = self.rest.call("GET", "/metrics/get-history", params=params)
             out.extend(res.get("metrics", []))
             token = res.get("next_page_token")
             if not token:
@@ -532,7 +288,3 @@ class MlflowSink(MlflowRest, Sink[Any, Any]):
 
     def close(self) -> None:
         self.http.session.close()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -155,13 +155,14 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
 
     @classmethod
     def settings_from_environ(cls, settings: Settings, environ: Mapping[str, str]) -> Settings:
-        url = environ.get("WANDB_BASE_URL")
-        if not settings.server_url and url and url.startswith(("http://", "https://")):
-            return replace(settings, server_url=url)
+        url = environ.get("WANDB_BASE_URL", "")
+        if url.startswith(("http://", "https://")):  # at the environment's rank: never over the config file
+            return settings.from_environ("WANDB_BASE_URL", {"server_url": url})
         return settings
 
     @classmethod
     def validate(cls, settings: Settings) -> None:
+        super().validate(settings)  # unknown keys of the server: section
         opts = settings.server_options
         for k in ("entity", "api_key_file"):
             if k in opts and not isinstance(opts[k], str):

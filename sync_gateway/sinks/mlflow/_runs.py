@@ -1,0 +1,202 @@
+"""One hpc run is one MLflow run: experiments, finding a run again by its tag, creating it exactly once,
+converging after two gateways raced to create it, retiring a rewritten run. Used by ``MlflowSink``.
+
+``runs/create`` is not idempotent, so it is never retried blindly: after a lost or refused answer (a 5xx,
+429, a read timeout, a cut-off answer) the runs are searched by the tag first, and only when that proves
+nothing was created is the create sent again (at most ``retries`` more times, honouring ``Retry-After``,
+within ``request_deadline_s``). A create that the server finishes after the search said nothing is the
+race case: both runs carry the tag, and every gateway that sees them keeps the same one.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from sync_gateway.errors import RunDeleted, ServerError, ServerUnavailable, ServerUnreachable
+from sync_gateway.sinks.base import SinkRun
+from sync_gateway.sinks.mlflow._names import tag_value
+from sync_gateway.sinks.mlflow._rest import DUPLICATE_TAG, SYNC_TAG, MlflowRest, ServerBusy
+
+__all__ = ["MlflowRun", "Runs", "EXPERIMENT_KIND", "RETIRED_TAG", "SETTLE_S", "now_ms"]
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+#: MLflow 3 opens a new experiment on its GenAI view unless this experiment tag says otherwise.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from scratch: why
+#: a server run is checked for duplicates until a check this long after adopting it found none
+SETTLE_S = 60.0
+BACKOFF_MAX_S = 30.0                 # between two creates of one run (like the HTTP layer's retries)
+
+
+@dataclass
+class MlflowRun(SinkRun):
+    run_id: str
+    experiment_id: str
+    artifact_uri: str = ""
+    params: Dict[str, str] = field(default_factory=dict)     # what the server holds (params are immutable)
+    refused_params: List[str] = field(default_factory=list)  # config keys whose change MLflow refused
+    skipped_values: int = 0                                  # logged values that are not metrics (strings)
+    unstorable_points: int = 0     # points MLflow cannot store (step/timestamp/value out of its range)
+    adopted_ms: int = 0            # when this gateway created or found the run (its clock)
+    settled: bool = False          # a check SETTLE_S after adoption found no duplicate
+
+    def to_state(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Runs:
+    """Server runs by sync id, over one :class:`MlflowRest`; safe for the threads of a pass."""
+
+    def __init__(self, rest: MlflowRest, sleep: Callable[[float], None] = time.sleep):
+        self.rest = rest
+        self.sleep = sleep
+        self._experiments: Dict[str, str] = {}
+        self._experiment_lock = threading.Lock()  # an experiment is looked up or created by one thread at a time
+
+    # -- experiments ----------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        eid = self._experiments.get(name)  # known: no lock (a lookup of another one may be in flight)
+        if eid is not None:
+            return eid
+        with self._experiment_lock:
+            if name not in self._experiments:
+                self._experiments[name] = self._find_or_create_experiment(name)
+            return self._experiments[name]
+
+    def _get_experiment(self, name: str) -> str:
+        return self.rest.call("GET", "/experiments/get-by-name", params={"experiment_name": name})["experiment"][
+            "experiment_id"]
+
+    def _find_or_create_experiment(self, name: str) -> str:
+        try:
+            return self._get_experiment(name)
+        except ServerError as e:
+            if e.status != 404:
+                raise
+        try:
+            return self.rest.call("POST", "/experiments/create", {
+                "name": name, "tags": [{"key": EXPERIMENT_KIND[0], "value": EXPERIMENT_KIND[1]}]})["experiment_id"]
+        except ServerError as e:  # another gateway created it meanwhile
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self._get_experiment(name)
+
+    # -- finding a run again -------------------------------------------------------------------------
+    def tagged(self, experiment_id: str, sync_id: str) -> List[Dict[str, Any]]:
+        """Every run (deleted ones too) carrying the sync tag ``sync_id``: their ``info`` and tags."""
+        quoted = sync_id.replace("\\", "\\\\").replace("'", "\\'")
+        res = self.rest.call("POST", "/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
+                                                      "run_view_type": "ALL",
+                                                      "filter": f"tags.`{SYNC_TAG}` = '{quoted}'"})
+        out = []
+        for r in res.get("runs") or []:
+            info = dict(r["info"])
+            info["tags"] = {t["key"]: t.get("value", "") for t in (r.get("data") or {}).get("tags", [])}
+            out.append(info)
+        return out
+
+    def converge(self, experiment_id: str, sync_id: str, found: List[Dict[str, Any]]) -> Optional[MlflowRun]:
+        """The one run of ``sync_id`` among ``found``: the active run with the smallest run id (a total
+        order every gateway computes alike); the other active ones are marked as its duplicates."""
+        active = sorted((r for r in found if r.get("lifecycle_stage", "active") == "active"),
+                        key=lambda r: r["run_id"])
+        if not active:
+            return None
+        win = active[0]
+        for loser in active[1:]:
+            log.warning("%s: MLflow runs %s and %s both carry %s=%s (two gateways raced to create it): "
+                        "keeping %s, marking %s as its duplicate", sync_id, win["run_id"], loser["run_id"],
+                        SYNC_TAG, sync_id, win["run_id"], loser["run_id"])
+            self._mark_duplicate(loser["run_id"], win["run_id"], sync_id)
+        return MlflowRun(win["run_id"], experiment_id, win.get("artifact_uri", ""))
+
+    def _mark_duplicate(self, run_id: str, winner: str, sync_id: str) -> None:
+        try:
+            self.rest.set_tags(run_id, {DUPLICATE_TAG: winner, SYNC_TAG: f"duplicate:{sync_id}"})
+            self.rest.call("POST", "/runs/delete", {"run_id": run_id})  # to the trash; the winner gets it all
+        except RunDeleted:
+            pass  # another gateway marked it first
+
+    def find(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
+        """The server run of ``sync_id``, None if there is none; raises RunDeleted when a user deleted it."""
+        found = self.tagged(experiment_id, sync_id)
+        run = self.converge(experiment_id, sync_id, found)
+        if run is None and any(not r["tags"].get(DUPLICATE_TAG) for r in found):
+            raise RunDeleted(f"the MLflow run of {sync_id} was deleted on the server: it is not synced "
+                             f"(restore it from the MLflow trash to sync it again)")
+        return run
+
+    def check_duplicates(self, sync_id: str, run: MlflowRun) -> None:
+        """A run created in a race may have a twin that another gateway created at the same moment: look
+        until a look at least SETTLE_S after adopting the run found none."""
+        win = self.converge(run.experiment_id, sync_id, self.tagged(run.experiment_id, sync_id))
+        if win is None or win.run_id == run.run_id:
+            run.settled = now_ms() - run.adopted_ms >= SETTLE_S * 1000
+            return
+        # Ours lost (marked just now, or by the other gateway): move to the winner, send everything again.
+        reason = (f"another gateway created the same run at the same moment (MLflow run {win.run_id}) and won "
+                  f"the race: syncing into {win.run_id} now; this gateway's {run.run_id} is marked "
+                  f"{DUPLICATE_TAG}={win.run_id}")
+        run.__dict__.update(MlflowRun(win.run_id, run.experiment_id, win.artifact_uri, adopted_ms=now_ms()).__dict__)
+        run.replaced = reason
+
+    # -- creating one -------------------------------------------------------------------------------
+    def find_or_create(self, project: str, sync_id: str, name: str, start_ms: Optional[int],
+                       tags: Mapping[str, str]) -> MlflowRun:
+        eid = self.experiment_id(project)
+        run = self.find(eid, sync_id)
+        if run is None:
+            body: Dict[str, Any] = {"experiment_id": eid, "run_name": name,
+                                    "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
+            if start_ms is not None:
+                body["start_time"] = start_ms
+            run = self._create(eid, sync_id, body)
+        run.adopted_ms = now_ms()
+        return run
+
+    def _create(self, eid: str, sync_id: str, body: Dict[str, Any]) -> MlflowRun:
+        """``runs/create``, sent again only while a search by the tag proves the last one created nothing."""
+        deadline = time.monotonic() + self.rest.http.deadline_s
+        for attempt in range(self.rest.http.retries + 1):
+            try:
+                info = self.rest.call("POST", "/runs/create", body, idempotent=False)["run"]["info"]
+                break
+            except ServerUnreachable:
+                raise  # nothing reached the server (the HTTP layer retried the connection): the pass ends
+            except ServerUnavailable as e:
+                again = self.find(eid, sync_id)
+                if again is not None:
+                    log.info("%s: the answer to runs/create was lost; found the run it created by its tag", sync_id)
+                    return again
+                wait_s = e.retry_after_s if isinstance(e, ServerBusy) and e.retry_after_s is not None \
+                    else min(BACKOFF_MAX_S, self.rest.http.backoff_factor * 2 ** attempt)
+                if attempt == self.rest.http.retries or time.monotonic() + wait_s > deadline:
+                    raise
+                log.info("%s: runs/create failed (%s) and created nothing; trying again in %.1f s", sync_id, e, wait_s)
+                self.sleep(wait_s)
+        # Another gateway may have raced us between search and create: converge at once on the winner.
+        return self.converge(eid, sync_id, self.tagged(eid, sync_id)) or \
+            MlflowRun(info["run_id"], eid, info.get("artifact_uri", ""))
+
+    def retire(self, run: MlflowRun, reason: str) -> None:
+        """Detach ``run`` from its sync id (its tag becomes ``retired:...``), keeping what it holds."""
+        try:
+            cur = self.rest.get_run(run.run_id)
+            tags = {t["key"]: t.get("value", "") for t in cur.get("data", {}).get("tags", [])}
+            sync_id = tags.get(SYNC_TAG, "")
+            if sync_id.startswith("retired:"):
+                return
+            name = tags.get("mlflow.runName") or cur["info"].get("run_name", "")
+            self.rest.set_tags(run.run_id, {SYNC_TAG: f"retired:{now_ms()}:{sync_id}", RETIRED_TAG: tag_value(reason),
+                                            "mlflow.runName": tag_value(f"{name} (replaced)")})
+        except RunDeleted:
+            pass  # deleted by a user: nothing to detach
