@@ -5,7 +5,8 @@ Imported only by the builder in ``hpc.mlflow`` when MLflow first builds a store 
 
 Writes go to the run's :class:`~hpc.mlflow._run.DoorRun` (queued for hpc's writer thread, bounded); reads of
 a run this process writes are answered from memory (metric histories after a bounded flush), reads of any
-other run from its directory (docs/run-format.md section 11).
+other run from its directory (docs/run-format.md section 11): the store composes the experiments
+(:mod:`hpc.mlflow._experiments`) and the run reads (:mod:`hpc.mlflow._lookup`) and keeps the run writes.
 """
 from __future__ import annotations
 
@@ -15,37 +16,16 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-from mlflow.entities import (
-    Experiment,
-    ExperimentTag,
-    LifecycleStage,
-    Metric,
-    Param,
-    Run,
-    RunData,
-    RunInfo,
-    RunInputs,
-    RunStatus,
-    RunTag,
-    ViewType,
-)
+from mlflow.entities import LifecycleStage, RunStatus, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INVALID_PARAMETER_VALUE,
-    INVALID_STATE,
-    RESOURCE_ALREADY_EXISTS,
-    RESOURCE_DOES_NOT_EXIST,
-)
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, INVALID_STATE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
 from mlflow.utils.name_utils import _generate_random_name
-from mlflow.utils.search_utils import SearchExperimentsUtils, SearchUtils
 from mlflow.utils.validation import (
     _validate_batch_log_data,
     _validate_batch_log_limits,
-    _validate_experiment_name,
-    _validate_experiment_tag,
     _validate_metric,
     _validate_param,
     _validate_param_keys_unique,
@@ -58,16 +38,13 @@ from .._context import detect
 from .._settings import Settings
 from .._terminal import Terminal
 from . import _layout as layout
-from ._read import DiskReader, RunOnDisk
+from ._experiments import Experiments, storage_error
+from ._lookup import RunLookup, run_entity
 from ._run import TERMINAL_STATUSES, DoorRun
 
 __all__ = ["HpcTrackingStore"]
 
 _STALE_WRITER_S = 30.0  # a run whose heartbeat is fresher than this belongs to a live writer elsewhere
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _new_params(run_id: str, logged: Dict[str, str], params: List[Any]) -> Dict[str, str]:
@@ -98,158 +75,55 @@ class HpcTrackingStore(AbstractStore):
         self.root = layout.root_from_uri(store_uri)
         self.settings = Settings.resolve({"root": self.root})
         self._terminal = Terminal(self.settings.silent)
-        self._artifact_root = artifact_uri
         self._runs: Dict[str, DoorRun] = {}      # runs this process writes
-        self._dirs: Dict[str, str] = {}          # run id -> run directory, as found
         self._lock = threading.RLock()
-        self._disk = DiskReader()
+        self._experiments = Experiments(self.root, store_uri, artifact_uri)
+        self._lookup = RunLookup(self.root, self._runs)
         self._slurm_runs = 0
         from . import _close_at_exit
 
         _close_at_exit(self)
 
-    # ---- experiments ----------------------------------------------------------------------------------
-    def _experiment_doc(self, experiment_id: str) -> Optional[Dict[str, Any]]:
-        path = layout.experiment_dir(self.root, str(experiment_id))
-        if path is None:
-            return None
-        doc = layout.read_experiment(path)
-        if doc is None and str(experiment_id) == layout.DEFAULT_EXPERIMENT_ID:
-            doc = self._new_experiment_doc(layout.DEFAULT_EXPERIMENT_NAME, layout.DEFAULT_EXPERIMENT_ID, None, [])
-        return doc
-
-    def _new_experiment_doc(self, name: str, experiment_id: str, artifact_location: Optional[str],
-                            tags: List[Any]) -> Dict[str, Any]:
-        directory = layout.DEFAULT_EXPERIMENT_NAME if experiment_id == layout.DEFAULT_EXPERIMENT_ID else experiment_id
-        location = artifact_location or (f"{self._artifact_root.rstrip('/')}/{directory}" if self._artifact_root
-                                         else layout.uri_for_path(os.path.join(self.root, directory)))
-        now = _now_ms()
-        return {"experiment_id": experiment_id, "name": name, "artifact_location": location,
-                "lifecycle_stage": LifecycleStage.ACTIVE, "creation_time": now, "last_update_time": now,
-                "tags": {t.key: t.value for t in tags}}
-
-    @staticmethod
-    def _experiment_entity(doc: Dict[str, Any]) -> Experiment:
-        return Experiment(doc["experiment_id"], doc["name"], doc["artifact_location"], doc["lifecycle_stage"],
-                          [ExperimentTag(k, v) for k, v in (doc.get("tags") or {}).items()],
-                          doc.get("creation_time"), doc.get("last_update_time"))
-
-    def _ensure_written(self, doc: Dict[str, Any]) -> None:
-        path = layout.experiment_dir(self.root, doc["experiment_id"])
-        if path is not None and layout.read_experiment(path) is None:
-            self._write_experiment(path, doc)
-
-    def _write_experiment(self, path: str, doc: Dict[str, Any]) -> None:
-        try:
-            layout.write_experiment(path, doc)
-        except OSError as err:
-            raise self._storage_error(path, err) from err
-
-    def _storage_error(self, path: str, err: OSError) -> MlflowException:
-        return MlflowException(f"cannot write {path}: {err.strerror or err}; check that the "
-                               f"root of {self.store_uri} is a writable directory", INVALID_STATE)
-
-    def _all_experiment_docs(self) -> List[Dict[str, Any]]:
-        docs = {}
-        for _, path in layout.list_experiment_dirs(self.root):
-            doc = layout.read_experiment(path)
-            if doc is not None:
-                docs[doc["experiment_id"]] = doc
-        if layout.DEFAULT_EXPERIMENT_ID not in docs:
-            default = self._experiment_doc(layout.DEFAULT_EXPERIMENT_ID)
-            if default is not None:
-                docs[layout.DEFAULT_EXPERIMENT_ID] = default
-        return list(docs.values())
-
+    # ---- experiments (hpc.mlflow._experiments) -------------------------------------------------------
     def search_experiments(self, view_type=ViewType.ACTIVE_ONLY, max_results=1000, filter_string=None,
                            order_by=None, page_token=None):
-        stages = LifecycleStage.view_type_to_stages(view_type)
-        experiments = [self._experiment_entity(d) for d in self._all_experiment_docs()
-                       if d["lifecycle_stage"] in stages]
-        filtered = SearchExperimentsUtils.filter(experiments, filter_string)
-        ordered = SearchExperimentsUtils.sort(filtered, order_by or ["creation_time DESC", "experiment_id ASC"])
-        page, token = SearchUtils.paginate(ordered, page_token, max_results)
-        return PagedList(page, token)
+        return self._experiments.search(view_type, max_results, filter_string, order_by, page_token)
 
     def create_experiment(self, name, artifact_location=None, tags=None):
-        _validate_experiment_name(name)
-        if self.get_experiment_by_name(name) is not None:
-            raise MlflowException(f"Experiment '{name}' already exists.", RESOURCE_ALREADY_EXISTS)
-        directory = layout.project_dir(name)
-        taken = layout.read_experiment(os.path.join(self.root, directory))
-        if taken is not None:  # only a name that is literally another name's encoded form
-            raise MlflowException(f"Experiment '{name}' would share the directory {directory} with experiment "
-                                  f"'{taken['name']}': choose another name", RESOURCE_ALREADY_EXISTS)
-        for tag in tags or []:
-            _validate_experiment_tag(tag.key, tag.value)
-        doc = self._new_experiment_doc(name, layout.experiment_id_for(directory), artifact_location, tags or [])
-        self._write_experiment(os.path.join(self.root, directory), doc)
-        return doc["experiment_id"]
+        return self._experiments.create(name, artifact_location, tags)
 
     def get_experiment(self, experiment_id):
-        doc = self._experiment_doc(str(experiment_id))
-        if doc is None:
-            raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
-        return self._experiment_entity(doc)
+        return self._experiments.get(experiment_id)
 
     def get_experiment_by_name(self, experiment_name):
-        if experiment_name == layout.DEFAULT_EXPERIMENT_NAME:
-            return self.get_experiment(layout.DEFAULT_EXPERIMENT_ID)
-        doc = layout.read_experiment(os.path.join(self.root, layout.project_dir(experiment_name)))
-        if doc is None or doc["name"] != experiment_name:  # renamed experiments keep their directory
-            doc = next((d for d in self._all_experiment_docs() if d["name"] == experiment_name), None)
-        return None if doc is None else self._experiment_entity(doc)
-
-    def _update_experiment(self, experiment_id: str, **changes: Any) -> Dict[str, Any]:
-        doc = self._experiment_doc(str(experiment_id))
-        if doc is None:
-            raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
-        doc.update(changes)
-        doc["last_update_time"] = _now_ms()
-        path = layout.experiment_dir(self.root, str(experiment_id))
-        assert path is not None
-        self._write_experiment(path, doc)
-        return doc
+        return self._experiments.get_by_name(experiment_name)
 
     def delete_experiment(self, experiment_id):
-        self._update_experiment(experiment_id, lifecycle_stage=LifecycleStage.DELETED)
+        self._experiments.update(experiment_id, lifecycle_stage=LifecycleStage.DELETED)
 
     def restore_experiment(self, experiment_id):
-        self._update_experiment(experiment_id, lifecycle_stage=LifecycleStage.ACTIVE)
+        self._experiments.update(experiment_id, lifecycle_stage=LifecycleStage.ACTIVE)
 
     def rename_experiment(self, experiment_id, new_name):
-        _validate_experiment_name(new_name)
-        if self.get_experiment_by_name(new_name) is not None:
-            raise MlflowException(f"Experiment '{new_name}' already exists.", RESOURCE_ALREADY_EXISTS)
-        self._update_experiment(experiment_id, name=new_name)
+        self._experiments.rename(experiment_id, new_name)
 
     def set_experiment_tag(self, experiment_id, tag):
-        _validate_experiment_tag(tag.key, tag.value)
-        doc = self._experiment_doc(str(experiment_id))
-        tags = dict((doc or {}).get("tags") or {})
-        tags[tag.key] = tag.value
-        self._update_experiment(experiment_id, tags=tags)
+        self._experiments.set_tag(experiment_id, tag)
 
     def delete_experiment_tag(self, experiment_id, key):
-        doc = self._experiment_doc(str(experiment_id))
-        tags = dict((doc or {}).get("tags") or {})
-        if key not in tags:
-            raise MlflowException(f"No tag with name: {key} in experiment with id {experiment_id}",
-                                  RESOURCE_DOES_NOT_EXIST)
-        del tags[key]
-        self._update_experiment(experiment_id, tags=tags)
+        self._experiments.delete_tag(experiment_id, key)
 
     # ---- runs: create, find, open ---------------------------------------------------------------------
     def create_run(self, experiment_id, user_id, start_time, tags, run_name):
         experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
-        doc = self._experiment_doc(experiment_id)
+        doc = self._experiments.doc(experiment_id)
         if doc is None:
             raise MlflowException(f"Could not create run under experiment with ID {experiment_id} - no such "
                                   "experiment exists.", RESOURCE_DOES_NOT_EXIST)
         if doc["lifecycle_stage"] != LifecycleStage.ACTIVE:
             raise MlflowException(f"Could not create run under non-active experiment with ID {experiment_id}.",
                                   INVALID_STATE)
-        self._ensure_written(doc)
+        self._experiments.ensure_written(doc)
         tags = [_validate_tag(t.key, t.value) for t in (tags or [])]
         name_tag = _get_run_name_from_tags(tags)
         if run_name and name_tag and run_name != name_tag:
@@ -266,7 +140,7 @@ class HpcTrackingStore(AbstractStore):
             project = layout.experiment_dir(self.root, experiment_id)
             assert project is not None
             run_dir = os.path.join(project, run_id)
-            previous = self._disk.load(run_dir) if context.run_id is not None else None
+            previous = self._lookup.disk.load(run_dir) if context.run_id is not None else None
             if previous is None and os.path.exists(os.path.join(run_dir, fmt.RUN_JSON)):
                 run_id = uuid.uuid4().hex  # the SLURM id names a run that is no door run (hpc.init's)
                 run_dir = os.path.join(project, run_id)
@@ -290,10 +164,10 @@ class HpcTrackingStore(AbstractStore):
                 run = DoorRun.open(run_dir, info, previous is not None, context, self.settings, self._terminal,
                                    params=params, latest=latest)
             except OSError as err:
-                raise self._storage_error(run_dir, err) from err
+                raise storage_error(self.store_uri, run_dir, err) from err
             self._runs[run_id] = run
-            self._dirs[run_id] = run_dir
-        return self._entity(run.info, run.params, run.latest)
+            self._lookup.remember(run_id, run_dir)
+        return run_entity(run.info, run.params, run.latest)
 
     def _refuse_live_writer(self, run_dir: str, run_id: str) -> None:
         """One writer per run: a run another live process writes (fresh heartbeat, no outcome) is refused."""
@@ -310,31 +184,6 @@ class HpcTrackingStore(AbstractStore):
                                   f"{time.time() - beat.st_mtime:.0f} s ago): one process writes a run; log from "
                                   "that process, or end the run there first", INVALID_STATE)
 
-    def _find_dir(self, run_id: str) -> Optional[str]:
-        found = self._dirs.get(run_id)
-        if found is not None:
-            return found
-        if not fmt.is_name(run_id):
-            return None
-        try:
-            projects = [e.path for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            return None
-        for project in projects:
-            candidate = os.path.join(project, run_id)
-            if os.path.isfile(os.path.join(candidate, fmt.RUN_JSON)):
-                self._dirs[run_id] = candidate
-                return candidate
-        return None
-
-    def _on_disk(self, run_id: str) -> RunOnDisk:
-        _validate_run_id(run_id)
-        run_dir = self._find_dir(run_id)
-        loaded = self._disk.load(run_dir) if run_dir is not None else None
-        if loaded is None:
-            raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
-        return loaded
-
     def _writable(self, run_id: str) -> DoorRun:
         """The open run, or the run reopened for writing (a new attempt), as MLflow lets one log to a
         finished run."""
@@ -345,7 +194,7 @@ class HpcTrackingStore(AbstractStore):
             run = self._runs.get(run_id)
             if run is not None:
                 return run
-            loaded = self._on_disk(run_id)
+            loaded = self._lookup.on_disk(run_id)
             if loaded.info.get("lifecycle_stage") != LifecycleStage.ACTIVE:
                 raise MlflowException(f"The run {run_id} must be in the 'active' state. Current state is "
                                       f"{loaded.info.get('lifecycle_stage')}.", INVALID_PARAMETER_VALUE)
@@ -366,62 +215,16 @@ class HpcTrackingStore(AbstractStore):
             status = run.info.get("status")
             self._close(run, status if status in TERMINAL_STATUSES else None)
 
-    # ---- runs: reads ----------------------------------------------------------------------------------
-    @staticmethod
-    def _entity(info: Dict[str, Any], params: Dict[str, str], latest: Dict[str, Any]) -> Run:
-        run_info = RunInfo(run_id=info["run_id"], experiment_id=info["experiment_id"],
-                           user_id=info.get("user_id") or "", status=info["status"],
-                           start_time=info.get("start_time") or 0, end_time=info.get("end_time"),
-                           lifecycle_stage=info.get("lifecycle_stage", LifecycleStage.ACTIVE),
-                           artifact_uri=info.get("artifact_uri"), run_name=info.get("run_name"))
-        data = RunData(metrics=[Metric(k, v, ts, step) for k, (step, ts, v) in latest.items()],
-                       params=[Param(k, v) for k, v in params.items()],
-                       tags=[RunTag(k, v) for k, v in (info.get("tags") or {}).items()])
-        return Run(run_info, data, RunInputs(dataset_inputs=[]))
-
+    # ---- runs: reads (hpc.mlflow._lookup) ------------------------------------------------------------
     def get_run(self, run_id):
-        run = self._runs.get(run_id)
-        if run is not None:
-            with run._lock:
-                return self._entity(dict(run.info), dict(run.params), dict(run.latest))
-        loaded = self._on_disk(run_id)
-        return self._entity(loaded.info, loaded.params, loaded.latest)
+        return self._lookup.get_run(run_id)
 
     def get_metric_history(self, run_id, metric_key, max_results=None, page_token=None):
-        run = self._runs.get(run_id)
-        if run is not None:
-            run.flush()
-            run_dir = run.run_dir
-        else:
-            run_dir = self._on_disk(run_id).run_dir
-        points = [Metric(metric_key, v, ts, step) for step, ts, v in DiskReader.history(run_dir, metric_key)]
-        if max_results is None:
-            return PagedList(points[SearchUtils.parse_start_offset_from_page_token(page_token):], None)
-        page, token = SearchUtils.paginate(points, page_token, max_results)
-        return PagedList(page, token)
+        return self._lookup.get_metric_history(run_id, metric_key, max_results, page_token)
 
     def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
-        stages = LifecycleStage.view_type_to_stages(run_view_type)
-        runs = []
-        for experiment_id in experiment_ids:
-            project = layout.experiment_dir(self.root, str(experiment_id))
-            try:
-                entries = sorted(os.scandir(project), key=lambda e: e.name) if project else []
-            except OSError:
-                continue
-            for entry in entries:
-                if not fmt.is_name(entry.name) or not entry.is_dir(follow_symlinks=False):
-                    continue
-                try:
-                    run = self.get_run(entry.name)
-                except MlflowException:
-                    continue  # not a door run (an hpc.init run of the same project), or unreadable now
-                if run.info.experiment_id == str(experiment_id) and run.info.lifecycle_stage in stages:
-                    self._dirs.setdefault(entry.name, entry.path)
-                    runs.append(run)
-        filtered = SearchUtils.filter(runs, filter_string)
-        ordered = SearchUtils.sort(filtered, order_by)
-        return SearchUtils.paginate(ordered, page_token, max_results)
+        return self._lookup.search_runs(experiment_ids, filter_string, run_view_type, max_results, order_by,
+                                        page_token)
 
     # ---- runs: writes ---------------------------------------------------------------------------------
     def update_run_info(self, run_id, run_status, end_time, run_name):
@@ -438,7 +241,7 @@ class HpcTrackingStore(AbstractStore):
         run.publish_info()
         if status in TERMINAL_STATUSES:
             self._close(run, status)
-        return self._entity(info, {}, {}).info
+        return run_entity(info, {}, {}).info
 
     def log_metric(self, run_id, metric):
         _validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
@@ -467,7 +270,7 @@ class HpcTrackingStore(AbstractStore):
         params = [_validate_param(p.key, p.value) for p in params]
         run = self._runs.get(run_id)
         if run is None and params:  # an ended run: refused params must not reopen it for a new attempt
-            _new_params(run_id, self._on_disk(run_id).params, params)
+            _new_params(run_id, self._lookup.on_disk(run_id).params, params)
         run = run or self._writable(run_id)
         if params:
             new = _new_params(run_id, run.params, params)
@@ -492,7 +295,7 @@ class HpcTrackingStore(AbstractStore):
     def _set_lifecycle(self, run_id: str, stage: str) -> None:
         run = self._runs.get(run_id)
         if run is None:
-            loaded = self._on_disk(run_id)
+            loaded = self._lookup.on_disk(run_id)
             self._refuse_live_writer(loaded.run_dir, run_id)
             run = DoorRun.open(loaded.run_dir, loaded.info, True, detect(os.environ), self.settings,
                                self._terminal, params=loaded.params, latest=loaded.latest)

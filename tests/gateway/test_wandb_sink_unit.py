@@ -87,7 +87,26 @@ def test_history_events_and_summary_shapes():
     assert ev == {"system.gpu.1.powerWatts": 300, "system.proc.memory.rssMB": 3.0, "_wandb": True,
                   "_timestamp": 2000.0, "_runtime": 1000.0}
     s = json.loads(summary_line(Summary({"loss": 0.1, "acc": 0.9}, policies={"loss": "min"}), 12.7))
-    assert s == {"loss": {"min": 0.1}, "acc": 0.9, "_wandb": {"runtime": 12}}
+    assert s == {"loss": {"min": 0.1}, "acc": 0.9, "_runtime": 12.7, "_wandb": {"runtime": 12}}
+    s = json.loads(summary_line(Summary({"acc": 0.9}), 12.7, (41, 2000.5)))
+    assert s == {"acc": 0.9, "_step": 41, "_timestamp": 2000.5, "_runtime": 12.7, "_wandb": {"runtime": 12}}
+
+
+def test_the_summary_reports_the_newest_acknowledged_step_only():
+    api = FakeApi()
+    sink, run = _sink(api), WandbRun("e", "p", "r", created_ms=1_000_000)
+    sink.set_summary(run, Summary({"loss": 0.5}, version_ms=1_001_000))
+    first = json.loads(api.bodies[-1]["files"]["wandb-summary.json"]["content"][0])
+    assert "_step" not in first, "no history row sent yet: no step to report"
+    (_, payload), = sink.batches(run, "history", _rows(5))
+    sink.set_summary(run, Summary({"loss": 0.5}, version_ms=1_001_000))
+    assert "_step" not in json.loads(api.bodies[-1]["files"]["wandb-summary.json"]["content"][0]), \
+        "a prepared payload is not acknowledged"
+    sink.send(run, payload)
+    sink.set_summary(run, Summary({"loss": 0.5}, version_ms=1_001_000))
+    got = json.loads(api.bodies[-1]["files"]["wandb-summary.json"]["content"][0])
+    assert (got["_step"], got["_timestamp"]) == (4, 1_000.004)
+    assert WandbSink.restore(sink, run.to_state()).last_step == 4, "kept in the run's state"
 
 
 def test_define_metric_in_the_config_as_the_official_client_encodes_it():

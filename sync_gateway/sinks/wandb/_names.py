@@ -75,12 +75,18 @@ def events_line(row: Row, created_ms: int) -> Optional[str]:
     return _dumps(doc)
 
 
-def summary_line(summary: Summary, runtime_s: float) -> str:
+def summary_line(summary: Summary, runtime_s: float, last: Optional[Tuple[int, float]] = None) -> str:
+    """The whole summary; ``last`` (the newest history row's step and time, seconds) gives ``_step`` and
+    ``_timestamp`` as the official client keeps them there (W&B's runs table and a later resume read them)."""
     doc: Dict[str, Any] = {}
     for k, v in summary.values.items():
         policy = summary.policies.get(k)
         v = _value(v)
         doc[k] = {policy: v} if policy in SUMMARY_POLICIES and policy not in ("last", "none", "copy") else v
+    if last is not None:
+        doc.setdefault("_step", last[0])
+        doc.setdefault("_timestamp", last[1])
+    doc.setdefault("_runtime", runtime_s)
     doc["_wandb"] = {"runtime": int(runtime_s)}
     return _dumps(doc)
 

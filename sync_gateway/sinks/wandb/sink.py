@@ -73,7 +73,8 @@ class WandbRun(SinkRun):
     created_ms: int = 0
     offsets: Dict[str, int] = field(default_factory=dict)   # acknowledged next line offset per file
     console_bytes: int = 0       # bytes of output.log sent (complete lines)
-    last_ts_ms: int = 0          # the newest acknowledged history row's time
+    last_ts_ms: int = 0          # the newest acknowledged history row's time ...
+    last_step: Optional[int] = None  # ... and its step: the summary's _step and _timestamp, as wandb's own
     uploaded: List[str] = field(default_factory=list)
     tags: List[str] = field(default_factory=list)
     display_name: str = ""
@@ -99,6 +100,7 @@ class StreamPayload:
     lines: Tuple[str, ...]
     points: int
     last_ts_ms: int
+    last_step: Optional[int] = None
 
 
 def _read_key_file(path: str) -> str:
@@ -232,7 +234,7 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
         file = STREAM_FILE.get(stream, EVENTS)
         make = history_line if file == HISTORY else events_line
         lines: List[str] = []
-        size, points, last_ts = 0, 0, 0
+        size, points, last_ts, last_step = 0, 0, 0, None
         for i, row in enumerate(rows):
             line = make(row, run.created_ms)
             if line is None:
@@ -241,17 +243,19 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
             size += len(line) + 1
             points += len(row.values)
             last_ts = max(last_ts, row.ts_ms)
+            last_step = row.step if last_step is None else max(last_step, row.step)
             if len(lines) >= MAX_LINES or size >= MAX_BYTES:
-                yield i + 1, self._payload(run, file, lines, points, last_ts)
+                yield i + 1, self._payload(run, file, lines, points, last_ts, last_step)
                 lines, size, points = [], 0, 0
         if lines:
-            yield len(rows), self._payload(run, file, lines, points, last_ts)
+            yield len(rows), self._payload(run, file, lines, points, last_ts, last_step)
 
     @staticmethod
-    def _payload(run: WandbRun, file: str, lines: List[str], points: int, last_ts: int) -> StreamPayload:
+    def _payload(run: WandbRun, file: str, lines: List[str], points: int, last_ts: int,
+                 last_step: Optional[int]) -> StreamPayload:
         start = run.planned(file)
         run._next[file] = start + len(lines)
-        return StreamPayload(file, start, tuple(lines), points, last_ts)
+        return StreamPayload(file, start, tuple(lines), points, last_ts, last_step)
 
     def send(self, run: WandbRun, payload: StreamPayload) -> int:
         acked = run.offsets.get(payload.file, 0)
@@ -268,7 +272,7 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
             raise
         run.offsets[payload.file] = acked + len(payload.lines)
         if payload.file == HISTORY:
-            run.last_ts_ms = max(run.last_ts_ms, payload.last_ts_ms)
+            _saw_row(run, payload.last_step, payload.last_ts_ms)
         return payload.points
 
     def _append(self, run: WandbRun, file: str, lines: List[str]) -> None:
@@ -283,7 +287,8 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
             run._next[file] = run.offsets[file]
 
     def set_summary(self, run: WandbRun, summary: Summary) -> None:
-        line = summary_line(summary, max(0, summary.version_ms - run.created_ms) / 1000.0)
+        last = None if run.last_step is None else (run.last_step, run.last_ts_ms / 1000.0)
+        line = summary_line(summary, max(0, summary.version_ms - run.created_ms) / 1000.0, last)
         self.api.file_stream(run.entity, run.project, run.name, {"files": {SUMMARY: {"offset": 0, "content": [line]}}})
 
     # -- files ---------------------------------------------------------------------------------
@@ -358,6 +363,7 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
         line = history_line(Row(step, ts_ms, {key: value}, end=None), run.created_ms)  # type: ignore[arg-type]
         if line is not None:
             self._append(run, HISTORY, [line])
+            _saw_row(run, step, ts_ms)
 
     # -- state and groups ------------------------------------------------------------------------
     def set_state(self, run: WandbRun, status: RunStatus) -> None:
@@ -401,6 +407,13 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
     def close(self) -> None:
         self.api.http.session.close()
         self.api.uploads.session.close()
+
+
+def _saw_row(run: WandbRun, step: Optional[int], ts_ms: int) -> None:
+    """An acknowledged history row: the newest step and time the summary reports."""
+    if step is not None:
+        run.last_step = step if run.last_step is None else max(run.last_step, step)
+    run.last_ts_ms = max(run.last_ts_ms, ts_ms)
 
 
 def _ui(base_url: str) -> str:
