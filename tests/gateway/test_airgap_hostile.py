@@ -450,3 +450,15 @@ def test_a_lost_export_state_and_a_shorter_rewrite_leave_no_old_bytes_in_the_mir
     assert do_import(im, bundles_in(str(out))).ok
     mirror = os.path.join(mirror_roots(im)[0], "p", "r1", "files", "big.bin")
     assert open(mirror, "rb").read() == open(w.path("files/big.bin"), "rb").read()
+
+
+def test_the_cli_prunes_with_prune_imported(tmp_path, capsys):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    paths = _small_inbox(str(inbox), 3)
+    cfg = tmp_path / "c.yaml"   # a server that refuses connections: the pass fails, the bundles are imported
+    cfg.write_text(json.dumps({"state_dir": str(tmp_path / "s"), "retries": 0, "timeout_s": 2,
+                               "server": {"url": "http://127.0.0.1:9"}}))
+    main(["-q", "import", "--config", str(cfg), "--prune-imported", *paths])
+    out = capsys.readouterr().out
+    assert "pruned 3 imported bundle(s)" in out and os.listdir(inbox) == [], out
