@@ -38,6 +38,7 @@ from sync_gateway.records import (
     Snapshot,
     StreamChunk,
     Summary,
+    usable_files,
 )
 from sync_gateway.sources.base import Source, is_run_name
 
@@ -535,7 +536,7 @@ class WandbReader(Reader):
                 if name.startswith(prefix):
                     dest = "files/" + name[len(prefix):]
                     out[dest] = FileEntry(name, dest, s)
-        return sorted(out.values(), key=lambda e: e.dest)
+        return usable_files(sorted(out.values(), key=lambda e: e.dest), self.ref.key)
 
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
         self._scan(snap)
