@@ -19,7 +19,7 @@ from sync_gateway._redact import RedactingFilter, redact, redact_url
 from sync_gateway.engine.runner import Runner
 from sync_gateway.engine.state import StateStore
 from sync_gateway.errors import ConfigError, GatewayError
-from sync_gateway.readers import reader_for
+from sync_gateway.readers import discover_runs, reader_for
 from sync_gateway.records import Position
 from sync_gateway.settings import Settings
 from sync_gateway.sources import open_source
@@ -256,7 +256,7 @@ def _status(settings: Settings) -> int:
     for r in list(settings.roots) + mirror_roots(settings):  # the mirror: what `import` syncs
         try:
             src = open_source(r, settings)
-            for ref in src.list_runs():
+            for ref in discover_runs(src, settings.wandb_search_depth):
                 sources[ref.key] = (src, ref)
         except GatewayError as e:
             log.warning("root %s: %s", r, e)
