@@ -193,22 +193,6 @@ def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
         server.close()
 
 
-@pytest.fixture
-def ssh_agent(tmp_path, monkeypatch):
-    """A real ssh-agent on a socket of its own, stopped by its PID."""
-    import re
-    import signal
-
-    sock = tmp_path / "agent.sock"
-    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], check=True, capture_output=True, text=True).stdout
-    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))
-    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-    try:
-        yield str(sock)
-    finally:
-        os.kill(pid, signal.SIGTERM)
-
-
 def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))   # no ~/.ssh/id_* to fall back on
     subprocess.run(["ssh-add", "-q", sshd.identity_file], check=True, capture_output=True)
