@@ -213,6 +213,7 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
 
 def test_listing_without_pipelining_gives_the_same(root, source_factory, monkeypatch):
     """Where paramiko lacks the request machinery the pipelined listing uses, listings go one by one."""
+    import sync_gateway.sources.sftp._listing as listing_module
     import sync_gateway.sources.sftp.source as sftp_module
 
     for i in range(30):
@@ -220,12 +221,50 @@ def test_listing_without_pipelining_gives_the_same(root, source_factory, monkeyp
     (root / "p0" / "half").mkdir()
     pipelined = source_factory(str(root))
     expected = {r.location: pipelined.scan(r) for r in discover_hpc(pipelined)}
-    monkeypatch.setattr(sftp_module, "pipelined_supported", lambda sftp: False)
+    for module in (sftp_module, listing_module):   # reads and listings
+        monkeypatch.setattr(module, "pipelined_supported", lambda sftp: False)
+    monkeypatch.setattr(listing_module, "listdirs", None)   # a listing must not take the pipelined path
     plain = source_factory(str(root))
     assert {r.location: plain.scan(r) for r in discover_hpc(plain)} == expected
     assert len(expected) == 30
     assert {name: _stats(st) for name, st in expected.items()} == {
         loc: local_stats(str(root), loc, recursive=False) for loc in expected}
+
+
+def test_a_no_change_pass_costs_the_same_rounds_whatever_the_number_of_runs(root, source_factory, monkeypatch):
+    """Discovery (readers/hpc/discovery.py, on the source's generic calls) and the scan and walks of every
+    run that follow cost a fixed number of pipelined listing rounds, and no listing of its own per
+    directory: 30 runs and 60 runs cost the same."""
+    import paramiko
+
+    import sync_gateway.sources.sftp._listing as listing_module
+
+    rounds, single = [], []
+    pipelined = listing_module.listdirs
+    monkeypatch.setattr(listing_module, "listdirs",
+                        lambda sftp, paths: rounds.append(len(paths)) or pipelined(sftp, paths))
+    plain_listdir = paramiko.SFTPClient.listdir_attr
+    monkeypatch.setattr(paramiko.SFTPClient, "listdir_attr",
+                        lambda self, path=".": single.append(path) or plain_listdir(self, path))
+
+    def a_pass():
+        rounds.clear()
+        src = source_factory(str(root))
+        files = 0
+        for run in discover_hpc(src):
+            files += len(src.scan(run)) + len(src.walk(run, "files")) + len(src.walk(run, "code"))
+        return files, len(rounds)
+
+    for i in range(30):
+        write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2, saved_files={"ckpt/model.pt": b"w", "a.txt": b"a"})
+    files_30, rounds_30 = a_pass()
+    for i in range(30, 60):
+        write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2, saved_files={"ckpt/model.pt": b"w", "a.txt": b"a"})
+    files_60, rounds_60 = a_pass()
+    assert files_60 == 2 * files_30 > 0
+    # the root, the projects, the run directories (stat_files), files/, files/ckpt/: 5 rounds either way
+    assert rounds_30 == rounds_60 == 5, (rounds_30, rounds_60)
+    assert single == []
 
 
 def test_a_stale_listing_is_not_used_for_scan(root, source_factory):

@@ -47,6 +47,8 @@ def entry(attr: paramiko.SFTPAttributes, name: Optional[str] = None) -> Entry:
 def list_many(sftp: paramiko.SFTPClient, paths: Sequence[str]) -> Dict[str, Listing]:
     """Many listings in a few round trips (pipelined), or one by one where paramiko lacks the means."""
     out: Dict[str, Listing] = {}
+    if not paths:
+        return out
     if pipelined_supported(sftp):
         for path, result in listdirs(sftp, paths).items():
             out[path] = result if isinstance(result, IOError) else [entry(a) for a in result]
