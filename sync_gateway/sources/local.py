@@ -67,8 +67,9 @@ class LocalSource(Source):
                     continue
                 try:
                     if not e.is_symlink():   # the listing's file type: no stat call
-                        if e.is_dir() or e.is_file():
-                            entries.append(DirEntry(e.name, e.is_dir(), None))
+                        is_dir = e.is_dir()
+                        if is_dir or e.is_file():
+                            entries.append(DirEntry(e.name, is_dir, None))
                         continue
                 except OSError:
                     continue
@@ -80,13 +81,13 @@ class LocalSource(Source):
 
     def stat_files(self, paths: Sequence[str]) -> Dict[str, Optional[FileStat]]:
         out: Dict[str, Optional[FileStat]] = {}
+        base = self.root.rstrip(os.sep) + os.sep
         for rel in paths:
-            parts = rel.split("/")
-            if not rel or ".." in parts:
+            if not rel or ".." in rel.split("/"):
                 out[rel] = None
                 continue
             try:
-                s = os.lstat(os.path.join(self.root, *parts))   # one system call; a link is not followed
+                s = os.lstat(base + rel.replace("/", os.sep))   # one system call; a link is not followed
             except OSError:
                 out[rel] = None
                 continue

@@ -31,8 +31,9 @@ def discover_hpc(source: Source) -> List[RunRef]:
             continue   # vanished or unreadable since the root was listed: not a project we can sync
         candidates += [(project, e.name, f"{listing.location}/{e.name}") for e in listing.entries
                        if e.is_dir and is_run_name(e.name)]
-    stats = source.stat_files([f"{project}/{run_id}/run.json" for project, run_id, _ in candidates])
-    refs = [RunRef(project, run_id, location) for project, run_id, location in candidates
-            if stats.get(f"{project}/{run_id}/run.json") is not None]
+    paths = [f"{project}/{run_id}/run.json" for project, run_id, _ in candidates]
+    stats = source.stat_files(paths)
+    refs = [RunRef(project, run_id, location) for (project, run_id, location), path in zip(candidates, paths)
+            if stats.get(path) is not None]
     source.list_ahead([f"{ref.project}/{ref.run_id}" for ref in refs])
     return refs
