@@ -94,7 +94,7 @@ def test_a_config_nested_hundreds_of_levels_keeps_the_reader_state_flat(tmp_path
             if isinstance(v, (dict, list)) else d
 
     assert depth_of(state.reader_state) <= 4, "the reader state must stay small and flat"
-    assert json.loads(state.reader_state["config"]["deep"]) if levels == 600 else True
+    assert state.reader_state["config"]["deep"] == _nested(levels)   # kept as the JSON text wandb wrote
 
 
 def test_an_empty_history_key_is_skipped_with_a_note(tmp_path, caplog):
@@ -132,3 +132,20 @@ def test_a_finished_run_ends_at_the_last_thing_it_did(tmp_path):
     assert ends == {"end1": ("finished", t0_ms + 12_700),       # the last row, not start + 12 s
                     "end2": ("finished", t0_ms + 12_900),       # the last system sample
                     "end3": ("failed", t0_ms + 20_000)}         # start + runtime, after its last row
+
+
+def test_a_version_2_reader_state_is_converted_not_scanned_again():
+    """States saved before the flat layout keep their scan position: no run is read again on upgrade."""
+    from sync_gateway.readers.wandb._scan import STATE_VERSION, fresh_state
+
+    state = {"v": 2, "parts": ["offline-run-20260101_000000-a"], "scan": 123_456,
+             "config": {"lr": 0.1, "model": {"depth": 3}}, "summary": {"loss": "0.5"},
+             "last": {"loss": 0.5, "img": {"_type": "image-file"}}, "versions": {"config": 99}}
+    fresh_state(state, ("offline-run-20260101_000000-a", "offline-run-20260102_000000-a"))   # resumed since
+    assert state["v"] == STATE_VERSION and state["scan"] == 123_456
+    assert {k: json.loads(v) for k, v in state["config"].items()} == {"lr": 0.1, "model": {"depth": 3}}
+    assert state["last"] == {"loss": 0.5} and state["summary"] == {"loss": "0.5"}
+    assert state["parts"] == ["offline-run-20260101_000000-a", "offline-run-20260102_000000-a"]
+    other = {"v": 1, "scan": 5}
+    fresh_state(other, ("x",))
+    assert other["scan"] == 0                    # an unknown version: scanned again
