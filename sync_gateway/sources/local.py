@@ -18,7 +18,6 @@ from sync_gateway.sources.base import DirEntry, DirListing, Source
 __all__ = ["LocalSource"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 class LocalSource(Source):

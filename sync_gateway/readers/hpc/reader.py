@@ -31,7 +31,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 DEFAULT_STALE_AFTER_S = 300.0
 #: stream name -> file

@@ -23,7 +23,6 @@ from sync_gateway.readers.wandb._records import decode, history_row, item_key, j
 __all__ = ["STATE_VERSION", "DocumentScan", "fresh_state", "SCALARS"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 STATE_VERSION = 3   # 2: summary values kept as their JSON text; 3: config too, ``last`` scalars only
 _POLICIES = ("min", "max", "mean", "first", "last", "best")

@@ -18,7 +18,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["discover_wandb", "FRAGMENT", "FORMAT"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 FORMAT = "wandb"   # the format named on the RunRefs (WandbReader.format)
 #: ``offline-run-20261127_062601-ji1c624p`` (offline) or ``run-...`` (online runs keep a .wandb too)

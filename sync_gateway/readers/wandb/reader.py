@@ -56,7 +56,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["WandbReader", "FRAGMENT_BITS", "MAX_RECORD_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 FRAGMENT_BITS = 40              # a position is fragment << 40 | offset (a fragment file up to 1 TiB)
 _MASK = (1 << FRAGMENT_BITS) - 1

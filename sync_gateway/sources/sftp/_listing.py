@@ -24,7 +24,6 @@ from sync_gateway.sources.sftp._pipeline import listdirs, pipelined_supported
 __all__ = ["Entry", "Listing", "entry", "list_many", "ListingCache", "RootGuard"]
 
 log = logging.getLogger("sync_gateway.sources.sftp.source")
-log.addHandler(logging.NullHandler())
 
 
 class Entry(NamedTuple):

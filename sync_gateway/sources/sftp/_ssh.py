@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("sync_gateway.sources.ssh")
-log.addHandler(logging.NullHandler())
 
 _MAX_JUMPS = 8  # a ProxyJump chain longer than this is a loop in the config
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
