@@ -343,3 +343,56 @@ def test_a_second_pass_sends_nothing(ab):
     for key, run in ab["b"].items():
         assert ab["b_again"][key]["history"] == run["history"], key
         assert ab["b_again"][key]["artifacts"] == run["artifacts"], key
+
+
+NESTED = textwrap.dedent('''
+    import mlflow
+    mlflow.set_experiment("nest first/β")
+    with mlflow.start_run(run_name="outer") as outer:
+        mlflow.log_param("p", "1")
+        with mlflow.start_run(run_name="inner", nested=True):
+            mlflow.log_metric("m", 1.0, step=-3)
+''')
+
+
+def test_a_child_synced_before_its_parent_nests_under_the_parent_run(servers, tmp_path):
+    """The child opens its parent's server run first (with the parent's own start and name); the parent's sync
+    then finds that run by its key: one server run each, the child nested under the parent."""
+    from mlflow import MlflowClient
+
+    from sync_gateway.engine.runner import Runner, make_sink
+    from sync_gateway.readers import discover_runs, reader_for
+    from sync_gateway.settings import Settings
+    from sync_gateway.sinks.base import RunSpec
+    from sync_gateway.sources.local import LocalSource
+
+    _, b = servers
+    root = str(tmp_path / "root")
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCSYNC_", "MLFLOW_", "SLURM_"))}
+    env.update(MLFLOW_TRACKING_URI=f"hpc://{root}", PYTHONPATH=REPO, MLFLOW_DISABLE_TELEMETRY="true")
+    done = subprocess.run([sys.executable, str(script)], env=env, cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    door = _door_runs(root)
+    outer, inner = door[("nest first/β", "outer")][0], door[("nest first/β", "inner")][0]
+
+    settings = Settings(roots=[root], server_url=b.url, state_dir=str(tmp_path / "state"))
+    sink = make_sink(settings, environ={})
+    source = LocalSource(root)
+    (child,) = [ref for ref in discover_runs(source) if ref.run_id == inner["run_id"]]
+    info = reader_for(source, child).info()
+    assert info.project == "nest first/β" and info.parent is not None and info.parent[0].endswith(outer["run_id"])
+    sink.open_run(RunSpec(child.key, info), None)  # the child first: its parent's server run is opened too
+    with Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        assert runner.run_pass().ok
+
+    client = MlflowClient(b.url)
+    exp = client.get_experiment_by_name("nest first/β")
+    found = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in found) == ["inner", "outer"]  # the parent once, not twice
+    runs = {r.info.run_name: r for r in found}
+    assert runs["inner"].data.tags["mlflow.parentRunId"] == runs["outer"].info.run_id
+    assert runs["outer"].info.start_time == outer["start_time"] and runs["outer"].data.params == {"p": "1"}
+    assert [(m.step, m.value) for m in client.get_metric_history(runs["inner"].info.run_id, "m")] == [(-3, 1.0)]

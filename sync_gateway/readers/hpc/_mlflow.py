@@ -3,8 +3,9 @@ what the hpc reader reads differently for them, so that a sink shows the run as 
 
 - the run's project is its experiment's exact name (``<project>/experiment.json``; the directory name is a
   safe encoding of it), its name, start time, user and tags are run.json's ``mlflow`` object's;
-- it belongs to no group: a direct MLflow run of a SLURM job's rank is a top-level run, and nesting is
-  MLflow's own (``mlflow.parentRunId``), which :func:`door_info` resolves to the parent run of the same root;
+- nesting is MLflow's own (``mlflow.parentRunId``), which :func:`door_info` resolves to the parent run of the
+  same root; a nested run belongs to no group (hpc's grouping of a job's ranks under a parent run would fight
+  the user's nesting), a top-level one keeps its group (a SLURM job's ranks, as for ``hpc.init``);
 - its metric points are the stream ``points.jsonl`` (any step, any order, per key), its artifacts
   ``artifacts/<path>`` shown at ``<path>``, and everything the door adds shown under ``hpc/``.
 """
@@ -120,6 +121,7 @@ def door_info(source: Source, ref: RunRef, meta: Mapping[str, Any], mlflow: Mapp
         base, project=_experiment_name(source, ref, mlflow),
         name=str(mlflow.get("run_name") or tags.get("mlflow.runName") or base.name),
         created_ms=start if start is not None else base.created_ms,
-        user=str(user) if user else None, group=None, tags=(), notes=None, program=None, argv=(), git={},
+        user=str(user) if user else None, group=None if parent_id else base.group, tags=(), notes=None,
+        program=None, argv=(), git={},
         metrics=(), native_tags=tags,
         parent=_parent(source, ref, parent_id, depth) if parent_id else None)

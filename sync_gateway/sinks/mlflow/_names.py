@@ -141,8 +141,8 @@ def native_run_tags(info: RunInfo, tags: Mapping[str, str]) -> Dict[str, str]:
     """A run written through MLflow's client: its own tags exactly (but the nesting tag), and the gateway's
     bookkeeping only under ``hpc.*``, so the user's namespace equals a direct run's."""
     t: Dict[str, Any] = {k: v for k, v in tags.items() if k != PARENT_TAG}
-    t.update({"hpc.project": info.project, "hpc.job_type": info.job_type, "hpc.host": info.host,
-              "hpc.attempt": info.attempt, "hpc.format_version": info.format_version or None})
+    t.update({"hpc.project": info.project, "hpc.group": info.group, "hpc.job_type": info.job_type,
+              "hpc.host": info.host, "hpc.attempt": info.attempt, "hpc.format_version": info.format_version or None})
     if tags.get(PARENT_TAG) and info.parent is None:  # its parent is not in the root: kept, not nested
         t["hpc.parent_run_id"] = tags[PARENT_TAG]
     for k, v in info.scheduler.items():
