@@ -25,7 +25,6 @@ __all__ = ["POINTS_STREAM", "ARTIFACTS_DIR", "EXPERIMENT_JSON", "PARENT_TAG", "m
            "shown_as"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 POINTS_STREAM = ("points", "points.jsonl")   # stream name, file
 ARTIFACTS_DIR = "artifacts"
