@@ -150,7 +150,7 @@ class Runs:
 
     # -- creating one -------------------------------------------------------------------------------
     def find_or_create(self, project: str, sync_id: str, name: str, start_ms: Optional[int],
-                       tags: Mapping[str, str]) -> MlflowRun:
+                       tags: Mapping[str, str], user_id: Optional[str] = None) -> MlflowRun:
         eid = self.experiment_id(project)
         run = self.find(eid, sync_id)
         if run is None:
@@ -158,6 +158,8 @@ class Runs:
                                     "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
             if start_ms is not None:
                 body["start_time"] = start_ms
+            if user_id:  # the run's user, as MLflow's own client sends it
+                body["user_id"] = user_id
             run = self._create(eid, sync_id, body)
         run.adopted_ms = now_ms()
         return run
