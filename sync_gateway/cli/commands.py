@@ -1,9 +1,4 @@
-"""``sync-gateway``: sync runs to a tracking server once (cron), as a daemon, show status, diagnose; across
-an air gap, export bundles on the cluster side and import them on the connected side (docs/airgap.md).
-
-Exit status of ``sync --once``, ``export``, ``import`` and ``verify``: 0 everything done; 1 some run, root
-or bundle failed or was refused (see the log and ``status``); 2 the configuration is invalid.
-"""
+"""``sync-gateway``: the command line (:data:`DESCRIPTION`, :data:`EXIT_STATUS`)."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +20,14 @@ __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("sync_gateway")
 
+#: what ``--help`` prints first (plain text: argparse shows it as it is)
+DESCRIPTION = ("Sync runs to a tracking server exactly once: one pass (cron) or as a daemon; show each run's "
+               "status; diagnose the connection. Across an air gap, export bundles on the cluster side and "
+               "import them on the connected side (docs/airgap.md).")
+#: what ``--help`` prints last
+EXIT_STATUS = ("exit status of sync, export, import and verify: 0 everything done; 1 some run, root or bundle "
+               "failed or was refused (see the log and 'sync-gateway status'); 2 the configuration is invalid.")
+
 
 def build_parser() -> argparse.ArgumentParser:
     def common_options(defaults: bool) -> argparse.ArgumentParser:
@@ -39,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     common = common_options(False)
-    ap = argparse.ArgumentParser(prog="sync-gateway", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="sync-gateway", description=DESCRIPTION, epilog=EXIT_STATUS,
                                  parents=[common_options(True)])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sync", parents=[common], help="one pass over every root (for cron)")
-    s.add_argument("--once", action="store_true", help="one pass, then exit (the only mode of `sync`)")
+    s.add_argument("--once", action="store_true", help="one pass, then exit (the only mode of sync)")
     d = sub.add_parser("daemon", parents=[common], help="a pass every --interval-s until SIGTERM")
     d.add_argument("--interval-s", type=float, help="seconds between passes (config: interval_s)")
     sub.add_parser("status", parents=[common], help="a table per run: state, records synced, lag, error")
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--to", required=True, metavar="DIR", help="directory the bundle files are written into")
     i = sub.add_parser("import", parents=[common], help="air gap, connected side: apply bundles, sync them")
     i.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle files (any order; none: finish a pass)")
+    for p in (s, d, i):  # the commands that run passes
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="runs synced at once, 1 to one after another (config: workers; default 4)")
     v = sub.add_parser("verify", parents=[common], help="check bundles' checksums without importing them")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     return ap
@@ -73,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.cmd == "verify":  # needs no configuration: it runs anywhere on the transfer path
             return _verify(args.bundles)
-        overrides = {"interval_s": getattr(args, "interval_s", None)}
+        overrides = {"interval_s": getattr(args, "interval_s", None), "workers": getattr(args, "workers", None)}
         # The sink's own variables (MLFLOW_TRACKING_URI, ...) and keys, so that every command sees them.
         settings = configure(Settings.resolve(args.config, overrides=overrides))
         if args.cmd == "sync":
@@ -216,6 +222,13 @@ def _bundle_name(export_id: str, seq: int) -> str:
     return bundle_name(export_id, seq)
 
 
+def workers_line(settings: Settings) -> str:
+    """How many runs a pass syncs at once, and what set it (``status``, ``doctor``)."""
+    where = settings.origins.get("workers")
+    origin = {None: "the default", "config": "the config's workers", "argument": "--workers"}.get(where, where)
+    return f"workers: {settings.workers} run(s) synced at once (from {origin})"
+
+
 def _utc(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -299,7 +312,7 @@ def _status_table(settings: Settings, runner: Runner) -> int:
     # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
-    for line in _airgap_lines(settings):
+    for line in [workers_line(settings)] + _airgap_lines(settings):
         console.print(line, highlight=False, markup=False)
     return 1 if bad else 0
 

@@ -61,7 +61,10 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
         checks.append((ok, name, detail))
         out(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
 
-    add(True, "config", f"{config_path or 'no config file'}; state_dir={settings.state_path}")
+    from sync_gateway.cli.commands import workers_line
+
+    add(True, "config", f"{config_path or 'no config file'}; state_dir={settings.state_path}; "
+                        f"{workers_line(settings)}")
     for r in settings.roots:
         if r.startswith("ssh://"):
             try:
