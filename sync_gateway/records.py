@@ -9,11 +9,14 @@ limits. This module imports nothing of the package.
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["RUN_STATES", "ENDED_STATES", "FileStat", "RunRef", "MetricDef", "RunInfo", "Row", "StreamChunk",
-           "Summary", "FileEntry", "RunStatus", "Snapshot", "Position", "fingerprint", "FINGERPRINT_BYTES"]
+           "Summary", "FileEntry", "RunStatus", "Snapshot", "Position", "fingerprint", "FINGERPRINT_BYTES",
+           "name_problem", "shown", "usable_files"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,28 @@ FINGERPRINT_BYTES = 512
 def fingerprint(data: bytes) -> str:
     """The fingerprint of the bytes just before a cursor: a stream rewritten since is recognised by it."""
     return hashlib.sha1(data).hexdigest()
+
+
+# C0 and C1 controls (newline, ESC, DEL, ...), line/paragraph separators and the bidirectional overrides:
+# each can forge or reorder what a terminal, a log line or a web page shows next to the name.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def name_problem(name: str) -> Optional[str]:
+    """Why a file name (or a path of them) cannot be stored or shown by the gateway (``holds a ...``), else
+    None: ONE rule for export and every reader's file listing, so a direct sync and an air gap carry the
+    same files. Refused: control characters and the like (see ``_UNSHOWABLE``) and backslashes (a path separator on
+    some servers and clients, so the name would not mean the same file everywhere)."""
+    if _UNSHOWABLE.search(name):
+        return "holds a control character"
+    if "\\" in name:
+        return "holds a backslash"
+    return None
+
+
+def shown(name: str) -> str:
+    """``name`` as it is safe to print: as it is when it holds nothing unshowable, else escaped (repr)."""
+    return ascii(name) if _UNSHOWABLE.search(name) else name
 
 #: Every state a reader may report (docs/run-format.md section 7). A sink decides what each becomes.
 RUN_STATES = ("active", "finished", "failed", "preempted", "killed", "crashed")
@@ -177,3 +202,18 @@ class Snapshot:
     def version(self, name: str) -> Optional[List[int]]:
         s = self.files.get(name)
         return None if s is None else [s.size_bytes, s.mtime_ns]
+
+
+def usable_files(entries: List[FileEntry], run_key: str) -> List[FileEntry]:
+    """``entries`` less those whose name fails :func:`name_problem`, each skipped with a warning: what every
+    reader's ``files()`` returns, so a direct sync skips exactly what export skips."""
+    out = []
+    for e in entries:
+        problem = name_problem(e.source_path) or name_problem(e.dest)
+        if problem:
+            logging.getLogger("sync_gateway.readers").warning(
+                "%s: file %s %s: not uploaded (rename it; export skips it too)", shown(run_key), shown(e.dest),
+                problem)
+        else:
+            out.append(e)
+    return out

@@ -93,6 +93,7 @@ class Settings:
     wandb_search_depth: int = 4         # how deep below a root W&B run directories are looked for; 0: not
     max_file_bytes: int = 5_000_000_000  # larger files (files/, output.log) are not uploaded (warned)
     bundle_max_bytes: int = 256 << 20   # air gap (docs/airgap.md): the most bytes one exported bundle file holds
+    bundle_max_entries: int = 10_000    # air gap: the most entries (files) one bundle holds (~1 KiB memory each)
     workers: int = 4                    # runs synced at once (docs/gateway.md, "Sizing"); 1: one after another
     #: where each value that is not a default came from: a key (``server_url``, ``tls.ca_bundle``, ``auth``)
     #: -> ``config``, ``argument`` or the environment variable's name. Not part of the value (compare=False).
@@ -209,7 +210,7 @@ def _from_env(s: Settings, env: Mapping[str, str]) -> Settings:
 
 _TOP = ("roots", "server", "tls", "auth", "ssh", "state_dir", "lease_dir", "lease_ttl_s", "interval_s",
         "stale_after_s", "timeout_s", "request_deadline_s", "retries", "batch_points", "max_file_bytes",
-        "wandb_search_depth", "bundle_max_bytes", "workers")
+        "wandb_search_depth", "bundle_max_bytes", "bundle_max_entries", "workers")
 
 
 def _check_keys(where: str, got: Mapping[str, Any], valid, hint: Optional[str] = None) -> None:
@@ -236,7 +237,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
     origins: Dict[str, str] = {}
     for k in ("state_dir", "lease_dir", "lease_ttl_s", "interval_s", "stale_after_s", "timeout_s",
               "request_deadline_s", "retries", "batch_points", "max_file_bytes", "wandb_search_depth",
-              "bundle_max_bytes", "workers"):
+              "bundle_max_bytes", "bundle_max_entries", "workers"):
         if k in doc:
             upd[k] = doc[k]
     if "roots" in doc:
@@ -292,6 +293,9 @@ def _validated(s: Settings) -> Settings:
             or s.bundle_max_bytes < MIN_BUNDLE_BYTES:
         raise ConfigError(f"bundle_max_bytes must be an integer of at least {MIN_BUNDLE_BYTES} (64 KiB), "
                           f"not {s.bundle_max_bytes!r}")
+    if not isinstance(s.bundle_max_entries, int) or isinstance(s.bundle_max_entries, bool) \
+            or s.bundle_max_entries < 1:
+        raise ConfigError(f"bundle_max_entries must be a positive integer, not {s.bundle_max_entries!r}")
     if bool(s.tls.client_cert) != bool(s.tls.client_key) and s.tls.client_key:
         raise ConfigError("tls.client_key is set without tls.client_cert; set both for mTLS")
     for k in ("insecure", "truststore"):

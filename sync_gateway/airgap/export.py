@@ -7,6 +7,13 @@ cursor) decides: unchanged -> nothing; only grew -> an ``append`` entry; rewritt
 ``replace`` (a file too large for one bundle: ``reset`` plus ``append`` ranges in the next bundles).
 Bytes are read through the Source API only, so a link out of a root is never followed.
 
+The export id is saved (fsynced) before anything names it: a first export killed after its bundle 1
+left must not make the next export start another id at sequence 2, which import could never take.
+
+A bundle also stays within ``bundle_max_entries`` entries and the manifest size that allows, as import
+checks. When nothing changed but a run went silent since the last bundle (it died without an exit
+record), a bundle with no entries carries the clock across, so the connected side sees it die too.
+
 Durability: ``intent.json`` names the bundle about to be written; the bundle goes to a temporary name in
 the target directory, is fsynced and renamed into place, the directory fsynced, and only then the cursors
 are saved (atomic rename, fsynced). Killed before the rename, the next export writes the same sequence
@@ -25,14 +32,16 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from sync_gateway.airgap.bundle import (
     ENTRY_OVERHEAD_BYTES,
     OVERHEAD_BYTES,
     BundleWriter,
+    Limits,
     bundle_name,
     check_path,
+    entry_manifest_cost,
     verify,
 )
 from sync_gateway.engine.lease import Lease
@@ -47,7 +56,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["export", "ExportReport", "ExportState", "root_id", "export_dir", "pending"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 FP_BYTES = 64 << 10         # the fingerprint covers up to this many bytes before a cursor (a whole small doc)
 READ_BYTES = 1 << 20        # read size: memory stays bounded whatever a file's size
@@ -94,6 +102,7 @@ class _Piece:
     offset: int
     length: int
     mtime_ns: int
+    truncate: bool = False  # the last part of a split rewrite: the file ends after it
 
 
 @dataclass
@@ -102,21 +111,37 @@ class ExportReport:
     errors: Dict[str, str] = field(default_factory=dict)   # root or run -> why (the rest was exported)
     runs: int = 0
     files: int = 0
+    clock_due: bool = False   # a run went silent since the last bundle: the connected side needs the clock
+    seen: Set[str] = field(default_factory=set)            # bundle paths of every file listed
+    unlisted: List[str] = field(default_factory=list)      # path prefixes not listed (an error): cursors kept
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def _files(settings: Settings, sources: List[Source], rep: ExportReport
-           ) -> Iterator[Tuple[Source, RunRef, str, str, int, int]]:
-    """``(source, run, run-relative name, bundle path, size, mtime_ns)`` of every file of every run."""
+def _went_silent(settings: Settings, reader: Any, snap: Any, since_ms: Optional[int], now_ms: int) -> bool:
+    """Whether the run was alive when the last bundle was written and is presumed dead now, with no exit
+    record (so no file of it changed and only the clock tells the connected side)."""
+    stale_ms = int(settings.stale_after_s * 1000)
+    newest = max((s.mtime_ns // 1_000_000 for s in snap.files.values()), default=0)
+    if since_ms is None or not since_ms < newest + stale_ms <= now_ms:
+        return False   # a stat tells for most runs; the status (a document or two read) only for these
+    st = reader.status(snap, now_ms, settings.stale_after_s)
+    return bool(st.state == "crashed" and st.end_ms == st.alive_ms and since_ms < st.alive_ms + stale_ms)
+
+
+def _files(settings: Settings, sources: List[Source], rep: ExportReport, since_ms: Optional[int] = None,
+           now_ms: int = 0) -> Iterator[Tuple[Source, RunRef, str, str, int, int]]:
+    """``(source, run, run-relative name, bundle path, size, mtime_ns)`` of every file of every run.
+    ``since_ms``: the last bundle's creation time, to tell whether a clock-only bundle is due."""
     for source in sources:
         rid = root_id(source.display)
         try:
             refs = discover_runs(source, settings.wandb_search_depth)
         except GatewayError as e:
             rep.errors[source.display] = str(e)
+            rep.unlisted.append(rid + "/")
             log.error("root %s not exported: %s", source.display, e)
             continue
         for ref in refs:
@@ -124,9 +149,12 @@ def _files(settings: Settings, sources: List[Source], rep: ExportReport
             try:
                 if rel is None:
                     raise GatewayError(f"{ref.location} is not below the root {source.display}")
-                snap = reader_for(source, ref).snapshot()
+                reader = reader_for(source, ref)
+                snap = reader.snapshot()
+                rep.clock_due = rep.clock_due or _went_silent(settings, reader, snap, since_ms, now_ms)
             except GatewayError as e:
                 rep.errors[f"{source.display}: {ref.key}"] = str(e)
+                rep.unlisted.append(f"{rid}/{rel}/" if rel else f"{rid}/")
                 log.error("%s: %s: not exported: %s", source.display, ref.key, e)
                 continue
             rep.runs += 1
@@ -140,13 +168,16 @@ def _files(settings: Settings, sources: List[Source], rep: ExportReport
                     log.warning("%s: %s", ref.key, e)
                     continue
                 rep.files += 1
+                rep.seen.add(path)
                 yield source, ref, name, path, st.size_bytes, st.mtime_ns
 
 
-def _plan(settings: Settings, sources: List[Source], state: ExportState, rep: ExportReport) -> List[_Piece]:
+def _plan(settings: Settings, sources: List[Source], state: ExportState, rep: ExportReport, now_ms: int
+          ) -> List[_Piece]:
     """What is new since the cursors, one piece per file (split across bundles later)."""
     out: List[_Piece] = []
-    for source, ref, name, path, size, mtime_ns in _files(settings, sources, rep):
+    since = int(state.bundles[-1]["created_ms"]) if state.bundles else None
+    for source, ref, name, path, size, mtime_ns in _files(settings, sources, rep, since, now_ms):
         cur = state.files.get(path)
         if cur is not None and cur[0] == size and cur[1] == mtime_ns:
             continue
@@ -170,34 +201,42 @@ def _cost(n: int, path: str) -> int:
     return n + n // 1000 + ENTRY_OVERHEAD_BYTES + len(path.encode())
 
 
-def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool], fixed_bytes: int
-          ) -> List[List[_Piece]]:
+def _pack(pieces: List[_Piece], max_bytes: int, fresh: Callable[[str], bool], fixed_bytes: int,
+          limits: Limits, head: Tuple[int, int]) -> List[List[_Piece]]:
     """Pieces into bundles of at most ``max_bytes``: a whole file when it fits, else split by byte range
-    (the first part of a rewritten file is a ``reset``, the rest ``append``s). ``fresh(path)``: no cursor
-    yet (a first export): a large file's first part is then an ``append`` at 0, so a mirror that holds it
-    already (an export state lost) is not cut short meanwhile. ``fixed_bytes``: what every bundle holds
-    besides its entries."""
+    (the first part of a rewritten file is a ``reset``, the rest ``append``s, the last of them marked
+    ``truncate``). ``fresh(path)``: no cursor yet (a first export): a large file's first part is then an
+    ``append`` at 0, so a mirror that holds it already (an export state lost) is not cut short meanwhile;
+    its last part's ``truncate`` cuts what an older, longer copy left there. ``fixed_bytes``: what every
+    bundle holds besides its entries; ``head``: the manifest bytes and JSON containers of its head. A
+    bundle also stays within ``limits`` (entries, manifest bytes and containers), as import checks."""
     budget = max_bytes - fixed_bytes
+    m_budget, c_budget = limits.manifest_bytes - head[0], limits.containers - head[1]
     bundles: List[List[_Piece]] = []
     cur: List[_Piece] = []
-    used = 0
+    used = m_used = c_used = 0
     for p in pieces:
+        mb, cb = entry_manifest_cost(p.path)
         while True:
+            if cur and (m_used + mb > m_budget or c_used + cb > c_budget or len(cur) >= limits.max_entries):
+                bundles.append(cur)     # its manifest is full
+                cur, used, m_used, c_used = [], 0, 0, 0
             room = budget - used
             if _cost(p.length, p.path) <= room:
                 cur.append(p)
-                used += _cost(p.length, p.path)
+                used, m_used, c_used = used + _cost(p.length, p.path), m_used + mb, c_used + cb
                 break
             if cur and (_cost(p.length, p.path) <= budget or room < _cost(MIN_SPLIT_BYTES, p.path)):
                 bundles.append(cur)     # it fits a bundle of its own, or too little room is left here
-                cur, used = [], 0
+                cur, used, m_used, c_used = [], 0, 0, 0
                 continue
             n = max(1, (room - ENTRY_OVERHEAD_BYTES - len(p.path.encode())) * 1000 // 1001)
             kind = p.kind if p.kind == "append" else ("append" if fresh(p.path) else "reset")
             cur.append(_Piece(p.path, p.source, p.ref, p.name, kind, p.offset, n, p.mtime_ns))
             bundles.append(cur)
-            cur, used = [], 0
-            p = _Piece(p.path, p.source, p.ref, p.name, "append", p.offset + n, p.length - n, p.mtime_ns)
+            cur, used, m_used, c_used = [], 0, 0, 0
+            p = _Piece(p.path, p.source, p.ref, p.name, "append", p.offset + n, p.length - n, p.mtime_ns,
+                       truncate=p.truncate or p.kind != "append")
     if cur:
         bundles.append(cur)
     return bundles
@@ -270,7 +309,8 @@ def _write(settings: Settings, to_dir: str, state: ExportState, pieces: List[_Pi
             if p.length and not first:
                 continue  # vanished or cut short since its stat: no entry (an empty replace would empty
                 # the mirror's copy); its cursor stays, so the next export looks again
-            n, tail = w.add(p.path, p.kind, p.offset, p.mtime_ns, itertools.chain([first], chunks))
+            n, tail = w.add(p.path, p.kind, p.offset, p.mtime_ns, itertools.chain([first], chunks),
+                            truncate=p.truncate and not short[0])
             data_bytes += n
             old = state.files.get(p.path)
             k = min(len(tail), FP_BYTES)
@@ -312,15 +352,27 @@ def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = No
     try:
         state = ExportState.load(settings)
         if not state.export_id:
-            state.export_id = secrets.token_hex(8)   # once per export side: orders its bundles on import
+            # once per export side: orders its bundles on import. Durable before any intent or bundle names
+            # it: a kill after bundle 1 left must find the same id, or its sequence 2 would have no 1.
+            state.export_id = secrets.token_hex(8)
+            state.save(settings)
         _recover(settings, state)
         roots = {root_id(s.display): s.display for s in srcs}
         state.roots.update(roots)
         rep = ExportReport()
-        pieces = _plan(settings, srcs, state, rep)
-        fixed = OVERHEAD_BYTES + len(json.dumps(roots)) + len(socket.gethostname())
-        for group in _pack(pieces, settings.bundle_max_bytes, lambda p: p not in state.files, fixed):
+        now_ms = int(clock() * 1000)
+        pieces = _plan(settings, srcs, state, rep, now_ms)
+        head = json.dumps({"roots": roots, "host": socket.gethostname()})
+        fixed = OVERHEAD_BYTES + len(head)
+        groups = _pack(pieces, settings.bundle_max_bytes, lambda p: p not in state.files, fixed,
+                       Limits.of(settings), (1024 + len(head), 3 + head.count("{") + head.count("[")))
+        if not groups and rep.clock_due:
+            log.info("no file changed, but a run went silent since the last bundle: a bundle with no entries "
+                     "carries the clock to the connected side")
+            groups = [[]]
+        for group in groups:
             rep.bundles.append(_write(settings, to_dir, state, group, roots, clock))
+        _prune_cursors(state, rep, roots)
         state.last_export_ms = int(clock() * 1000)
         state.save(settings)
         return rep
@@ -328,6 +380,18 @@ def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = No
         for s in srcs:
             s.close()
         lease.release()
+
+
+def _prune_cursors(state: ExportState, rep: ExportReport, roots: Dict[str, str]) -> None:
+    """Forget the cursors of files no longer listed (a run deleted, a file removed) below the roots that
+    were listed; a file that comes back is then exported whole again."""
+    unlisted = tuple(rep.unlisted)
+    gone = [p for p in state.files if p.split("/", 1)[0] in roots and p not in rep.seen
+            and not p.startswith(unlisted)]
+    for p in gone:
+        del state.files[p]
+    if gone:
+        log.info("%d export cursor(s) of files no longer in the roots forgotten", len(gone))
 
 
 def pending(settings: Settings, state: ExportState) -> Tuple[int, int]:

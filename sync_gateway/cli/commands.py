@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from sync_gateway._redact import RedactingFilter, redact, redact_url
 from sync_gateway.engine.runner import Runner, open_sources
 from sync_gateway.errors import ConfigError, GatewayError
+from sync_gateway.records import shown
 from sync_gateway.settings import Settings
 from sync_gateway.sinks import configure
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--to", required=True, metavar="DIR", help="directory the bundle files are written into")
     i = sub.add_parser("import", parents=[common], help="air gap, connected side: apply bundles, sync them")
     i.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle files (any order; none: finish a pass)")
+    i.add_argument("--prune-imported", action="store_true",
+                   help="delete each bundle given (and its .sha256) once it is recorded as imported")
     for p in (s, d, i):  # the commands that run passes
         p.add_argument("--workers", type=int, metavar="N",
                        help="runs synced at once, 1 to one after another (config: workers; default 4)")
@@ -78,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _logging(args.verbose, args.quiet)
     try:
         if args.cmd == "verify":  # needs no configuration: it runs anywhere on the transfer path
-            return _verify(args.bundles)
+            return _verify(args.bundles, Settings.resolve(args.config) if args.config else Settings())
         overrides = {"interval_s": getattr(args, "interval_s", None), "workers": getattr(args, "workers", None)}
         # The sink's own variables (MLFLOW_TRACKING_URI, ...) and keys, so that every command sees them.
         settings = configure(Settings.resolve(args.config, overrides=overrides))
@@ -91,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "export":
             return _export(settings, args.to)
         if args.cmd == "import":
-            return _import(settings, args.bundles)
+            return _import(settings, args.bundles, args.prune_imported)
         from sync_gateway.cli.doctor import doctor
 
         return 0 if doctor(settings, args.config, os.environ) else 1
@@ -158,34 +161,38 @@ def _export(settings: Settings, to_dir: str) -> int:
     return 0 if rep.ok else 1
 
 
-def _import(settings: Settings, bundles: List[str]) -> int:
+def _import(settings: Settings, bundles: List[str], prune: bool) -> int:
     from sync_gateway.airgap.importer import import_bundles
 
-    rep = import_bundles(settings, bundles)
+    rep = import_bundles(settings, bundles, prune_imported=prune)
     for name in rep.skipped:
         print(f"{name}: imported before, nothing to apply")
     for name in rep.applied:
         print(f"{name}: applied")
     for why in rep.refused.values():
         print(f"refused: {why}")
+    for why in rep.errors:
+        print(f"failed: {why}")
+    if rep.pruned:
+        print(f"pruned {len(rep.pruned)} imported bundle(s) and their .sha256 files")
     code = _report(rep.sync) if rep.sync is not None else 0
     return 0 if rep.ok and code == 0 else 1
 
 
-def _verify(bundles: List[str]) -> int:
-    from sync_gateway.airgap.bundle import verify
+def _verify(bundles: List[str], settings: Settings) -> int:
+    from sync_gateway.airgap.bundle import Limits, verify
 
     bad = 0
     for path in bundles:
         try:
-            m = verify(path)
+            m = verify(path, Limits.of(settings))
         except GatewayError as e:
             print(f"FAILED {e}")
             bad += 1
             continue
         print(f"OK {os.path.basename(path)}: export {m.export_id} from {m.host or '?'}, sequence {m.seq}, "
-              f"{len(m.entries)} entries, {m.data_bytes:,} bytes of data, created "
-              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(m.created_ms / 1000))}, sha256 {m.sha256}")
+              f"{len(m.entries)} entries, {m.data_bytes:,} bytes of data, created {_utc(m.created_ms)}, "
+              f"sha256 {m.sha256}")
     return 1 if bad else 0
 
 
@@ -204,7 +211,7 @@ def _airgap_lines(settings: Settings) -> List[str]:
             f"; pending: {files} file(s), {size:,} bytes changed since the last export")
     im = ImportState.load(settings)
     for eid, e in sorted(im.exports.items()):
-        lines.append(f"import from export {eid} ({e.get('host') or '?'}): {e.get('imported', 0)} bundle(s) "
+        lines.append(f"import from export {eid} ({shown(str(e.get('host') or '?'))}): {e.get('imported', 0)} bundle(s) "
                      f"imported, last {_bundle_name(eid, int(e.get('seq') or 0))}, data captured at "
                      f"{_utc(int(e.get('capture_ms') or 0))}; next expected: "
                      f"{_bundle_name(eid, int(e.get('seq') or 0) + 1)}")
@@ -230,7 +237,10 @@ def workers_line(settings: Settings) -> str:
 
 
 def _utc(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+    except (OverflowError, OSError, ValueError):   # a state written before capture times were checked
+        return f"(no time: {ms} ms)"
 
 
 def _daemon(settings: Settings) -> int:

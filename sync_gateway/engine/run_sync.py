@@ -27,7 +27,6 @@ from sync_gateway.sinks.base import RunSpec, SinkRun
 __all__ = ["RunSync", "unchanged", "status_record", "when"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 def unchanged(settings: Settings, snap: Snapshot, ent: IndexEntry, now_ms: int) -> Tuple[bool, int]:

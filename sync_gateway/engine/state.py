@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 __all__ = ["StateStore", "RunState", "Cursor", "IndexEntry", "GroupState", "STATE_VERSION"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 STATE_VERSION = 2
 _V1_STREAMS = {"history.jsonl": "history", "system.jsonl": "system"}

@@ -22,6 +22,7 @@ from _runs import append, record, write_document, write_run
 from support import need
 
 from sync_gateway.engine.runner import Runner, make_sink
+from sync_gateway.readers.hpc.discovery import discover_hpc
 from sync_gateway.settings import Settings
 from sync_gateway.sources import open_source
 from sync_gateway.sources.local import LocalSource
@@ -222,6 +223,6 @@ def test_open_source_builds_an_sftp_source_from_settings(sshd, tmp_path, no_agen
     src = open_source(f"ssh://hpc-login{root}", Settings(roots=[f"ssh://hpc-login{root}"]))
     try:
         assert isinstance(src, SftpSource)
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
     finally:
         src.close()

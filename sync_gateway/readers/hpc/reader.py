@@ -24,13 +24,13 @@ from sync_gateway.records import (
     Snapshot,
     StreamChunk,
     Summary,
+    usable_files,
 )
 from sync_gateway.sources.base import Source
 
 __all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 DEFAULT_STALE_AFTER_S = 300.0
 #: stream name -> file
@@ -199,7 +199,7 @@ class HpcReader(Reader):
         out = [FileEntry(name, dest, snap.files[name]) for name, dest in _ARTIFACTS.items() if name in snap.files]
         out += [FileEntry(name, name, s) for name, s in snap.files.items() if name.split("/", 1)[0] in _SUBDIRS
                 and "/" in name]
-        return sorted(out, key=lambda e: e.source_path) + self._media(snap)
+        return usable_files(sorted(out, key=lambda e: e.source_path) + self._media(snap), self.ref.key)
 
     def _media(self, snap: Snapshot) -> List[FileEntry]:
         """The payloads of media.bin that media.jsonl describes (docs/run-format.md section 8). A line whose

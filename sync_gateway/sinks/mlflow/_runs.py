@@ -23,7 +23,6 @@ from sync_gateway.sinks.mlflow._rest import DUPLICATE_TAG, SYNC_TAG, MlflowRest,
 __all__ = ["MlflowRun", "Runs", "EXPERIMENT_KIND", "RETIRED_TAG", "SETTLE_S", "now_ms"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 #: MLflow 3 opens a new experiment on its GenAI view unless this experiment tag says otherwise.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
