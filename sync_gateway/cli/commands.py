@@ -11,13 +11,14 @@ import time
 from typing import Any, Dict, List, Optional
 
 from sync_gateway._redact import RedactingFilter, redact, redact_url
+from sync_gateway.cli.doctor import workers_line
 from sync_gateway.engine.runner import Runner, open_sources
 from sync_gateway.errors import ConfigError, GatewayError
 from sync_gateway.records import shown
 from sync_gateway.settings import Settings
 from sync_gateway.sinks import configure
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "workers_line"]
 
 log = logging.getLogger("sync_gateway")
 
@@ -229,11 +230,20 @@ def _bundle_name(export_id: str, seq: int) -> str:
     return bundle_name(export_id, seq)
 
 
-def workers_line(settings: Settings) -> str:
-    """How many runs a pass syncs at once, and what set it (``status``, ``doctor``)."""
-    where = settings.origins.get("workers")
-    origin = {None: "the default", "config": "the config's workers", "argument": "--workers"}.get(where, where)
-    return f"workers: {settings.workers} run(s) synced at once (from {origin})"
+def _dropped_notes(where: Any, settings: Settings, now_ms: int) -> List[str]:
+    """What the SDK counted as dropped when the run ended (exit.json: a flood it could not keep up with)."""
+    from sync_gateway.readers import reader_for
+
+    try:
+        reader = reader_for(*where)
+        dropped = reader.status(reader.snapshot(), now_ms, settings.stale_after_s).dropped
+    except Exception:  # noqa: BLE001 - status shows every run; its error column already says what failed
+        return []
+    words = {"dropped_rows": "rows", "dropped_points": "points", "dropped_output_bytes": "bytes of output"}
+    if not dropped:
+        return []
+    counted = ", ".join(f"{n:,} {words.get(k, k)}" for k, n in sorted(dropped.items(), reverse=True))
+    return [f"the SDK dropped {counted} (logged faster than it could write; docs/troubleshooting.md)"]
 
 
 def _utc(ms: int) -> str:
@@ -311,6 +321,8 @@ def _status_table(settings: Settings, runner: Runner) -> int:
                          f"{q.get('stream')} bytes {q.get('bytes')}: {q.get('error')}")
         if st.retry_at_ms and st.retry_at_ms > now_ms:
             notes.append(f"backing off: next try in {(st.retry_at_ms - now_ms) / 1000:.0f} s")
+        if key in found and st.state in ("finished", "failed", "preempted", "killed"):
+            notes += _dropped_notes(found[key], settings, now_ms)
         if st.sink_kind == settings.server_kind:
             notes += sink_cls.notes(st.sink)
         last = st.last_sync_ms
