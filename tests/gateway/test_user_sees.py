@@ -151,3 +151,62 @@ def test_the_logged_artifacts_tag_stays_within_mlflows_limit(table_paths):
     listed = json.loads(value)
     assert listed == [{"path": p, "type": "table"} for p in paths[:len(listed)]]
     assert left_out == table_paths - len(listed) and (left_out > 0) == (table_paths == 400)
+
+
+def test_what_is_held_is_sent_within_mlflows_batch_limits():
+    from sync_gateway.sinks.mlflow import _held
+    from sync_gateway.sinks.mlflow._runs import MlflowRun
+
+    class Rest:  # records each log-batch
+        batch_points = 1000
+
+        def __init__(self):
+            self.batches = []
+
+        def send_points(self, run_id, pts, **extra):
+            self.batches.append({"metrics": pts, **extra})
+
+        def log_batch(self, run_id, **lists):
+            self.batches.append(lists)
+
+    run = MlflowRun("r", "e")
+    _held.hold(run, params={f"p{i}": "v" for i in range(250)}, tags={f"t{i}": "v" for i in range(150)})
+    _held.hold(run, metrics=[{"key": "summary/x", "value": float(i), "timestamp": 1, "step": 0} for i in range(2500)])
+    rest = Rest()
+    _held.flush(rest, run, {"hpc.state": "finished"})
+    for b in rest.batches:
+        assert len(b.get("params", [])) <= 100 and len(b.get("tags", [])) <= 100
+        assert sum(len(v) for v in b.values()) <= 1000
+    sent = {k: [x for b in rest.batches for x in b.get(k, [])] for k in ("params", "tags", "metrics")}
+    assert len(sent["params"]) == 250 and len(sent["tags"]) == 151 and len(sent["metrics"]) == 2500
+    assert run.held == {}
+    # take(): what fits beside a batch of points rides with it; the rest stays held.
+    _held.hold(run, params={f"p{i}": "v" for i in range(50)}, tags={"a": "b"})
+    assert set(_held.take(run, 30)) == {"tags"} and run.held["params"]  # 50 params do not fit in 30
+    assert set(_held.take(run, 100)) == {"params"} and not run.held["params"]
+
+
+def test_media_are_prepared_as_mlflows_log_image_and_log_table_store_them():
+    PIL = pytest.importorskip("PIL.Image")
+    import io
+
+    from sync_gateway.sinks.mlflow._media import prepare
+
+    buf = io.BytesIO()
+    PIL.new("RGB", (100, 400), (1, 2, 3)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    p = prepare("media/images/a/b/7-1764150000123-0.jpeg", "run1", lambda: jpeg, len(jpeg))
+    (full, full_bytes), (thumb, thumb_bytes) = p.files
+    assert p.kind == "image" and full.startswith("images/a~b+step+7+timestamp+1764150000123+")
+    assert full.endswith(".png") and thumb == full[:-4] + "+compressed.webp"
+    assert full_bytes[:8] == b"\x89PNG\r\n\x1a\n"  # the chart reads only .png and .webp
+    with PIL.open(io.BytesIO(thumb_bytes)) as im:
+        assert im.format == "WEBP" and im.size == (64, 256)
+    again = prepare("media/images/a/b/7-1764150000123-0.jpeg", "run1", lambda: jpeg, len(jpeg))
+    assert [f for f, _ in again.files] == [full, thumb]  # the same names: a re-send replaces
+    h = prepare("media/histograms/w/1-2-0.json", "run1", lambda: b'{"bins":[0,1,2],"counts":[4,5]}', 30)
+    assert h.kind == "table" and json.loads(h.files[0][1]) == {
+        "columns": ["bin_start", "bin_end", "count"], "data": [[0, 1, 4], [1, 2, 5]]}
+    t = prepare("media/tables/t/1-2-0.json", "run1", lambda: pytest.fail("a table is streamed"), 30)
+    assert t.kind == "table" and t.files == [("media/tables/t/1-2-0.json", None)]
+    assert prepare("files/ckpt.pt", "run1", lambda: pytest.fail("streamed"), 10).files == [("files/ckpt.pt", None)]
