@@ -89,6 +89,7 @@ class Runs:
         #: experiment -> sync id -> the runs carrying it (None: search for it); None: too many to list
         self._listing: Dict[str, Optional[Dict[str, Optional[List[Dict[str, Any]]]]]] = {}
         self._listing_lock = threading.Lock()
+        self._unlisted: set = set()  # experiments with more synced runs than LIST_PAGES hold: never listed again
 
     def new_pass(self) -> None:
         """Forget the listings: what another gateway or a user did since shows in the next pass."""
@@ -139,8 +140,12 @@ class Runs:
             n = self._lookups[experiment_id] = self._lookups.get(experiment_id, 0) + 1
             if n <= LIST_AFTER:
                 return None
+            if experiment_id in self._unlisted:
+                return None
             if experiment_id not in self._listing:
                 self._listing[experiment_id] = self._list(experiment_id)
+                if self._listing[experiment_id] is None:
+                    self._unlisted.add(experiment_id)
             listing = self._listing[experiment_id]
             if listing is None:
                 return None
