@@ -15,10 +15,15 @@
 5. The gateway alone (for sizing a login node): points/s and peak RSS of a gateway process syncing
    --alone-runs runs of --alone-points points each with ``workers`` 1 and each N of --parallel, into an
    MLflow sink whose HTTP calls answer at once (no server: what the gateway's own CPU and memory allow).
+6. Small runs: the first pass over --small-runs copies (default 2,000) of one small run the SDK wrote
+   (config, tags, 5 rows, a summary, output.log, exit.json) into a local MLflow server: requests per run by
+   kind (create, search, log-batch, update, files, other) and the pass's time. Then a no-change pass (no
+   request). The minimum MLflow allows is one create, one log-batch, one update and one PUT per file.
 
     python benchmarks/bench_sync.py                      # everything, full sizes (the RSS part is long)
     python benchmarks/bench_sync.py --rss-points 500000  # a quicker RSS figure
     python benchmarks/bench_sync.py --skip throughput rss nochange --parallel 2 4   # only part 4
+    python benchmarks/bench_sync.py --only small --small-runs 2000                # only part 6
 """
 from __future__ import annotations
 
@@ -289,6 +294,82 @@ def alone(tmp: str, a: argparse.Namespace) -> None:
               f"writing the runs, before the pass)")
 
 
+def _small_template(tmp: str) -> str:
+    """One small run written by the SDK itself, in a fresh process (its directory)."""
+    root = os.path.join(tmp, "small-template")
+    code = "\n".join([
+        "import hpc",
+        "r = hpc.init(project='t', config={'lr': 0.1, 'batch_size': 32, 'model': {'depth': 4}}, tags=['a', 'b'],",
+        "             notes='n', settings={'root': ROOT, 'stats': False})",
+        "for i in range(5):",
+        "    r.log({'loss': 1 / (i + 1), 'acc': i / 5})",
+        "print('hello')",
+        "r.summary['best'] = 0.9",
+        "r.finish()"]).replace("ROOT", repr(root))
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=REPO))
+    [run_id] = os.listdir(os.path.join(root, "t"))
+    return os.path.join(root, "t", run_id)
+
+
+def _clone_runs(template: str, root: str, project: str, runs: int) -> None:
+    with open(os.path.join(template, "run.json")) as f:
+        meta = json.load(f)
+    for i in range(runs):
+        d = os.path.join(root, project, f"s{i:05d}")
+        shutil.copytree(template, d)
+        with open(os.path.join(d, "run.json"), "w") as f:
+            json.dump({**meta, "id": f"s{i:05d}", "name": f"small-{i}", "project": project}, f)
+
+
+class RequestCount:
+    """Counts the requests every HttpClient of this process makes, by kind (a bench-only wrapper)."""
+
+    KINDS = (("/runs/create", "create"), ("/runs/search", "search"), ("/runs/log-batch", "log-batch"),
+             ("/runs/update", "update"), ("/mlflow-artifacts/", "files"))
+
+    def __init__(self) -> None:
+        self.counts: dict = {}
+        self._orig = HttpClient.request
+
+    def __enter__(self) -> RequestCount:
+        counts, orig, kinds = self.counts, self._orig, self.KINDS
+
+        def request(http, method, path, *args, **kw):
+            kind = next((k for p, k in kinds if p in path), "other")
+            counts[kind] = counts.get(kind, 0) + 1
+            return orig(http, method, path, *args, **kw)
+
+        HttpClient.request = request  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        HttpClient.request = self._orig  # type: ignore[method-assign]
+
+
+def small_runs(url: str, tmp: str, runs: int) -> None:
+    template = _small_template(tmp)
+    root = os.path.join(tmp, "small-runs")
+    project = "small-" + uuid.uuid4().hex[:8]
+    _clone_runs(template, root, project, runs)
+    settings = Settings(roots=[root], server_url=url, state_dir=root + "-state")
+    with RequestCount() as rc, Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        t0 = time.perf_counter()
+        rep = runner.run_pass()
+        dt = time.perf_counter() - t0
+    assert rep.ok and rep.runs_synced == runs, rep
+    per_run = {k: v / runs for k, v in sorted(rc.counts.items())}
+    with RequestCount() as again, Runner(settings, sink=make_sink(settings, environ={})) as runner:
+        t1 = time.perf_counter()
+        rep2 = runner.run_pass()
+        dt2 = time.perf_counter() - t1
+    assert rep2.runs_unchanged == runs, rep2
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in per_run.items())
+    print(f"6. small runs: first pass over {runs:,} runs (workers {settings.workers}): {dt:.1f} s, "
+          f"{sum(per_run.values()):.2f} requests per run ({kinds}); no-change pass {dt2:.2f} s, "
+          f"{sum(again.counts.values())} requests")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=100_000, help="throughput run size per round")
@@ -303,9 +384,14 @@ def main() -> int:
     ap.add_argument("--alone-points", type=int, default=100_000)
     ap.add_argument("--alone-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--small-runs", type=int, default=2000)
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["throughput", "rss", "nochange", "parallel", "alone"])
+                    choices=["throughput", "rss", "nochange", "parallel", "alone", "small"])
+    ap.add_argument("--only", choices=["throughput", "rss", "nochange", "parallel", "alone", "small"],
+                    help="run this part alone")
     a = ap.parse_args()
+    if a.only:
+        a.skip = [p for p in ("throughput", "rss", "nochange", "parallel", "alone", "small") if p != a.only]
     if a.alone_child:
         alone_child(a.tmp, a.alone_runs, a.alone_points, a.alone_child)
         return 0
@@ -316,10 +402,12 @@ def main() -> int:
             parallel(tmp, a)
         if "nochange" not in a.skip:
             no_change(tmp, a.runs)
-        if a.skip and set(a.skip) >= {"throughput", "rss"}:
+        if a.skip and set(a.skip) >= {"throughput", "rss", "small"}:
             return 0
         h = mlflow_server.start(os.path.join(tmp, "mlflow"))
         try:
+            if "small" not in a.skip:
+                small_runs(h.url, tmp, a.small_runs)
             if "throughput" not in a.skip:
                 # Interleaved rounds, medians: the machine is shared and the database grows as we go,
                 # so neither side may always go first.

@@ -193,6 +193,9 @@ class RunStatus:
     state: str                          # one of RUN_STATES
     end_ms: Optional[int] = None        # for an ended run: when it ended (the exit record, or its last sign)
     alive_ms: int = 0                   # the run's last sign of life (heartbeat, else creation)
+    #: what the writer counted as lost when the run ended (``dropped_rows``, ``dropped_output_bytes``: a flood
+    #: it could not keep up with), only the counts above 0; a sink shows them on the run
+    dropped: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

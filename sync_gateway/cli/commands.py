@@ -1,9 +1,4 @@
-"""``sync-gateway``: sync runs to a tracking server once (cron), as a daemon, show status, diagnose; across
-an air gap, export bundles on the cluster side and import them on the connected side (docs/airgap.md).
-
-Exit status of ``sync --once``, ``export``, ``import`` and ``verify``: 0 everything done; 1 some run, root
-or bundle failed or was refused (see the log and ``status``); 2 the configuration is invalid.
-"""
+"""``sync-gateway``: the command line (:data:`DESCRIPTION`, :data:`EXIT_STATUS`)."""
 from __future__ import annotations
 
 import argparse
@@ -16,15 +11,24 @@ import time
 from typing import Any, Dict, List, Optional
 
 from sync_gateway._redact import RedactingFilter, redact, redact_url
+from sync_gateway.cli.doctor import workers_line
 from sync_gateway.engine.runner import Runner, open_sources
 from sync_gateway.errors import ConfigError, GatewayError
 from sync_gateway.records import shown
 from sync_gateway.settings import Settings
 from sync_gateway.sinks import configure
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "workers_line"]
 
 log = logging.getLogger("sync_gateway")
+
+#: what ``--help`` prints first (plain text: argparse shows it as it is)
+DESCRIPTION = ("Sync runs to a tracking server exactly once: one pass (cron) or as a daemon; show each run's "
+               "status; diagnose the connection. Across an air gap, export bundles on the cluster side and "
+               "import them on the connected side (docs/airgap.md).")
+#: what ``--help`` prints last
+EXIT_STATUS = ("exit status of sync, export, import and verify: 0 everything done; 1 some run, root or bundle "
+               "failed or was refused (see the log and 'sync-gateway status'); 2 the configuration is invalid.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     common = common_options(False)
-    ap = argparse.ArgumentParser(prog="sync-gateway", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="sync-gateway", description=DESCRIPTION, epilog=EXIT_STATUS,
                                  parents=[common_options(True)])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sync", parents=[common], help="one pass over every root (for cron)")
-    s.add_argument("--once", action="store_true", help="one pass, then exit (the only mode of `sync`)")
+    s.add_argument("--once", action="store_true", help="one pass, then exit (the only mode of sync)")
     d = sub.add_parser("daemon", parents=[common], help="a pass every --interval-s until SIGTERM")
     d.add_argument("--interval-s", type=float, help="seconds between passes (config: interval_s)")
     sub.add_parser("status", parents=[common], help="a table per run: state, records synced, lag, error")
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle files (any order; none: finish a pass)")
     i.add_argument("--prune-imported", action="store_true",
                    help="delete each bundle given (and its .sha256) once it is recorded as imported")
+    for p in (s, d, i):  # the commands that run passes
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="runs synced at once, 1 to one after another (config: workers; default 4)")
     v = sub.add_parser("verify", parents=[common], help="check bundles' checksums without importing them")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     return ap
@@ -76,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.cmd == "verify":  # needs no configuration: it runs anywhere on the transfer path
             return _verify(args.bundles, Settings.resolve(args.config) if args.config else Settings())
-        overrides = {"interval_s": getattr(args, "interval_s", None)}
+        overrides = {"interval_s": getattr(args, "interval_s", None), "workers": getattr(args, "workers", None)}
         # The sink's own variables (MLFLOW_TRACKING_URI, ...) and keys, so that every command sees them.
         settings = configure(Settings.resolve(args.config, overrides=overrides))
         if args.cmd == "sync":
@@ -223,6 +230,22 @@ def _bundle_name(export_id: str, seq: int) -> str:
     return bundle_name(export_id, seq)
 
 
+def _dropped_notes(where: Any, settings: Settings, now_ms: int) -> List[str]:
+    """What the SDK counted as dropped when the run ended (exit.json: a flood it could not keep up with)."""
+    from sync_gateway.readers import reader_for
+
+    try:
+        reader = reader_for(*where)
+        dropped = reader.status(reader.snapshot(), now_ms, settings.stale_after_s).dropped
+    except Exception:  # noqa: BLE001 - status shows every run; its error column already says what failed
+        return []
+    words = {"dropped_rows": "rows", "dropped_points": "points", "dropped_output_bytes": "bytes of output"}
+    if not dropped:
+        return []
+    counted = ", ".join(f"{n:,} {words.get(k, k)}" for k, n in sorted(dropped.items(), reverse=True))
+    return [f"the SDK dropped {counted} (logged faster than it could write; docs/troubleshooting.md)"]
+
+
 def _utc(ms: int) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
@@ -298,6 +321,8 @@ def _status_table(settings: Settings, runner: Runner) -> int:
                          f"{q.get('stream')} bytes {q.get('bytes')}: {q.get('error')}")
         if st.retry_at_ms and st.retry_at_ms > now_ms:
             notes.append(f"backing off: next try in {(st.retry_at_ms - now_ms) / 1000:.0f} s")
+        if key in found and st.state in ("finished", "failed", "preempted", "killed"):
+            notes += _dropped_notes(found[key], settings, now_ms)
         if st.sink_kind == settings.server_kind:
             notes += sink_cls.notes(st.sink)
         last = st.last_sync_ms
@@ -309,7 +334,7 @@ def _status_table(settings: Settings, runner: Runner) -> int:
     # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
-    for line in _airgap_lines(settings):
+    for line in [workers_line(settings)] + _airgap_lines(settings):
         console.print(line, highlight=False, markup=False)
     return 1 if bad else 0
 

@@ -13,7 +13,7 @@ from sync_gateway.settings import Settings
 from sync_gateway.sinks import configure, make_sink
 from sync_gateway.sinks._http import resolve_auth, resolve_tls
 
-__all__ = ["doctor"]
+__all__ = ["doctor", "workers_line"]
 
 Check = Tuple[bool, str, str]  # ok, name, detail
 
@@ -53,6 +53,13 @@ def _tls_context(settings: Settings, environ: Mapping[str, str]) -> Tuple[ssl.SS
     return ctx, where
 
 
+def workers_line(settings: Settings) -> str:
+    """How many runs a pass syncs at once, and what set it (``status``, ``doctor``)."""
+    where = settings.origins.get("workers")
+    origin = {None: "the default", "config": "the config's workers", "argument": "--workers"}.get(where, where)
+    return f"workers: {settings.workers} run(s) synced at once (from {origin})"
+
+
 def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str, str],
            out: Callable[[str], None] = print) -> bool:
     checks: List[Check] = []
@@ -61,7 +68,8 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
         checks.append((ok, name, detail))
         out(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
 
-    add(True, "config", f"{config_path or 'no config file'}; state_dir={settings.state_path}")
+    add(True, "config", f"{config_path or 'no config file'}; state_dir={settings.state_path}; "
+                        f"{workers_line(settings)}")
     for r in settings.roots:
         if r.startswith("ssh://"):
             try:

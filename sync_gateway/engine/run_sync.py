@@ -89,6 +89,7 @@ class RunSync:
         self._summary(snap)
         self._files(snap)
         status = self._deliver_state(snap, now_ms, alive_ms)
+        self.env.sink.end_run(self.handle)
         st.last_sync_ms = now_ms
         st.failures, st.retry_at_ms = 0, 0
         self.save()

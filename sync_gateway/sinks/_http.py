@@ -50,8 +50,8 @@ from sync_gateway._redact import register_secret, split_url_credentials
 from sync_gateway.errors import ConfigError
 from sync_gateway.settings import AuthSettings, Settings, TlsSettings
 
-__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpClient", "DeadlineExceeded",
-           "IncompleteAnswer"]
+__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "describe_auth", "build_session", "HttpClient",
+           "DeadlineExceeded", "IncompleteAnswer"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,18 @@ def resolve_auth(auth: AuthSettings, environ: Mapping[str, str]) -> Optional[req
         register_secret(password)
         return requests.auth.HTTPBasicAuth(auth.username, password)
     return None
+
+
+def describe_auth(auth: AuthSettings) -> str:
+    """Where the credentials come from, in words (``doctor``, messages); never a secret."""
+    if auth.token_file:
+        return f"the bearer token in {auth.token_file}"
+    if auth.token_env:
+        return f"the bearer token in ${auth.token_env}"
+    if auth.username:
+        where = auth.password_file or (f"${auth.password_env}" if auth.password_env else "nowhere")
+        return f"basic auth as {auth.username!r} (password from {where})"
+    return "no credentials (anonymous)"
 
 
 # -- the total deadline of one request --------------------------------------------------------------
@@ -313,7 +325,7 @@ class HttpClient:
         self.base_url = url.rstrip("/")
         self.tls = resolve_tls(settings.tls, environ, settings.origin)
         self.auth = resolve_auth(settings.auth, environ)
-        self.auth_desc = repr(settings.auth)  # names the places credentials come from, never a secret
+        self.auth_desc = describe_auth(settings.auth)  # names where credentials come from, never a secret
         if self.auth is None and user is not None:
             self.auth = requests.auth.HTTPBasicAuth(user, password or "")
             self.auth_desc = "credentials in server.url"

@@ -177,6 +177,12 @@ class Sink(abc.ABC, Generic[RunT, PayloadT]):
         """Record the run's state (``active``, ``finished``, ``failed``, ``preempted``, ``killed``,
         ``crashed``) and, for an ended run, its end time."""
 
+    def end_run(self, run: RunT) -> None:
+        """Called once the run's sync in this pass is done (after its state, whether or not that was sent).
+        A sink may hold metadata, config, summary values and tags it was given (not points: ``send``
+        acknowledges them) to send them with a later request, keeping them in its run state (saved with the
+        cursors); it sends what it still holds now. Default: nothing."""
+
     @abc.abstractmethod
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         """Make the server show ``group`` (called after each pass with every member known so far);

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from _runwriter import RunWriter
 from conftest import REPO, history, server_run, sink_for
@@ -52,6 +53,44 @@ def test_doctor_ok_on_plain_http(settings, tmp_path, capsys):
     out = capsys.readouterr().out
     for check in ("[ok] config", "[ok] root", "[ok] dns", "[ok] tcp", "[ok] server: MLflow 3.", "[ok] auth"):
         assert check in out, out
+    # Words, not a Python repr; and the workers a pass would use, with where that number came from.
+    assert "[ok] auth: no credentials (anonymous) accepted" in out and "AuthSettings" not in out, out
+    assert "workers: 4 run(s) synced at once (from the default)" in out, out
+
+
+def test_help_prints_whole_sentences_without_rst_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    assert "``" not in out and ":data:" not in out
+    assert "Sync runs to a tracking server exactly once" in text
+    assert "(docs/airgap.md)." in text  # the description ends where its sentence ends, not at a line break
+    assert "exit status of sync, export, import and verify: 0 everything done" in text
+    assert "2 the configuration is invalid." in text
+
+
+def test_workers_on_the_command_line_beats_the_config_and_status_shows_it(tmp_path, capsys):
+    from sync_gateway.cli.commands import build_parser, workers_line
+    from sync_gateway.settings import Settings
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({"roots": [str(tmp_path)], "state_dir": str(tmp_path / "state"),
+                                   "server": {"kind": "mlflow", "url": "http://127.0.0.1:9"}, "workers": 3}))
+    for cmd in (["sync", "--once"], ["daemon"], ["import"]):
+        assert build_parser().parse_args(cmd + ["--workers", "7"]).workers == 7
+    # main() passes --workers to the settings: an invalid value is refused with the config's rule (exit 2).
+    assert main(["sync", "--once", "--config", str(cfg), "--workers", "0"]) == 2
+    assert "workers must be an integer from 1" in capsys.readouterr().err
+    s = Settings.resolve(str(cfg), environ={}, overrides={"workers": 7})
+    assert workers_line(s) == "workers: 7 run(s) synced at once (from --workers)"
+    assert workers_line(Settings.resolve(str(cfg), environ={})) == \
+        "workers: 3 run(s) synced at once (from the config's workers)"
+    assert workers_line(Settings.resolve(str(cfg), environ={"HPCSYNC_GATEWAY_WORKERS": "5"})) == \
+        "workers: 3 run(s) synced at once (from the config's workers)"  # the config beats the environment
+    capsys.readouterr()
+    assert main(["status", "--config", str(cfg)]) == 0  # nothing synced yet: an empty table
+    assert "workers: 3 run(s) synced at once (from the config's workers)" in capsys.readouterr().out
 
 
 def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tmp_path):
@@ -87,3 +126,14 @@ def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tm
     # A later pass finishes the job exactly.
     assert main(["-q", "sync", "--once", "--config", cfg]) == 0
     assert [v for _, _, v in history(sink, run, "x")] == [float(i) for i in range(60_000)]
+
+
+def test_auth_is_described_in_words_never_a_secret():
+    from sync_gateway.settings import AuthSettings
+    from sync_gateway.sinks._http import describe_auth
+
+    assert describe_auth(AuthSettings()) == "no credentials (anonymous)"
+    assert describe_auth(AuthSettings(token_file="/k/token")) == "the bearer token in /k/token"
+    assert describe_auth(AuthSettings(token_env="TOK")) == "the bearer token in $TOK"
+    assert describe_auth(AuthSettings(username="bob", password_env="PW")) == \
+        "basic auth as 'bob' (password from $PW)"

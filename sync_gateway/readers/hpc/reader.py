@@ -30,7 +30,8 @@ from sync_gateway.records import (
 )
 from sync_gateway.sources.base import Source
 
-__all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
+__all__ = ["HpcReader", "derive_state", "DROPPED", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS",
+           "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ DEFAULT_STALE_AFTER_S = 300.0
 STREAMS = {"history": "history.jsonl", "system": "system.jsonl", POINTS_STREAM[0]: POINTS_STREAM[1]}
 MAX_LINE_BYTES = 64 << 20  # a longer line is refused as corrupt-by-size
 _REASONS = ("finished", "failed", "preempted", "killed")
+#: exit.json's counts of what the SDK dropped (format 1.1): shown on the run and by `status`
+DROPPED = ("dropped_rows", "dropped_points", "dropped_output_bytes")
 #: top-level documents stored as artifacts -> where they are shown
 _ARTIFACTS = {"output.log": "output.log", "hardware.json": "hpc/hardware.json", "run.json": "hpc/run.json",
               "config.json": "hpc/config.json", "summary.json": "hpc/summary.json"}
@@ -70,7 +73,8 @@ def derive_state(meta: Mapping[str, Any], exit_doc: Optional[Mapping[str, Any]],
         if reason not in _REASONS:
             reason = "finished" if exit_doc.get("exit_code") == 0 else "failed"
         end = _int(exit_doc.get("end_ms"))
-        return RunStatus(str(reason), end if end is not None else alive, alive)
+        dropped = {k: n for k in DROPPED for n in (_int(exit_doc.get(k)),) if n is not None and n > 0}
+        return RunStatus(str(reason), end if end is not None else alive, alive, dropped)
     if now_ms - alive < stale_after_s * 1000:
         return RunStatus("active", None, alive)
     return RunStatus("crashed", alive, alive)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -172,20 +171,3 @@ def run_tags(info: RunInfo) -> Dict[str, str]:
     for k, v in info.scheduler.items():
         t["slurm." + metric_key(str(k))] = v
     return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}
-
-
-# The neutral name of an image payload (readers/base.py FileEntry): media/images/<key>/<step>-<ts_ms>-<n>.<ext>
-_MEDIA_IMAGE = re.compile(r"^media/images/(.+)/(\d+)-(\d+)-(\d+)\.(\w+)$")
-
-
-def media_artifact_path(path: str, run_id: str) -> Tuple[str, bool]:
-    """Where MLflow wants a file: an image under MLflow's image convention (what ``log_image(key=, step=)``
-    writes, so the run's Images view shows it), ``images/<key, / as ~>+step+<step>+timestamp+<ts_ms>+<uuid>.<ext>``
-    with a uuid derived from the run and the path (re-sending replaces, never duplicates); anything else as is.
-    Returns (path, is_image)."""
-    m = _MEDIA_IMAGE.match(path)
-    if m is None:
-        return path, False
-    key, step, ts_ms, _, ext = m.groups()
-    name = uuid.uuid5(uuid.NAMESPACE_URL, f"hpc-sync:{run_id}:{path}")
-    return f"images/{key.replace('/', '~')}+step+{step}+timestamp+{ts_ms}+{name}.{ext}", True

@@ -170,10 +170,11 @@ class MlflowRest:
         if refused:
             raise refused[0][1]
 
-    def send_points(self, run_id: str, pts: List[Dict[str, Any]]) -> None:
-        """Send metric points; a batch refused for good (400, 413, 422) is bisected so that only the points
-        the server refuses are lost, not the up to 1000 around them."""
-        refused = self._send_split(run_id, {"metrics": pts}, SPLIT_STATUS)
+    def send_points(self, run_id: str, pts: List[Dict[str, Any]], **extra: List[Dict[str, Any]]) -> None:
+        """Send metric points (and ``extra`` params and tags in the same log-batch); a batch refused for good
+        (400, 413, 422) is bisected so that only the points the server refuses are lost, not the up to 1000
+        around them."""
+        refused = self._send_split(run_id, {"metrics": pts, **extra}, SPLIT_STATUS)
         if refused:
             lost = sum(n for n, _ in refused)
             first = refused[0][1]

@@ -9,6 +9,8 @@ race case: both runs carry the tag, and every gateway that sees them keeps the s
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -20,7 +22,7 @@ from sync_gateway.sinks.base import SinkRun
 from sync_gateway.sinks.mlflow._names import tag_value
 from sync_gateway.sinks.mlflow._rest import DUPLICATE_TAG, SYNC_TAG, MlflowRest, ServerBusy
 
-__all__ = ["MlflowRun", "Runs", "EXPERIMENT_KIND", "RETIRED_TAG", "SETTLE_S", "now_ms"]
+__all__ = ["MlflowRun", "Runs", "EXPERIMENT_KIND", "RETIRED_TAG", "SETTLE_S", "LIST_AFTER", "now_ms", "tags_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RETIRED_TAG = "hpc.retired"          # on a run whose files were rewritten from scratch: why
 #: a server run is checked for duplicates until a check this long after adopting it found none
 SETTLE_S = 60.0
+#: runs looked up in one experiment in one pass, one search each; beyond, the experiment's synced runs are
+#: listed once (a first pass over 2,000 new runs: one listing instead of 2,000 searches) ...
+LIST_AFTER = 16
+LIST_PAGE = 1000                     # runs per page of that listing
+LIST_PAGES = 10                      # ... unless it has more pages than this: then one search per run again
 BACKOFF_MAX_S = 30.0                 # between two creates of one run (like the HTTP layer's retries)
 
 
@@ -43,6 +50,13 @@ class MlflowRun(SinkRun):
     unstorable_points: int = 0     # points MLflow cannot store (step/timestamp/value out of its range)
     adopted_ms: int = 0            # when this gateway created or found the run (its clock)
     settled: bool = False          # a check SETTLE_S after adoption found no duplicate
+    created_tags: str = ""         # digest of the tags runs/create carried (this gateway created the run)
+    #: params, tags and points not sent yet, to ride with the run's next log-batch (``_held``): kept in the
+    #: state, so a stop before they were sent sends them on the next pass
+    held: Dict[str, Any] = field(default_factory=dict)
+    logged_images: bool = False    # the tag mlflow.loggedImages is set
+    tables: List[str] = field(default_factory=list)  # the paths listed in the tag mlflow.loggedArtifacts
+    tables_left_out: int = 0       # tables beyond what that tag holds (MLflow's 8000 characters)
 
     def to_state(self) -> Dict[str, Any]:
         return asdict(self)
@@ -50,6 +64,17 @@ class MlflowRun(SinkRun):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def tags_digest(tags: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(tags.items())).encode("utf-8")).hexdigest()[:32]
+
+
+def _info(r: Dict[str, Any]) -> Dict[str, Any]:
+    """A run of a runs/search answer: its ``info``, with its tags as ``tags``."""
+    info = dict(r["info"])
+    info["tags"] = {t["key"]: t.get("value", "") for t in (r.get("data") or {}).get("tags", [])}
+    return info
 
 
 class Runs:
@@ -60,6 +85,17 @@ class Runs:
         self.sleep = sleep
         self._experiments: Dict[str, str] = {}
         self._experiment_lock = threading.Lock()  # an experiment is looked up or created by one thread at a time
+        self._lookups: Dict[str, int] = {}        # experiment -> runs looked up in this pass
+        #: experiment -> sync id -> the runs carrying it (None: search for it); None: too many to list
+        self._listing: Dict[str, Optional[Dict[str, Optional[List[Dict[str, Any]]]]]] = {}
+        self._listing_lock = threading.Lock()
+        self._unlisted: set = set()  # experiments with more synced runs than LIST_PAGES hold: never listed again
+
+    def new_pass(self) -> None:
+        """Forget the listings: what another gateway or a user did since shows in the next pass."""
+        with self._listing_lock:
+            self._lookups.clear()
+            self._listing.clear()
 
     # -- experiments ----------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -96,12 +132,45 @@ class Runs:
         res = self.rest.call("POST", "/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
                                                       "run_view_type": "ALL",
                                                       "filter": f"tags.`{SYNC_TAG}` = '{quoted}'"})
-        out = []
-        for r in res.get("runs") or []:
-            info = dict(r["info"])
-            info["tags"] = {t["key"]: t.get("value", "") for t in (r.get("data") or {}).get("tags", [])}
-            out.append(info)
-        return out
+        return [_info(r) for r in res.get("runs") or []]
+
+    def _listed(self, experiment_id: str, sync_id: str) -> Optional[List[Dict[str, Any]]]:
+        """The runs carrying ``sync_id`` from this pass's listing of the experiment; None: search for it."""
+        with self._listing_lock:
+            n = self._lookups[experiment_id] = self._lookups.get(experiment_id, 0) + 1
+            if n <= LIST_AFTER:
+                return None
+            if experiment_id in self._unlisted:
+                return None
+            if experiment_id not in self._listing:
+                self._listing[experiment_id] = self._list(experiment_id)
+                if self._listing[experiment_id] is None:
+                    self._unlisted.add(experiment_id)
+            listing = self._listing[experiment_id]
+            if listing is None:
+                return None
+            found = listing.get(sync_id, [])
+            listing[sync_id] = None  # looked up once: a later lookup (after a create, a retire) searches
+            return found
+
+    def _list(self, experiment_id: str) -> Optional[Dict[str, Optional[List[Dict[str, Any]]]]]:
+        out: Dict[str, Optional[List[Dict[str, Any]]]] = {}
+        token = None
+        for _ in range(LIST_PAGES):
+            body: Dict[str, Any] = {"experiment_ids": [experiment_id], "max_results": LIST_PAGE,
+                                    "run_view_type": "ALL", "filter": f"tags.`{SYNC_TAG}` LIKE '%'"}
+            if token:
+                body["page_token"] = token
+            res = self.rest.call("POST", "/runs/search", body)
+            for r in res.get("runs") or []:
+                info = _info(r)
+                found = out.setdefault(info["tags"].get(SYNC_TAG, ""), [])
+                if found is not None:
+                    found.append(info)
+            token = res.get("next_page_token")
+            if not token:
+                return out
+        return None
 
     def converge(self, experiment_id: str, sync_id: str, found: List[Dict[str, Any]]) -> Optional[MlflowRun]:
         """The one run of ``sync_id`` among ``found``: the active run with the smallest run id (a total
@@ -125,9 +194,16 @@ class Runs:
         except RunDeleted:
             pass  # another gateway marked it first
 
+    def lookup(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
+        """:meth:`find`, from this pass's listing of the experiment when there is one (:data:`LIST_AFTER`)."""
+        found = self._listed(experiment_id, sync_id)
+        return self.find(experiment_id, sync_id) if found is None else self._resolve(experiment_id, sync_id, found)
+
     def find(self, experiment_id: str, sync_id: str) -> Optional[MlflowRun]:
         """The server run of ``sync_id``, None if there is none; raises RunDeleted when a user deleted it."""
-        found = self.tagged(experiment_id, sync_id)
+        return self._resolve(experiment_id, sync_id, self.tagged(experiment_id, sync_id))
+
+    def _resolve(self, experiment_id: str, sync_id: str, found: List[Dict[str, Any]]) -> Optional[MlflowRun]:
         run = self.converge(experiment_id, sync_id, found)
         if run is None and any(not r["tags"].get(DUPLICATE_TAG) for r in found):
             raise RunDeleted(f"the MLflow run of {sync_id} was deleted on the server: it is not synced "
@@ -152,7 +228,7 @@ class Runs:
     def find_or_create(self, project: str, sync_id: str, name: str, start_ms: Optional[int],
                        tags: Mapping[str, str], user_id: Optional[str] = None) -> MlflowRun:
         eid = self.experiment_id(project)
-        run = self.find(eid, sync_id)
+        run = self.lookup(eid, sync_id)
         if run is None:
             body: Dict[str, Any] = {"experiment_id": eid, "run_name": name,
                                     "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
@@ -161,6 +237,7 @@ class Runs:
             if user_id:  # the run's user, as MLflow's own client sends it
                 body["user_id"] = user_id
             run = self._create(eid, sync_id, body)
+            run.created_tags = tags_digest(tags)
         run.adopted_ms = now_ms()
         return run
 
@@ -188,7 +265,7 @@ class Runs:
         return self.converge(eid, sync_id, self.tagged(eid, sync_id)) or \
             MlflowRun(info["run_id"], eid, info.get("artifact_uri", ""))
 
-    def retire(self, run: MlflowRun, reason: str) -> None:
+    def retire(self, run: MlflowRun, reason: str) -> None:  # (a later lookup searches: _listed)
         """Detach ``run`` from its sync id (its tag becomes ``retired:...``), keeping what it holds."""
         try:
             cur = self.rest.get_run(run.run_id)

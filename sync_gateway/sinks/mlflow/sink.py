@@ -23,6 +23,7 @@ skipped point by point and counted (``_points``).
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import quote
@@ -34,20 +35,12 @@ from sync_gateway.records import MetricDef, Row, RunInfo, RunStatus, Summary
 from sync_gateway.settings import Settings
 from sync_gateway.sinks._http import HttpClient
 from sync_gateway.sinks.base import GroupView, RunSpec, Sink
-from sync_gateway.sinks.mlflow import _config
+from sync_gateway.sinks.mlflow import _config, _held, _media
 from sync_gateway.sinks.mlflow._diagnose import mlflow_doctor, short
-from sync_gateway.sinks.mlflow._names import (
-    PARENT_TAG,
-    flatten_config,
-    media_artifact_path,
-    metric_key,
-    metric_value,
-    run_tags,
-    tag_value,
-)
+from sync_gateway.sinks.mlflow._names import PARENT_TAG, flatten_config, metric_key, metric_value, run_tags, tag_value
 from sync_gateway.sinks.mlflow._points import MAX_POINTS, Point, Points, int64, num
 from sync_gateway.sinks.mlflow._rest import API, DUPLICATE_TAG, MAX_PARAMS, SYNC_TAG, MlflowRest
-from sync_gateway.sinks.mlflow._runs import EXPERIMENT_KIND, RETIRED_TAG, SETTLE_S, MlflowRun, Runs
+from sync_gateway.sinks.mlflow._runs import EXPERIMENT_KIND, RETIRED_TAG, SETTLE_S, MlflowRun, Runs, tags_digest
 
 __all__ = ["MlflowSink", "MlflowRun", "SYNC_TAG", "STATUS", "EXPERIMENT_KIND", "DUPLICATE_TAG", "RETIRED_TAG",
            "SETTLE_S", "MAX_POINTS"]
@@ -66,7 +59,6 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
         self.rest = MlflowRest(http, min(batch_points, MAX_POINTS))
         self.runs = Runs(self.rest)
         self.points = Points()
-        self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._lock = threading.Lock()   # the engine calls a sink from several threads (different runs at once)
         self._open_locks: Dict[str, threading.Lock] = {}
 
@@ -143,16 +135,28 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
                        f"outside int64, negative timestamp, integer beyond float)")
         if saved.get("skipped_values"):
             out.append(f"{saved['skipped_values']} values that are not metrics skipped (strings, lists)")
+        if saved.get("tables_left_out"):
+            out.append(f"{saved['tables_left_out']} tables beyond what MLflow's tag mlflow.loggedArtifacts holds "
+                       f"(8000 characters) open as JSON text, not as tables")
         return out
 
     def set_metadata(self, run: MlflowRun, info: RunInfo) -> None:
-        self.rest.set_tags(run.run_id, run_tags(info))
+        tags = run_tags(info)
+        if run.created_tags and run.created_tags == tags_digest(tags):
+            return  # runs/create carried these very tags
+        run.created_tags = ""
+        _held.hold(run, tags=tags)  # they ride with the run's next log-batch (at the latest when its sync ends)
 
     def set_config(self, run: MlflowRun, config: Mapping[str, Any]) -> List[str]:
         params = dict(flatten_config(dict(config)))
         new = {k: v for k, v in params.items() if run.params.get(k) != v}
         fresh = {k: v for k, v in new.items() if k not in run.params}
         changed = sorted(k for k in new if k in run.params)
+        if fresh and run.created_tags and not run.params:
+            # A run this gateway just created holds no param: none can be refused; they ride with a batch.
+            _held.hold(run, params=fresh)
+            run.params.update(fresh)
+            return []
         refused = self._log_params(run, fresh) if fresh else {}
         for k, v in fresh.items():
             run.params[k] = refused.get(k, v)
@@ -186,7 +190,7 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
 
     def send(self, run: MlflowRun, payload: List[Point]) -> int:
         if payload:
-            self.rest.send_points(run.run_id, payload)
+            self.rest.send_points(run.run_id, payload, **_held.take(run, _held.MAX_ITEMS - len(payload)))
         return len(payload)
 
     def set_summary(self, run: MlflowRun, summary: Summary) -> None:
@@ -203,20 +207,28 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
             else:
                 pts.append({"key": metric_key("summary/" + k), "value": num(v), "timestamp": summary.version_ms,
                             "step": 0})
-        limit = self.rest.batch_points
-        for i in range(0, len(pts), limit):
-            self.rest.send_points(run.run_id, pts[i:i + limit])
-        if tags:
-            self.rest.set_tags(run.run_id, tags)
+        _held.hold(run, tags=tags, metrics=pts)  # with the state's tag, or when the run's sync ends
 
     def upload(self, run: MlflowRun, path: str, body: BinaryIO, size_bytes: int) -> None:
-        path, image = media_artifact_path(path, run.run_id)
-        with self._lock:
-            tag = image and run.run_id not in self._with_images
-        if tag:  # the tag log_image sets: the UI shows an Images view
-            self.rest.set_tags(run.run_id, {"mlflow.loggedImages": "true"})
-            with self._lock:
-                self._with_images.add(run.run_id)
+        """A file as it is; media as MLflow's log_image and log_table store them (``_media``), with the tags
+        that make its UI show them (held: they ride with the state's log-batch)."""
+        prep = _media.prepare(path, run.run_id, body.read, size_bytes)
+        for dest, data in prep.files:
+            if data is None:
+                self._put(run, dest, body, size_bytes)
+            else:
+                self._put(run, dest, io.BytesIO(data), len(data))
+        if prep.kind == "image" and not run.logged_images:
+            run.logged_images = True
+            _held.hold(run, tags={_media.LOGGED_IMAGES: "true"})
+        elif prep.kind == "table" and path not in run.tables:
+            run.tables.append(path)
+            value, left_out = _media.logged_artifacts(run.tables)
+            _held.hold(run, tags={_media.LOGGED_ARTIFACTS: value})
+            if left_out:
+                run.tables_left_out = left_out
+
+    def _put(self, run: MlflowRun, path: str, body: BinaryIO, size_bytes: int) -> None:
         prefix = run.artifact_uri
         if not prefix.startswith("mlflow-artifacts:/"):
             raise ServerRefused(f"run {run.run_id} stores artifacts at {prefix!r}, not through the server's "
@@ -234,9 +246,15 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
                                f"to upload it", 413) from e
 
     def set_state(self, run: MlflowRun, status: RunStatus) -> None:
+        # What is held (the summary, media tags) first: an ended state only after the data it covers.
         end = None if status.state == "active" or not int64(status.end_ms, 0) else status.end_ms
+        tags = {"hpc.state": status.state, **{f"hpc.{k}": str(n) for k, n in sorted(status.dropped.items())}}
+        _held.flush(self.rest, run, tags)
         self.rest.update(run.run_id, STATUS[status.state], end)
-        self.rest.set_tags(run.run_id, {"hpc.state": status.state})
+
+    def end_run(self, run: MlflowRun) -> None:
+        if run.held:
+            _held.flush(self.rest, run)
 
     # -- groups: a parent run spanning its members, which nest under it ------------------------------
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -270,6 +288,7 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
 
     def before_pass(self) -> None:
         self.http.warn_if_insecure()
+        self.runs.new_pass()
 
     # -- diagnostics and links ----------------------------------------------------------------
     def server_version(self) -> str:
