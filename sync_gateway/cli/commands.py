@@ -253,9 +253,10 @@ def _daemon(settings: Settings) -> int:
 
 
 def _status(settings: Settings) -> int:
-    from sync_gateway.airgap.importer import mirror_roots
+    from sync_gateway.airgap.importer import mirror_roots, mirror_settings
 
     roots = list(settings.roots) + mirror_roots(settings)  # the mirror: what `import` syncs
+    settings = mirror_settings(settings, roots)  # its runs keyed as `import` keys them
     # The composition root every command uses, reading only: no sink, no lease; it closes what it opens.
     with Runner(settings, sources=open_sources(roots, settings, skip_bad=True), read_only=True) as runner:
         return _status_table(settings, runner)

@@ -106,12 +106,14 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> MlflowRun:
         if saved and saved.get("run_id"):
             run = self.restore(saved)
+            if run.tag != spec.sync_id:  # saved before root ids: its tag still carries the legacy id
+                self.runs.retag(run, spec.sync_id)
             if not run.settled:
                 self.runs.check_duplicates(spec.sync_id, run)
             return run
         info = spec.info
         start = info.created_ms if int64(info.created_ms, 1) else None  # else (0, garbage) the server's clock
-        return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, run_tags(info))
+        return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, run_tags(info), spec.legacy_id)
 
     def retire_run(self, run: MlflowRun, reason: str) -> None:
         self.runs.retire(run, reason)
