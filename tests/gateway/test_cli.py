@@ -9,6 +9,7 @@ import sys
 import time
 
 import yaml
+from _ids import key as run_key
 from _runwriter import RunWriter
 from conftest import REPO, history, server_run, sink_for
 
@@ -36,8 +37,8 @@ def test_sync_once_exit_status_and_status_table(settings, root, project, tmp_pat
     capsys.readouterr()
     assert main(["status", "--config", cfg]) == 1  # one run has an error
     out = capsys.readouterr().out
-    assert f"{project}/ok" in out and "active" in out and "10 / 15" in out
-    assert f"{project}/future" in out and "9.1" in out
+    assert run_key(root, project, "ok") in out and "active" in out and "10 / 15" in out
+    assert run_key(root, project, "future") in out and "9.1" in out
 
 
 def test_config_error_exit_2_names_valid_keys(tmp_path, capsys):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import pytest
 from _ids import key as run_key
@@ -72,7 +72,7 @@ def test_after_a_state_loss_both_runs_are_found_again_and_nothing_is_stored_twic
     assert sink.stored(run_key(b, "proj", "run-1")).points == _disk(wb)
 
 
-def _to_state_version_2(state_dir: str, sink: MemorySink) -> None:
+def _to_state_version_2(state_dir: str, sink: Optional[MemorySink] = None) -> Dict[str, str]:
     """Rewrite what the gateway keeps, and the server's tags, as a gateway before root ids kept them: state
     files runs/<project>/<run_id>.json and index keys <project>/<run_id> (state_version 2, no legacy
     fields), server runs tagged <project>/<run_id>."""
@@ -98,8 +98,9 @@ def _to_state_version_2(state_dir: str, sink: MemorySink) -> None:
         e.pop("legacy", None)
         runs_v2[moved[k]] = e
     json.dump({"state_version": 2, "runs": runs_v2}, open(os.path.join(state_dir, "index.json"), "w"))
-    for rid, stored in sink.runs.items():
+    for rid, stored in (sink.runs if sink is not None else {}).items():
         sink._move(rid, moved.get(stored.sync_id, stored.sync_id))
+    return moved
 
 
 def test_state_of_an_older_gateway_is_taken_over_without_re_creating_or_re_sending(tmp_path):
