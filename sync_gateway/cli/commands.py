@@ -307,8 +307,9 @@ def _status_table(settings: Settings, runner: Runner) -> int:
         table.add_row(key, f"{state} (gone)" if gone else state,
                       f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
                       redact("; ".join(notes))[:600])
-    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default (wide enough
+    # for a run key with its root id and a whole one-line error).
+    console = Console(width=None if sys.stdout.isatty() else 240)
     console.print(table)
     for line in _airgap_lines(settings):
         console.print(line, highlight=False, markup=False)

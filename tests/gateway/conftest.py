@@ -106,7 +106,9 @@ def tagged_runs(sink: MlflowSink, project: str, run_id: str) -> List[Dict[str, A
                                               "filter": f"tags.`hpc.run_id` LIKE '%/{project}/{run_id}'"})
     tag = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}["hpc.run_id"]
            for r in res.get("runs") or []}
+    # <root id>/<project>/<run_id> exactly: not retired:<ms>:..., duplicate:... (a root id has no ':')
     return [r for r in res.get("runs") or [] if len(tag[r["info"]["run_id"]].split("/")) == 3
+            and ":" not in tag[r["info"]["run_id"]].split("/")[0]
             and tag[r["info"]["run_id"]].split("/", 1)[1] == f"{project}/{run_id}"]
 
 

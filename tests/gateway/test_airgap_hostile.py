@@ -464,3 +464,27 @@ def test_the_cli_prunes_with_prune_imported(tmp_path, capsys):
     main(["-q", "import", "--config", str(cfg), "--prune-imported", *paths])
     out = capsys.readouterr().out
     assert "pruned 3 imported bundle(s)" in out and os.listdir(inbox) == [], out
+
+
+# -- item 3: two clusters through one air gap --------------------------------------------------------------
+
+def test_a_second_clusters_root_with_the_same_id_is_refused_not_merged(tmp_path):
+    """The same root path on two clusters has the same default id: the second cluster's bundle is refused
+    with one line that says what to do, and the first cluster's run is left as it was."""
+    d = str(tmp_path)
+    a = write_bundle(d, 1, [("p/r1/run.json", "replace", 0, run_json("p", "r1")),
+                            ("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":5,"values":{"x":1}}\n')])
+    b = write_bundle(d, 1, [("p/r1/run.json", "replace", 0, run_json("p", "r1")),
+                            ("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":7,"values":{"x":2}}\n')],
+                     export_id="fedcba9876543210", host="login1.clusterb")
+    sink = MemorySink()
+    im = Settings(server_url="http://unused.invalid", state_dir=str(tmp_path / "im"))
+    rep = do_import(im, [a, b], sink)
+    (why,) = rep.refused.values()
+    assert os.path.basename(b) in why and "give the root its own id" in why and "\n" not in why
+    assert rep.applied == [os.path.basename(a)]
+    assert sink.stored(f"{RID}/p/r1").points == {("history", "x", 0, 5, 1)}
+    # the same cluster after losing its export state (a new export id, the same host and root): the same root
+    c = write_bundle(d, 1, [("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":5,"values":{"x":1}}\n')],
+                     export_id="00000000000000aa")
+    assert do_import(im, [c], sink).ok and len(sink.runs) == 1

@@ -62,7 +62,7 @@ def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tm
     w.exit(0)
     proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "daemon", "--interval-s", "1",
                              "--config", cfg], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
-    state = os.path.join(settings.state_dir, "runs", project, "d.json")
+    state = os.path.join(settings.state_dir, "runs", run_key(root, project, "d").split("/")[0], project, "d.json")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not os.path.exists(state):
         time.sleep(0.1)

@@ -298,7 +298,7 @@ def test_two_gateways_racing_converge_on_one_run(settings, root, project):
                 pass
     again = a.open_run(spec, ra.to_state())  # a's next pass checks (its run is not settled yet)
     assert again.run_id == winner and (ra.run_id == winner or again.replaced)
-    assert len(_active_runs(a, project, run_key(root, project, "race"))) == 1
+    assert len(_active_runs(a, project, f"{project}/race")) == 1
 
 
 def test_two_gateways_with_their_own_state_dirs_on_24_runs(settings, root, project, tmp_path):
