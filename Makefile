@@ -40,6 +40,8 @@ bench: venv
 	$(PY) benchmarks/bench_monitor.py
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_sftp.py
+	$(PY) benchmarks/bench_mlflow_door.py
+	$(PY) benchmarks/bench_airgap.py
 
 clean:
 	rm -rf $(VENV) .demo hpc-runs .pytest_cache

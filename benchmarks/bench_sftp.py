@@ -24,6 +24,7 @@ from typing import Callable, Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from sync_gateway.readers.hpc.discovery import discover_hpc  # noqa: E402
 from sync_gateway.records import RunRef  # noqa: E402
 from sync_gateway.sources.base import Source  # noqa: E402
 from sync_gateway.sources.sftp.source import SftpSource  # noqa: E402
@@ -120,7 +121,7 @@ def local_source(root: str) -> Source:
 
 def no_change_pass(src: Source) -> int:
     files = 0
-    for run in src.list_runs():
+    for run in discover_hpc(src):
         files += len(src.scan(run))
     return files
 
@@ -128,7 +129,7 @@ def no_change_pass(src: Source) -> int:
 def gateway_pass(src: Source) -> int:
     """What the gateway's pass asks of a source for an unchanged run: scan, then walk files/ and code/."""
     files = 0
-    for run in src.list_runs():
+    for run in discover_hpc(src):
         files += len(src.scan(run)) + len(src.walk(run, "files")) + len(src.walk(run, "code"))
     return files
 
@@ -157,7 +158,7 @@ def gateway_no_change(work: str, root: str, make_source: Callable[[], Source], l
 
 
 def read_all(src: Source, chunk_bytes: int) -> Dict[str, float]:
-    (run,) = [r for r in src.list_runs() if r.project == "big"]
+    (run,) = [r for r in discover_hpc(src) if r.project == "big"]
     size = src.scan(run)["history.jsonl"].size_bytes
     cursor = records = 0
     while cursor < size:

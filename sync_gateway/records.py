@@ -129,6 +129,12 @@ class RunInfo:
     metrics: Tuple[MetricDef, ...] = ()
     format: str = "hpc"
     format_version: str = ""
+    #: key-value tags exactly as the run's own tracking client set them (the MLflow tags of a run written
+    #: through MLflow's client, docs/run-format.md section 11), None for a run that has none: a sink whose
+    #: server has such tags sends them as they are and keeps its own bookkeeping under its own prefix
+    native_tags: Optional[Mapping[str, str]] = None
+    #: the run this one nests under (MLflow's nested runs), in the same root: its key and its info
+    parent: Optional[Tuple[str, RunInfo]] = None
 
 
 @dataclass(frozen=True)

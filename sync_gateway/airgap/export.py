@@ -57,7 +57,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["export", "ExportReport", "ExportState", "root_id", "export_dir", "pending"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 FP_BYTES = 64 << 10         # the fingerprint covers up to this many bytes before a cursor (a whole small doc)
 READ_BYTES = 1 << 20        # read size: memory stays bounded whatever a file's size

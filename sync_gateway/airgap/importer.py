@@ -44,7 +44,6 @@ from sync_gateway.sources import LocalSource
 __all__ = ["import_bundles", "ImportReport", "ImportState", "mirror_roots", "mirror_settings", "import_dir"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 MAX_LOGGED = 100
 _NAME = re.compile(r"hpcsync-([0-9a-f]{8,64})-([0-9]{1,15})\.bundle")

@@ -65,13 +65,12 @@ def doctor(settings: Settings, config_path: Optional[str], environ: Mapping[str,
     for r in settings.roots:
         if r.startswith("ssh://"):
             try:
-                from sync_gateway.sources.sftp.source import check_ssh_root
+                from sync_gateway.sources.sftp.source import SshOptions, check_ssh_root
             except ImportError as e:  # paramiko is the [remote] extra
                 add(False, "root", f"{r}: ssh roots need paramiko ({e}): pip install 'hpc-sync[remote]'")
                 continue
-            for c in check_ssh_root(r, known_hosts=settings.ssh.known_hosts, ssh_config=settings.ssh.config,
-                                    identity_file=settings.ssh.identity_file,
-                                    connect_timeout_s=settings.ssh.connect_timeout_s):
+            # The very options a sync builds (SftpSource): what doctor says OK is what a pass will do.
+            for c in check_ssh_root(r, SshOptions.from_settings(settings)):
                 add(c.ok, f"ssh {c.name}", c.message)
         else:
             p = os.path.expanduser(r)

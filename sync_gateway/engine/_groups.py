@@ -13,7 +13,6 @@ from sync_gateway.sinks.base import GroupMember, GroupView, Sink
 __all__ = ["sync_groups"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 def sync_groups(sink: Sink, state: StateStore, index: Dict[str, IndexEntry], before: Dict[str, IndexEntry],

@@ -51,7 +51,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["Gateway", "Pass", "PassReport", "BREAKER_RUNS", "BACKOFF_BASE_S", "BACKOFF_MAX_S", "CHUNK_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 BREAKER_RUNS = 3           # this many runs in a row failing with a retryable server error end the pass
 BACKOFF_BASE_S = 60.0      # a run's first retry after a retryable error; doubles per failure in a row

@@ -28,7 +28,6 @@ from sync_gateway.errors import LeaseHeld
 __all__ = ["Lease", "LeaseKeeper"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 class Lease:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 from sync_gateway._redact import redact
@@ -27,7 +28,6 @@ from sync_gateway.sinks.base import RunSpec, SinkRun
 __all__ = ["RunSync", "unchanged", "status_record", "when"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 def unchanged(settings: Settings, snap: Snapshot, ent: IndexEntry, now_ms: int) -> Tuple[bool, int]:
@@ -80,6 +80,8 @@ class RunSync:
         st.last_error = None
         st.reader = reader.format
         info = reader.info()
+        if info.parent is not None:  # a reader names the parent within its root: its key is the root's too
+            info = replace(info, parent=(f"{self.ctx.root_id}/{info.parent[0]}", info.parent[1]))
         spec = RunSpec(sync_id=self.key, info=info, root_id=self.ctx.root_id, legacy_id=self.ctx.legacy)
         self._open(spec)
         spec.legacy_id = None  # a run retired below gets a new server run, never the old one again

@@ -28,7 +28,6 @@ from sync_gateway.sources.base import Source
 __all__ = ["Runner", "make_sink", "open_sources"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 def open_sources(roots: Iterable[str], settings: Settings, skip_bad: bool = False) -> List[Source]:

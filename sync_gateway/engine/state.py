@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 __all__ = ["StateStore", "RunState", "Cursor", "IndexEntry", "GroupState", "STATE_VERSION"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 STATE_VERSION = 3   # 3: runs keyed by root id (runs/<root id>/<project>/<run_id>.json)
 _V1_STREAMS = {"history.jsonl": "history", "system.jsonl": "system"}

@@ -23,7 +23,6 @@ from sync_gateway.sinks.base import SinkRun
 __all__ = ["CHUNK_BYTES", "StreamSync", "BatchAck", "chunks", "backlog"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 CHUNK_BYTES = 1 << 20      # read size: bounds memory (parsed records of one chunk are ~10x its bytes)
 

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import abc
 import io
+import re
 from typing import Any, BinaryIO, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 from sync_gateway.records import FileEntry, Position, RunInfo, RunRef, RunStatus, Snapshot, StreamChunk, Summary
 from sync_gateway.sources.base import Source
 
-__all__ = ["Reader", "SourceFile"]
+__all__ = ["Reader", "SourceFile", "is_run_name"]
+
+# docs/run-format.md section 1: the names of project and run directories, and of every part of a run's key
+# (W&B run ids too: they name state files). fullmatch, not match + "$": "$" also matches before a trailing
+# newline, which would accept a directory named "run\n".
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_run_name(name: str) -> bool:
+    """Whether ``name`` may be a project or run directory of a root (anything else is not a run)."""
+    return _NAME.fullmatch(name) is not None
+
 
 class Reader(abc.ABC):
     """Reads one run directory of one format. Cheap to construct; every method reads through ``source``.

@@ -54,7 +54,6 @@ __all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "build_session", "HttpCli
            "IncompleteAnswer"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 

@@ -1,27 +1,17 @@
-"""The small interface every source of runs implements (local file system, SFTP).
+"""The small interface every source implements (local file system, SFTP): transport only.
 
-The sync logic only talks to :class:`Source`; it never knows whether the bytes come from a local disk or
-from an SSH server. All paths given to a source are relative to one run directory and use ``/``.
+Readers and the engine only talk to :class:`Source`; they never know whether the bytes come from a local
+disk or from an SSH server, and a source never knows a run format. Paths given with a :class:`RunRef` are
+relative to that run's directory, others to the root; all use ``/``.
 """
 from __future__ import annotations
 
 import abc
-import re
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from sync_gateway.records import FileStat, RunRef
 
-__all__ = ["Source", "is_run_name", "DirEntry", "DirListing"]
-
-# docs/run-format.md section 1: the names of project and run directories. fullmatch, not match + "$":
-# "$" also matches before a trailing newline, which would accept a directory named "run\n".
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def is_run_name(name: str) -> bool:
-    """Whether ``name`` may be a project or run directory of a root (anything else is not a run)."""
-    return _NAME.fullmatch(name) is not None
-
+__all__ = ["Source", "DirEntry", "DirListing"]
 
 class DirEntry(NamedTuple):
     """One entry of a directory listing: a link inside the root shows as its target; others are left out.
@@ -38,14 +28,31 @@ class DirListing(NamedTuple):
 
 
 class Source(abc.ABC):
-    """Read-only access to the runs under one root. Implementations never follow a link out of the root."""
+    """Read-only access to the files under one root: list, stat, read bytes. A source knows no run format
+    (discovery is the readers' job: ``sync_gateway.readers.discover_runs``). Implementations never follow a
+    link out of the root."""
 
     #: How the root is shown to a person, e.g. ``/scratch/runs`` or ``ssh://login1/scratch/runs``.
     display: str
 
     @abc.abstractmethod
-    def list_runs(self) -> Iterator[RunRef]:
-        """Yield every ``<project>/<run_id>`` directory that holds a ``run.json``."""
+    def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
+        """List several directories given relative to the root (``""`` is the root; ``/`` separated) in one
+        call (one pipelined round over SFTP). Regular files and directories only, ``.tmp-`` names left out;
+        a link is shown as its target when that lies inside the root (one leading out is reported and left
+        out). ``None`` for a directory that is absent or unreadable."""
+
+    @abc.abstractmethod
+    def stat_files(self, paths: Sequence[str]) -> Dict[str, Optional[FileStat]]:
+        """Stat several files given relative to the root, in one call: a regular file's stat, ``None`` when
+        it is absent, not a regular file, or a link (never followed). The directories on the way are taken
+        as they are: pass paths below directories :meth:`list_dirs` showed (which left out links leading
+        out of the root)."""
+
+    def list_ahead(self, dirs: Sequence[str]) -> None:
+        """A hint: everything below these root-relative directories will be scanned and walked soon. A
+        source for which a listing costs a round trip (SFTP) lists them now, a level at a time in one
+        pipelined round each, and serves :meth:`scan` and :meth:`walk` from those listings; others ignore it."""
 
     @abc.abstractmethod
     def scan(self, run: RunRef) -> Dict[str, FileStat]:
@@ -62,13 +69,6 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def read_document(self, run: RunRef, name: str) -> Optional[bytes]:
         """Read a whole small file; ``None`` when it does not exist."""
-
-    def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
-        """List several directories given relative to the root (``""`` is the root; ``/`` separated), for
-        discovering runs of formats with another layout. Regular files and directories only; links are
-        checked as everywhere (one leading out of the root is reported and left out). ``None`` for a
-        directory that is absent or unreadable. Sources that cannot list return ``{}`` for everything."""
-        return {}
 
     def relative(self, location: str) -> Optional[str]:
         """``location`` (a RunRef's, or a listing's) relative to the root, ``/``-separated (``""``: the root

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import stat as st
-from typing import Dict, Iterator, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 from sync_gateway.errors import SourceError
 from sync_gateway.records import FileStat, RunRef
-from sync_gateway.sources.base import DirEntry, DirListing, Source, is_run_name
+from sync_gateway.sources.base import DirEntry, DirListing, Source
 
 __all__ = ["LocalSource"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 
 class LocalSource(Source):
@@ -49,31 +48,6 @@ class LocalSource(Source):
         return True
 
     # -- Source ------------------------------------------------------------------------------
-    def list_runs(self) -> Iterator[RunRef]:
-        try:
-            projects = list(os.scandir(self.root))
-        except OSError as e:
-            raise SourceError(self.display, ".", f"cannot list the root: {e.strerror}") from e
-        for p in projects:
-            if not is_run_name(p.name) or not self._checked(p.path, p.is_symlink()):
-                continue
-            try:
-                if not p.is_dir():
-                    continue
-                runs = list(os.scandir(p.path))
-            except OSError:
-                continue  # vanished or unreadable: not a run directory we can sync
-            for r in runs:
-                if not is_run_name(r.name) or not self._checked(r.path, r.is_symlink()):
-                    continue
-                run_json = os.path.join(r.path, "run.json")
-                try:
-                    if not r.is_dir() or not st.S_ISREG(os.lstat(run_json).st_mode):
-                        continue
-                except OSError:
-                    continue
-                yield RunRef(p.name, r.name, r.path)
-
     def list_dirs(self, dirs: Sequence[str]) -> Dict[str, Optional[DirListing]]:
         out: Dict[str, Optional[DirListing]] = {}
         for rel in dirs:
@@ -92,8 +66,9 @@ class LocalSource(Source):
                     continue
                 try:
                     if not e.is_symlink():   # the listing's file type: no stat call
-                        if e.is_dir() or e.is_file():
-                            entries.append(DirEntry(e.name, e.is_dir(), None))
+                        is_dir = e.is_dir()
+                        if is_dir or e.is_file():
+                            entries.append(DirEntry(e.name, is_dir, None))
                         continue
                 except OSError:
                     continue
@@ -101,6 +76,21 @@ class LocalSource(Source):
                 if s is not None and (st.S_ISDIR(s.st_mode) or st.S_ISREG(s.st_mode)):
                     entries.append(DirEntry(e.name, st.S_ISDIR(s.st_mode), FileStat(s.st_size, s.st_mtime_ns)))
             out[rel] = DirListing(path, entries)
+        return out
+
+    def stat_files(self, paths: Sequence[str]) -> Dict[str, Optional[FileStat]]:
+        out: Dict[str, Optional[FileStat]] = {}
+        base = self.root.rstrip(os.sep) + os.sep
+        for rel in paths:
+            if not rel or ".." in rel.split("/"):
+                out[rel] = None
+                continue
+            try:
+                s = os.lstat(base + rel.replace("/", os.sep))   # one system call; a link is not followed
+            except OSError:
+                out[rel] = None
+                continue
+            out[rel] = FileStat(s.st_size, s.st_mtime_ns) if st.S_ISREG(s.st_mode) else None
         return out
 
     def scan(self, run: RunRef) -> Dict[str, FileStat]:

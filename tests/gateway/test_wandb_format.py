@@ -8,7 +8,15 @@ import zlib
 
 import pytest
 
-from sync_gateway.readers.wandb._format import BLOCK, HEADER, check_header, parse_records, record_kind
+from sync_gateway.readers.wandb._format import (
+    BLOCK,
+    HEADER,
+    check_header,
+    first_chunk,
+    parse_records,
+    record_end,
+    record_kind,
+)
 from sync_gateway.readers.wandb._system import system_key
 
 
@@ -128,3 +136,22 @@ def test_record_kind_from_tags():
 ])
 def test_system_keys_map_to_the_neutral_names_with_units(key, name, factor):
     assert system_key(key) == (name, factor)
+
+
+def test_record_end_finds_where_each_record_ends_from_its_headers_alone_in_pieces():
+    """How the reader steps over a record too long to read (over 64 MiB): the chunk headers, a piece at a
+    time, give the same boundaries as parsing the records whole."""
+    ps = payloads(30, seed=3) + [b"z" * 300_000, b"y"]
+    data = write_log(ps)
+    whole = parse_records(data[7:], 7)
+    starts = [7] + [end for _, end in whole.records[:-1]]
+    for start, (payload, end) in zip(starts, whole.records):
+        assert record_end(data[start:], start) == (end, end)
+        chunk = first_chunk(data[start:], start)
+        assert chunk and payload.startswith(chunk)
+        at, found = start, None
+        while found is None:       # pieces over a block: every call stops at a chunk boundary and goes on
+            found, reached = record_end(data[at:at + 40_000], at)
+            assert found is not None or reached > at
+            at = reached
+        assert found == end

@@ -102,3 +102,19 @@ def source_factory(sshd, no_agent):
     yield make
     for src in made:
         src.close()
+
+
+@pytest.fixture
+def ssh_agent(tmp_path, monkeypatch):
+    """A real ssh-agent on a socket of its own, stopped by its PID."""
+    import re
+    import signal
+
+    sock = tmp_path / "agent.sock"
+    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], check=True, capture_output=True, text=True).stdout
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    try:
+        yield str(sock)
+    finally:
+        os.kill(pid, signal.SIGTERM)

@@ -10,6 +10,7 @@ import pytest
 from _runs import append, local_stats, record, write_document, write_run
 
 from sync_gateway.errors import RetryableError, SourceError
+from sync_gateway.readers.hpc.discovery import discover_hpc
 
 
 def _stats(d):
@@ -33,7 +34,7 @@ def test_list_runs_is_what_the_root_holds(root, source_factory):
     (root / "resnet" / "notes.txt").write_text("a file, not a run")
     (root / ".tmp-x").mkdir()
     src = source_factory(str(root))
-    found = sorted((r.project, r.run_id, r.location) for r in src.list_runs())
+    found = sorted((r.project, r.run_id, r.location) for r in discover_hpc(src))
     assert found == [("bert", "c3", str(root / "bert" / "c3")), ("resnet", "a1", str(root / "resnet" / "a1")),
                      ("resnet", "b2", str(root / "resnet" / "b2"))]
 
@@ -46,7 +47,7 @@ def test_scan_walk_and_reads_equal_the_file_system(root, source_factory):
     (root / "p" / "r1" / ".tmp-summary.json-99").write_text('{"values": {"lo')
     append(str(root / "p" / "r1" / "history.jsonl"), b'{"seq": 5000, "st')
     src = source_factory(str(root))
-    runs = {r.run_id: r for r in src.list_runs()}
+    runs = {r.run_id: r for r in discover_hpc(src)}
     assert set(runs) == {"r1", "r2"}
     for run_id, run in runs.items():
         run_dir = root / "p" / run_id
@@ -86,7 +87,7 @@ def test_incremental_reads_from_a_cursor(root, source_factory):
     run_dir = write_run(str(root), "p", "live", history_rows=10, finished=False)
     history = os.path.join(run_dir, "history.jsonl")
     src = source_factory(str(root))
-    (run,) = list(src.list_runs())
+    (run,) = discover_hpc(src)
     cursor, consumed = 0, b""
     prev_line = prev_tail = b""  # the line the previous batch left half written
     expected = b"".join(record(i, i, loss=1.0 / (i + 1), acc="NaN" if i == 3 else i / 100) for i in range(10))
@@ -127,7 +128,7 @@ def test_connection_killed_mid_pass_then_reconnect_loses_and_repeats_nothing(roo
     run_dir = write_run(str(root), "p", "big", history_rows=0)
     append(os.path.join(run_dir, "history.jsonl"), payload)
     src = source_factory(str(root))
-    (run,) = list(src.list_runs())
+    (run,) = discover_hpc(src)
     size = src.scan(run)["history.jsonl"].size_bytes
     chunk = 256 * 1024
     cursor, got, failures = 0, [], 0
@@ -157,7 +158,7 @@ def test_connection_killed_during_a_large_read(root, sshd, source_factory):
     payload = os.urandom(24 * 1024 * 1024)
     run_dir = write_run(str(root), "p", "big", history_rows=0, saved_files={"blob.bin": payload})
     src = source_factory(str(root), io_timeout_s=15.0)
-    (run,) = list(src.list_runs())
+    (run,) = discover_hpc(src)
     assert src.walk(run, "files")["files/blob.bin"].size_bytes == len(payload)
     killer = threading.Timer(0.05, _kill_sessions, args=(sshd,))
     killer.start()
@@ -189,7 +190,7 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
     os.symlink("config.json", os.path.join(run_dir, "config-link.json"))  # a link inside the root: fine
     src = source_factory(str(root))
     with caplog.at_level("WARNING", logger="sync_gateway.sources.sftp.source"):
-        runs = list(src.list_runs())
+        runs = discover_hpc(src)
         assert [r.run_id for r in runs] == ["r1"]
         (run,) = runs
         scanned = src.scan(run)
@@ -212,25 +213,64 @@ def test_links_out_of_the_root_are_skipped(root, tmp_path, source_factory, caplo
 
 def test_listing_without_pipelining_gives_the_same(root, source_factory, monkeypatch):
     """Where paramiko lacks the request machinery the pipelined listing uses, listings go one by one."""
+    import sync_gateway.sources.sftp._listing as listing_module
     import sync_gateway.sources.sftp.source as sftp_module
 
     for i in range(30):
         write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2)
     (root / "p0" / "half").mkdir()
     pipelined = source_factory(str(root))
-    expected = {r.location: pipelined.scan(r) for r in pipelined.list_runs()}
-    monkeypatch.setattr(sftp_module, "pipelined_supported", lambda sftp: False)
+    expected = {r.location: pipelined.scan(r) for r in discover_hpc(pipelined)}
+    for module in (sftp_module, listing_module):   # reads and listings
+        monkeypatch.setattr(module, "pipelined_supported", lambda sftp: False)
+    monkeypatch.setattr(listing_module, "listdirs", None)   # a listing must not take the pipelined path
     plain = source_factory(str(root))
-    assert {r.location: plain.scan(r) for r in plain.list_runs()} == expected
+    assert {r.location: plain.scan(r) for r in discover_hpc(plain)} == expected
     assert len(expected) == 30
     assert {name: _stats(st) for name, st in expected.items()} == {
         loc: local_stats(str(root), loc, recursive=False) for loc in expected}
 
 
+def test_a_no_change_pass_costs_the_same_rounds_whatever_the_number_of_runs(root, source_factory, monkeypatch):
+    """Discovery (readers/hpc/discovery.py, on the source's generic calls) and the scan and walks of every
+    run that follow cost a fixed number of pipelined listing rounds, and no listing of its own per
+    directory: 30 runs and 60 runs cost the same."""
+    import paramiko
+
+    import sync_gateway.sources.sftp._listing as listing_module
+
+    rounds, single = [], []
+    pipelined = listing_module.listdirs
+    monkeypatch.setattr(listing_module, "listdirs",
+                        lambda sftp, paths: rounds.append(len(paths)) or pipelined(sftp, paths))
+    plain_listdir = paramiko.SFTPClient.listdir_attr
+    monkeypatch.setattr(paramiko.SFTPClient, "listdir_attr",
+                        lambda self, path=".": single.append(path) or plain_listdir(self, path))
+
+    def a_pass():
+        rounds.clear()
+        src = source_factory(str(root))
+        files = 0
+        for run in discover_hpc(src):
+            files += len(src.scan(run)) + len(src.walk(run, "files")) + len(src.walk(run, "code"))
+        return files, len(rounds)
+
+    for i in range(30):
+        write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2, saved_files={"ckpt/model.pt": b"w", "a.txt": b"a"})
+    files_30, rounds_30 = a_pass()
+    for i in range(30, 60):
+        write_run(str(root), f"p{i % 3}", f"r{i}", history_rows=2, saved_files={"ckpt/model.pt": b"w", "a.txt": b"a"})
+    files_60, rounds_60 = a_pass()
+    assert files_60 == 2 * files_30 > 0
+    # the root, the projects, the run directories (stat_files), files/, files/ckpt/: 5 rounds either way
+    assert rounds_30 == rounds_60 == 5, (rounds_30, rounds_60)
+    assert single == []
+
+
 def test_a_stale_listing_is_not_used_for_scan(root, source_factory):
     run_dir = write_run(str(root), "p", "r", history_rows=2)
     src = source_factory(str(root), listing_max_age_s=0.0)
-    (run,) = list(src.list_runs())
+    (run,) = discover_hpc(src)
     append(os.path.join(run_dir, "history.jsonl"), record(2, 2, loss=0.1))
     os.remove(os.path.join(run_dir, "output.log"))
     assert _stats(src.scan(run)) == local_stats(str(root), run_dir, recursive=False)
@@ -243,8 +283,8 @@ def test_pipelined_read_stops_at_the_end_of_the_file(root, source_factory):
     data = os.urandom(300_000)
     run_dir = write_run(str(root), "p", "r", saved_files={"x.bin": data})
     src = source_factory(str(root))
-    list(src.list_runs())
-    sftp = src._sftp()
+    discover_hpc(src)
+    sftp, _ = src._link.sftp()
     with sftp.open(os.path.join(run_dir, "files", "x.bin"), "rb") as f:
         assert read_range(sftp, f.handle, 1000, 1_000_000) == data[1000:]
         assert read_range(sftp, f.handle, 0, 300_000, chunk_bytes=7000, in_flight=3) == data
@@ -288,21 +328,21 @@ def test_roots_on_one_host_share_one_connection(tmp_path, sshd, source_factory):
     before = 0
     a = source_factory(str(tmp_path / "alice"), pool=pool)
     b = source_factory(str(tmp_path / "bob"), pool=pool)
-    assert [r.run_id for r in a.list_runs()] == ["run-alice"]
-    assert [r.run_id for r in b.list_runs()] == ["run-bob"]
+    assert [r.run_id for r in discover_hpc(a)] == ["run-alice"]
+    assert [r.run_id for r in discover_hpc(b)] == ["run-bob"]
     assert _wait_for(lambda: _connections(sshd) == before + 1)
     assert a.connects + b.connects == 1
     a.close()
-    (run,) = list(b.list_runs())          # the other root goes on over the same connection
+    (run,) = discover_hpc(b)          # the other root goes on over the same connection
     assert b.read_document(run, "run.json") is not None
     assert _connections(sshd) == before + 1   # still open: b uses it
     b.close()                             # the last user: the connection closes
     assert _wait_for(lambda: _connections(sshd) == before)
     # a dead shared link: both sources reconnect, to one new connection
-    assert list(a.list_runs()) and list(b.list_runs())
+    assert discover_hpc(a) and discover_hpc(b)
     _kill_sessions(sshd)
     with pytest.raises(SourceError):
-        list(a.list_runs())
-    assert [r.run_id for r in b.list_runs()] == ["run-bob"]
-    assert [r.run_id for r in a.list_runs()] == ["run-alice"]
+        discover_hpc(a)
+    assert [r.run_id for r in discover_hpc(b)] == ["run-bob"]
+    assert [r.run_id for r in discover_hpc(a)] == ["run-alice"]
     assert _wait_for(lambda: _connections(sshd) == before + 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from _runs import write_run
 
+from sync_gateway.readers.hpc.discovery import discover_hpc
 from sync_gateway.sources.sftp._ssh import SshOptions, parse_ssh_url, resolve_hops
 from sync_gateway.sources.sftp.source import SftpSource, SshConfigError, SshUnreachableError
 
@@ -55,7 +56,7 @@ def test_host_alias_from_ssh_config(sshd, root, no_agent):
     # nothing but the alias: HostName, Port, User, IdentityFile and UserKnownHostsFile come from the config
     src = SftpSource(f"ssh://hpc-login{root}", ssh_config=sshd.ssh_config)
     try:
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
         assert [(h.hostname, h.port, h.user) for h in src.hops] == [("127.0.0.1", sshd.port, sshd.user)]
     finally:
         src.close()
@@ -65,9 +66,9 @@ def test_proxyjump_through_the_bastion(sshd, root, no_agent):
     before = sshd.bastion_log().count(f"target 127.0.0.1 port {sshd.port}")
     src = SftpSource(f"ssh://hpc-behind-bastion{root}", ssh_config=sshd.ssh_config)
     try:
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
         assert [h.port for h in src.hops] == [sshd.bastion_port, sshd.port]
-        (run,) = list(src.list_runs())
+        (run,) = discover_hpc(src)
         assert src.read_document(run, "run.json") == Path(run.location, "run.json").read_bytes()
     finally:
         src.close()
@@ -84,7 +85,7 @@ def test_proxyjump_with_the_bastion_refusing_to_forward(sshd, root, tmp_path, no
         f"    ProxyJump hpc-bastion\n"))
     src = SftpSource(f"ssh://elsewhere{root}", ssh_config=str(config), connect_timeout_s=5)
     with pytest.raises(SshUnreachableError, match="jump host refused to forward"):
-        list(src.list_runs())
+        discover_hpc(src)
 
 
 def test_from_settings_reads_the_gateway_ssh_section(sshd, root, no_agent):
@@ -96,7 +97,7 @@ def test_from_settings_reads_the_gateway_ssh_section(sshd, root, no_agent):
     try:
         assert (src.options.known_hosts, src.options.ssh_config, src.options.keepalive_s) == (
             sshd.known_hosts, sshd.ssh_config, 7.0)
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
     finally:
         src.close()
     # no ssh section at all: OpenSSH's defaults (~/.ssh/config, ~/.ssh/known_hosts)
@@ -114,7 +115,7 @@ def test_the_bastion_host_key_is_verified_too(sshd, root, tmp_path, no_agent):
     config.write_text(Path(sshd.ssh_config).read_text().replace(sshd.known_hosts, str(only_main)))
     src = SftpSource(f"ssh://hpc-behind-bastion{root}", ssh_config=str(config))
     with pytest.raises(SshHostKeyError, match=rf"\[127.0.0.1\]:{sshd.bastion_port} is not in"):
-        list(src.list_runs())
+        discover_hpc(src)
 
 
 def test_settings_positional_as_the_gateway_factory_passes_them(sshd, root, no_agent):
@@ -126,6 +127,6 @@ def test_settings_positional_as_the_gateway_factory_passes_them(sshd, root, no_a
     try:
         assert (src.options.known_hosts, src.options.ssh_config, src.options.keepalive_s,
                 src.options.connect_timeout_s) == (sshd.known_hosts, sshd.ssh_config, 3.0, 10.0)
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
     finally:
         src.close()

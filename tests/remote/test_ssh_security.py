@@ -17,6 +17,7 @@ from sync_gateway.errors import (
     SshHostKeyError,
     SshUnreachableError,
 )
+from sync_gateway.readers.hpc.discovery import discover_hpc
 from sync_gateway.sources.sftp.source import check_ssh_root
 
 
@@ -41,7 +42,7 @@ def test_unknown_host_key_is_refused_and_never_added(sshd, source_factory, root,
     known.write_text("")
     src = source_factory(root, known_hosts=str(known))
     with pytest.raises(SshHostKeyError) as info:
-        list(src.list_runs())
+        discover_hpc(src)
     message = str(info.value)
     assert isinstance(info.value, PermanentError)
     assert "\n" not in message
@@ -50,7 +51,7 @@ def test_unknown_host_key_is_refused_and_never_added(sshd, source_factory, root,
     assert known.read_text() == ""                                              # never added
     missing = tmp_path / "no-such-known-hosts"
     with pytest.raises(SshHostKeyError, match="is not in"):
-        list(source_factory(root, known_hosts=str(missing)).list_runs())
+        discover_hpc(source_factory(root, known_hosts=str(missing)))
     assert not missing.exists()
 
 
@@ -60,7 +61,7 @@ def test_changed_host_key_is_refused(sshd, source_factory, root, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {line[0]} {line[1]}\n")
     with pytest.raises(SshHostKeyError, match="CHANGED") as info:
-        list(source_factory(root, known_hosts=str(known)).list_runs())
+        discover_hpc(source_factory(root, known_hosts=str(known)))
     message = str(info.value)
     assert "\n" not in message
     assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}'" in message and "ssh-keyscan" in message
@@ -72,7 +73,7 @@ def test_changed_host_key_is_refused(sshd, source_factory, root, tmp_path):
     kind, blob = Path(str(rsa) + ".pub").read_text().split()[:2]
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
     with pytest.raises(SshHostKeyError, match="CHANGED"):
-        list(source_factory(root, known_hosts=str(known)).list_runs())
+        discover_hpc(source_factory(root, known_hosts=str(known)))
 
 
 def test_hashed_known_hosts_entries_are_understood(sshd, source_factory, root, tmp_path):
@@ -80,27 +81,27 @@ def test_hashed_known_hosts_entries_are_understood(sshd, source_factory, root, t
     known.write_text((sshd.state / "known_hosts").read_text())
     subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
     assert "|1|" in known.read_text()
-    assert [r.run_id for r in source_factory(root, known_hosts=str(known)).list_runs()] == ["r1"]
+    assert [r.run_id for r in discover_hpc(source_factory(root, known_hosts=str(known)))] == ["r1"]
 
 
 def test_missing_encrypted_and_unauthorized_keys_are_clear_errors(sshd, source_factory, root, tmp_path):
     with pytest.raises(SshConfigError, match="identity file .*nope does not exist"):
-        list(source_factory(root, identity_file=str(tmp_path / "nope")).list_runs())
+        discover_hpc(source_factory(root, identity_file=str(tmp_path / "nope")))
 
     encrypted = _keygen(tmp_path / "encrypted", "-N", "secret")
     with pytest.raises(SshAuthError) as info:
-        list(source_factory(root, identity_file=encrypted).list_runs())
+        discover_hpc(source_factory(root, identity_file=encrypted))
     assert "encrypted" in str(info.value) and "ssh-add" in str(info.value) and "\n" not in str(info.value)
 
     stranger = _keygen(tmp_path / "stranger")
     with pytest.raises(SshAuthError, match="refused every key offered"):
-        list(source_factory(root, identity_file=stranger).list_runs())
+        discover_hpc(source_factory(root, identity_file=stranger))
 
     # no key at all: a config that names only missing files, no agent
     config = tmp_path / "ssh_config"
     config.write_text(f"Host *\n    IdentityFile {tmp_path}/absent_key\n")
     with pytest.raises(SshAuthError, match="no usable SSH key.*absent_key does not exist.*no ssh-agent"):
-        list(source_factory(root, identity_file=None, ssh_config=str(config)).list_runs())
+        discover_hpc(source_factory(root, identity_file=None, ssh_config=str(config)))
 
 
 def test_unreachable_host_is_retryable(source_factory, root):
@@ -112,7 +113,7 @@ def test_unreachable_host_is_retryable(source_factory, root):
     src = SftpSource(f"ssh://127.0.0.1:{port}{root}", known_hosts=os.devnull, ssh_config=os.devnull,
                      connect_timeout_s=3)
     with pytest.raises(SshUnreachableError, match=f"cannot reach 127.0.0.1:{port}") as info:
-        list(src.list_runs())
+        discover_hpc(src)
     assert isinstance(info.value, RetryableError)
 
 
@@ -175,7 +176,7 @@ def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
     run = RunRef("p", "r1", os.path.join(root, "p", "r1"))
     try:
         with pytest.raises(SshUnreachableError, match="handshake"):
-            list(src.list_runs())
+            discover_hpc(src)
         for _ in range(20):
             with pytest.raises(SshUnreachableError, match="handshake"):
                 src.scan(run)
@@ -192,22 +193,6 @@ def test_a_failed_connect_fails_fast_until_retry_time(root, tmp_path):
         server.close()
 
 
-@pytest.fixture
-def ssh_agent(tmp_path, monkeypatch):
-    """A real ssh-agent on a socket of its own, stopped by its PID."""
-    import re
-    import signal
-
-    sock = tmp_path / "agent.sock"
-    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], check=True, capture_output=True, text=True).stdout
-    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))
-    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-    try:
-        yield str(sock)
-    finally:
-        os.kill(pid, signal.SIGTERM)
-
-
 def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))   # no ~/.ssh/id_* to fall back on
     subprocess.run(["ssh-add", "-q", sshd.identity_file], check=True, capture_output=True)
@@ -218,13 +203,13 @@ def test_agent_authentication(sshd, root, tmp_path, ssh_agent, monkeypatch):
 
     src = SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull)
     try:
-        assert [r.run_id for r in src.list_runs()] == ["r1"]
+        assert [r.run_id for r in discover_hpc(src)] == ["r1"]
     finally:
         src.close()
     # the same without the agent: no key at all, a clear error
     monkeypatch.delenv("SSH_AUTH_SOCK")
     with pytest.raises(SshAuthError, match="no usable SSH key.*id_ed25519 does not exist.*no ssh-agent"):
-        list(SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull).list_runs())
+        discover_hpc(SftpSource(sshd.url(root), known_hosts=sshd.known_hosts, ssh_config=os.devnull))
 
 
 def test_gateway_doctor_checks_ssh_roots_with_the_configs_ssh_section(sshd, root, tmp_path, no_agent, capsys):

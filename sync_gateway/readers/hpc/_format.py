@@ -57,8 +57,9 @@ class ParsedChunk:
     next_seq: Optional[int] = None
 
 
-def parse_stream(data: bytes, base_offset: int, expected_seq: Optional[int]) -> ParsedChunk:
-    """Parse the complete lines of ``data`` (read from ``base_offset``); the incomplete tail is left."""
+def parse_stream(data: bytes, base_offset: int, expected_seq: Optional[int], any_step: bool = False) -> ParsedChunk:
+    """Parse the complete lines of ``data`` (read from ``base_offset``); the incomplete tail is left.
+    ``any_step``: a record's step may be negative (points.jsonl: MLflow's steps, section 11.3)."""
     out = ParsedChunk(next_seq=expected_seq)
     end = data.rfind(b"\n") + 1
     pos = 0
@@ -70,7 +71,7 @@ def parse_stream(data: bytes, base_offset: int, expected_seq: Optional[int]) -> 
         if not line.strip():
             out.corrupt.append((off, "empty line"))
             continue
-        rec, why = _record(line, base_offset + pos)
+        rec, why = _record(line, base_offset + pos, any_step)
         if rec is None:
             out.corrupt.append((off, why))
             continue
@@ -83,7 +84,7 @@ def parse_stream(data: bytes, base_offset: int, expected_seq: Optional[int]) -> 
     return out
 
 
-def _record(line: bytes, end_offset: int) -> Tuple[Optional[Record], str]:
+def _record(line: bytes, end_offset: int, any_step: bool = False) -> Tuple[Optional[Record], str]:
     try:
         obj = _loads(line)
     except (ValueError, UnicodeDecodeError) as e:
@@ -94,8 +95,9 @@ def _record(line: bytes, end_offset: int) -> Tuple[Optional[Record], str]:
     if missing:
         return None, f"missing field(s) {', '.join(missing)}"
     seq, step, ts, values = obj["seq"], obj["step"], obj["ts_ms"], obj["values"]
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (seq, step, ts)) or step < 0:
-        return None, "seq, step and ts_ms must be integers (step >= 0)"
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (seq, step, ts)) or (step < 0 and not any_step):
+        return None, "seq, step and ts_ms must be integers (step >= 0)" if not any_step else \
+            "seq, step and ts_ms must be integers"
     if not isinstance(values, dict):
         return None, "values must be an object"
     return Record(seq, step, ts, {str(k): decode_value(v) for k, v in values.items()}, end_offset), ""

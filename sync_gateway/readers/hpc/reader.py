@@ -1,5 +1,6 @@
-"""The reader of hpc-sync's own run format (docs/run-format.md): run.json, the two JSONL streams,
-config/summary documents, heartbeat and exit records, files/ and code/.
+"""The reader of hpc-sync's own run format (docs/run-format.md): run.json, the JSONL streams,
+config/summary documents, heartbeat and exit records, files/ and code/; for a run written through MLflow's
+client (section 11, ``_mlflow``) also points.jsonl, artifacts/ and the run as MLflow recorded it.
 
 Run state follows the table in docs/run-format.md section 7 (:func:`derive_state`); ``hpc runs ls`` on the
 compute side implements the same table, and both are tested against it.
@@ -12,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from sync_gateway.errors import FormatError
 from sync_gateway.readers.base import Reader
 from sync_gateway.readers.hpc._format import decode_value, parse_document, parse_run_json, parse_stream
+from sync_gateway.readers.hpc._mlflow import ARTIFACTS_DIR, POINTS_STREAM, door_info, mlflow_object, shown_as
 from sync_gateway.records import (
     FileEntry,
     FileStat,
@@ -31,11 +33,10 @@ from sync_gateway.sources.base import Source
 __all__ = ["HpcReader", "derive_state", "newest_mtime_ms", "DEFAULT_STALE_AFTER_S", "STREAMS", "MAX_LINE_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 DEFAULT_STALE_AFTER_S = 300.0
-#: stream name -> file
-STREAMS = {"history": "history.jsonl", "system": "system.jsonl"}
+#: stream name -> file (``points``: metric points of a run written through MLflow's client, since 1.3)
+STREAMS = {"history": "history.jsonl", "system": "system.jsonl", POINTS_STREAM[0]: POINTS_STREAM[1]}
 MAX_LINE_BYTES = 64 << 20  # a longer line is refused as corrupt-by-size
 _REASONS = ("finished", "failed", "preempted", "killed")
 #: top-level documents stored as artifacts -> where they are shown
@@ -113,9 +114,13 @@ class HpcReader(Reader):
         return self._meta
 
     # -- Reader -------------------------------------------------------------------------------
+    def _door(self) -> Optional[Dict[str, Any]]:
+        """run.json's ``mlflow`` object when MLflow's client wrote the run, else None."""
+        return mlflow_object(self.meta())
+
     def snapshot(self) -> Snapshot:
         files = dict(self.source.scan(self.ref))
-        for sub in _SUBDIRS:
+        for sub in _SUBDIRS + (ARTIFACTS_DIR,):
             files.update(self.source.walk(self.ref, sub))
         return Snapshot(files)
 
@@ -128,7 +133,7 @@ class HpcReader(Reader):
         git = m.get("git") if isinstance(m.get("git"), dict) else {}
         slurm = m.get("slurm") if isinstance(m.get("slurm"), dict) else {}
         argv = m.get("argv")
-        return RunInfo(
+        info = RunInfo(
             project=self.ref.project, run_id=self.ref.run_id,
             name=_opt_str(m.get("name")) or self.ref.run_id, created_ms=_int(m.get("created_ms")) or 0,
             attempt=_int(m.get("attempt")) or 1, group=_opt_str(m.get("group")),
@@ -136,6 +141,8 @@ class HpcReader(Reader):
             user=_opt_str(m.get("user")), host=_opt_str(m.get("host")), program=_opt_str(m.get("program")),
             argv=_strs(argv), git=git or {}, scheduler=slurm or {}, metrics=metrics,
             format=self.format, format_version=str(m.get("format_version", "")))
+        door = self._door()
+        return info if door is None else door_info(self.source, self.ref, m, door, info)
 
     def config(self) -> Optional[Dict[str, Any]]:
         return self._document("config.json")
@@ -148,7 +155,8 @@ class HpcReader(Reader):
         want = max_bytes
         while True:
             data = self.source.read_range(self.ref, name, start.offset, min(want, stop - start.offset))
-            parsed = parse_stream(data, start.offset, start.seq)
+            # MLflow's steps are any int64 (section 11.3); the other streams' steps are never negative
+            parsed = parse_stream(data, start.offset, start.seq, any_step=stream == POINTS_STREAM[0])
             if parsed.consumed == 0 and len(data) >= want:
                 if want >= MAX_LINE_BYTES:
                     return self._skip_long_line(name, start, stop, len(data))
@@ -197,9 +205,13 @@ class HpcReader(Reader):
                        snap.files["summary.json"].mtime_ns // 1_000_000)
 
     def files(self, snap: Snapshot) -> List[FileEntry]:
+        door = self._door() is not None
+        subdirs = _SUBDIRS + (ARTIFACTS_DIR,) if door else _SUBDIRS
         out = [FileEntry(name, dest, snap.files[name]) for name, dest in _ARTIFACTS.items() if name in snap.files]
-        out += [FileEntry(name, name, s) for name, s in snap.files.items() if name.split("/", 1)[0] in _SUBDIRS
+        out += [FileEntry(name, name, s) for name, s in snap.files.items() if name.split("/", 1)[0] in subdirs
                 and "/" in name]
+        if door:  # MLflow's artifacts at their own paths; whatever the door adds under hpc/
+            out = [FileEntry(e.source_path, shown_as(e.dest), e.stat) for e in out]
         return usable_files(sorted(out, key=lambda e: e.source_path) + self._media(snap), self.ref.key)
 
     def _media(self, snap: Snapshot) -> List[FileEntry]:

@@ -18,8 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-__all__ = ["HEADER", "HEADER_LEN", "BLOCK", "ParsedRecords", "parse_records", "check_header", "record_kind",
-           "KINDS"]
+__all__ = ["HEADER", "HEADER_LEN", "BLOCK", "ParsedRecords", "parse_records", "record_end", "first_chunk",
+           "check_header", "record_kind", "KINDS"]
 
 BLOCK = 32768
 HEADER_LEN = 7
@@ -132,6 +132,44 @@ def parse_records(data: bytes, offset: int, final: bool = False) -> ParsedRecord
                                           f"end of a fragment that will not grow"))
         out.consumed = offset + n
     return out
+
+
+def record_end(data: bytes, offset: int) -> Tuple[Optional[int], int]:
+    """Where the record starting at ``offset`` (a record boundary) ends, from its chunk headers alone (no
+    checksum: this is for stepping over a record too long to read). ``data`` holds the file's bytes from
+    ``offset``. Returns (the file offset after its last chunk, or None when ``data`` ends first; the offset
+    up to which chunks were walked, a chunk boundary to call again from with the following bytes). A bad
+    chunk header ends the record at the next block (the rest of the block is skipped, as parse_records does)."""
+    pos, n = 0, len(data)
+    while True:
+        left_in_block = BLOCK - (offset + pos) % BLOCK
+        if left_in_block < HEADER_LEN:          # block tail: zero padding
+            if pos + left_in_block > n:
+                return None, offset + pos
+            pos += left_in_block
+            continue
+        if pos + HEADER_LEN > n:
+            return None, offset + pos
+        _, length, kind = _CHUNK.unpack_from(data, pos)
+        if kind not in (FULL, FIRST, MIDDLE, LAST) or length > left_in_block - HEADER_LEN:
+            if pos + left_in_block > n:
+                return None, offset + pos
+            return offset + pos + left_in_block, offset + pos + left_in_block
+        if pos + HEADER_LEN + length > n:
+            return None, offset + pos
+        pos += HEADER_LEN + length
+        if kind in (FULL, LAST):
+            return offset + pos, offset + pos
+
+
+def first_chunk(data: bytes, offset: int) -> bytes:
+    """The data of the chunk at ``offset`` (a record boundary; a block tail of padding is passed over): the
+    start of the record's payload, enough for :func:`record_kind`."""
+    pos = BLOCK - offset % BLOCK if BLOCK - offset % BLOCK < HEADER_LEN else 0
+    if pos + HEADER_LEN > len(data):
+        return b""
+    _, length, _ = _CHUNK.unpack_from(data, pos)
+    return data[pos + HEADER_LEN:pos + HEADER_LEN + length]
 
 
 def record_kind(payload: bytes) -> Optional[str]:

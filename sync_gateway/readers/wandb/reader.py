@@ -3,30 +3,41 @@
 One ``.wandb`` file interleaves every kind of record in one append-only stream. This reader:
 
 - **scans** the records the engine treats as documents (run, environment, config, summary, metric,
-  files, exit) once, incrementally, from where its last scan stopped; what it found (metadata, config,
-  summary, define_metric declarations, exit codes, the steps each fragment starts and ends at) and how far
-  it got live in its per-run memory (``Reader.attach_state``), which the engine saves with the run's state;
+  files, exit) once, incrementally, from where its last scan stopped (``_scan.DocumentScan``); what it
+  found and how far it got live in its per-run memory (``Reader.attach_state``), small flat JSON the engine
+  saves with the run's state;
 - reads two **streams** over the same bytes, each from the engine's own cursor: ``history`` (the logged
   rows) and ``system`` (``stats`` records, keys mapped to docs/metrics.md's neutral names with units);
 - joins **resumed fragments** (several directories with one run id) into one run: a position is
   ``fragment index << 40 | byte offset``, so cursors stay plain increasing integers, and a fragment whose
-  steps start again at 0 continues after the previous fragment's last step.
+  steps start again at 0 continues after the previous fragment's last step;
+- steps over a record longer than 64 MiB (wandb writes one for a huge ``log``): reported as corrupt (the
+  engine counts it) and skipped, so the records after it sync.
 
-The protobuf schema comes from the ``wandb`` package (extra ``[wandb]``), imported on first use only.
+Discovery is ``discovery.py``; the protobuf schema comes from the ``wandb`` package (extra ``[wandb]``),
+imported on first use only (``_records.py``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import re
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from sync_gateway.errors import FormatError
 from sync_gateway.readers.base import Reader
-from sync_gateway.readers.wandb._format import HEADER_LEN, check_header, parse_records, record_kind
+from sync_gateway.readers.wandb._format import (
+    HEADER_LEN,
+    ParsedRecords,
+    check_header,
+    first_chunk,
+    parse_records,
+    record_end,
+    record_kind,
+)
+from sync_gateway.readers.wandb._records import decode, history_row, json_value, ms
+from sync_gateway.readers.wandb._scan import SCALARS, DocumentScan, end_ms, fresh_state
 from sync_gateway.readers.wandb._system import system_values
+from sync_gateway.readers.wandb.discovery import FORMAT
 from sync_gateway.records import (
     FileEntry,
     MetricDef,
@@ -40,23 +51,17 @@ from sync_gateway.records import (
     Summary,
     usable_files,
 )
-from sync_gateway.sources.base import Source, is_run_name
+from sync_gateway.sources.base import Source
 
-__all__ = ["WandbReader", "discover_wandb", "FRAGMENT", "FRAGMENT_BITS"]
+__all__ = ["WandbReader", "FRAGMENT_BITS", "MAX_RECORD_BYTES"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
-#: ``offline-run-20261127_062601-ji1c624p`` (offline) or ``run-...`` (online runs keep a .wandb too)
-FRAGMENT = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(.+)")
 FRAGMENT_BITS = 40              # a position is fragment << 40 | offset (a fragment file up to 1 TiB)
 _MASK = (1 << FRAGMENT_BITS) - 1
 _SCAN_BYTES = 4 << 20           # the document scan reads this much at a time
-_MAX_RECORD = 64 << 20          # a record longer than this is refused
-#: directories never searched for W&B runs (besides hidden ones and hpc run directories)
-_NO_DESCENT = frozenset({"files", "logs", "tmp", "code", "media", "artifacts", "__pycache__", "node_modules"})
+MAX_RECORD_BYTES = 64 << 20     # a record longer than this is skipped (and reported)
 _POLICIES = ("min", "max", "mean", "first", "last", "best")
-_STATE_VERSION = 2   # 2: summary values kept as their JSON text
 
 
 def _split(pos: int) -> Tuple[int, int]:
@@ -67,134 +72,8 @@ def _join(fragment: int, offset: int) -> int:
     return (fragment << FRAGMENT_BITS) | offset
 
 
-def _label(rel: str) -> str:
-    """A state key part for the directory holding the fragments: readable, unique, and a valid name."""
-    digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", rel.replace("/", ".")).strip("._-")[:100] or "wandb"
-    return f"{readable}-{digest}" if readable[0].isalnum() else f"w{readable}-{digest}"
-
-
-# -- discovery ----------------------------------------------------------------------------------------------
-def discover_wandb(source: Source, max_depth: int, skip: AbstractSet[str] = frozenset()) -> List[RunRef]:
-    """W&B runs below ``source``'s root, at most ``max_depth`` directories deep (``<root>/offline-run-*`` is
-    depth 1, ``<root>/wandb/offline-run-*`` depth 2). ``skip``: root-relative directories not to enter
-    (the hpc runs already found). Every level is listed in one call (one pipelined round over SFTP); the
-    fragments of one run id in one directory become one RunRef, in start order. A fragment directory is
-    taken by its name; whether it holds its ``run-<id>.wandb`` yet is the snapshot's business (a run
-    without one is not ready), so discovery lists no fragment directory."""
-    found: Dict[Tuple[str, str], List[str]] = {}
-    locations: Dict[str, str] = {}
-    level = [""]
-    warned: Set[str] = set()
-    for _depth in range(max_depth):
-        listings = source.list_dirs(level)
-        deeper: List[str] = []
-        candidates: List[Tuple[str, str, str]] = []
-        for rel, listing in listings.items():
-            if listing is None:
-                continue
-            locations[rel] = listing.location
-            for e in listing.entries:
-                if not e.is_dir:
-                    continue
-                child = f"{rel}/{e.name}" if rel else e.name
-                m = FRAGMENT.fullmatch(e.name)
-                if m:
-                    candidates.append((rel, e.name, m.group(2)))
-                elif not e.name.startswith(".") and e.name not in _NO_DESCENT and child not in skip:
-                    deeper.append(child)
-        for rel, name, run_id in candidates:
-            if not is_run_name(run_id):
-                if run_id not in warned:
-                    warned.add(run_id)
-                    log.warning("%s: W&B run id %r is not a valid run name ([A-Za-z0-9][A-Za-z0-9._-]*): "
-                                "skipped", source.display, run_id)
-                continue
-            found.setdefault((rel, run_id), []).append(name)
-        level = deeper
-        if not level:
-            break
-    refs = []
-    for (rel, run_id), names in sorted(found.items()):
-        names.sort(key=lambda n: (FRAGMENT.fullmatch(n).group(1), n))  # type: ignore[union-attr]
-        refs.append(RunRef(_label(rel), run_id, locations[rel], format=WandbReader.format, parts=tuple(names)))
-    return refs
-
-
-# -- decoding ---------------------------------------------------------------------------------------------
-_pb: Any = None
-
-
-def _schema() -> Any:
-    global _pb
-    if _pb is None:
-        try:
-            from wandb.proto import wandb_internal_pb2
-        except ImportError as e:
-            raise FormatError("W&B runs need the wandb package for its record schema: "
-                              f"pip install 'hpc-sync[gateway,wandb]' ({e})") from e
-        _pb = wandb_internal_pb2
-    return _pb
-
-
-def _decode(payload: bytes) -> Any:
-    """A ``Record``, or None when it does not parse (an older schema's field reused with another type)."""
-    rec = _schema().Record()
-    try:
-        rec.ParseFromString(payload)
-    except Exception:  # noqa: BLE001 - protobuf's DecodeError has no stable import path across versions
-        return None
-    return rec
-
-
-def _json(text: str) -> Any:
-    # Most values are plain numbers: int() and float() parse them as json.loads would, much faster
-    # (float() also takes NaN and Infinity, which W&B writes bare).
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        v = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity"):
-        return float(v.replace("Infinity", "inf"))
-    return v
-
-
-def _item_key(item: Any) -> str:
-    return item.key or ".".join(item.nested_key)
-
-
-def _ms(ts: Any) -> int:
-    return ts.seconds * 1000 + ts.nanos // 1_000_000
-
-
-def _history_row(rec: Any, shift: int) -> Tuple[int, int, Dict[str, Any]]:
-    """(step, ts_ms, values) of a history record; W&B's own ``_``-keys are left out of the values."""
-    values: Dict[str, Any] = {}
-    step = ts = None
-    for item in rec.history.item:
-        key = item.key or ".".join(item.nested_key)
-        if key[0] != "_":
-            values[key] = _json(item.value_json)
-        elif key == "_step":
-            step = _json(item.value_json)
-        elif key == "_timestamp":
-            ts = _json(item.value_json)
-    if not isinstance(step, int) or isinstance(step, bool):
-        step = rec.history.step.num
-    ts_ms = int(round(ts * 1000)) if isinstance(ts, (int, float)) and math.isfinite(ts) else 0
-    return int(step) + shift, ts_ms, values
-
-
 class WandbReader(Reader):
-    format = "wandb"
+    format = FORMAT
     documents = {"metadata": "run", "config": "config", "summary": "summary"}  # records, not files
 
     def __init__(self, source: Source, ref: RunRef):
@@ -202,9 +81,6 @@ class WandbReader(Reader):
         self.st: Dict[str, Any] = {}
         self._snap: Optional[Snapshot] = None
         self._scanned = False
-        # history payloads of each fragment whose steps the scan needs (decoded once, after it)
-        self._pending_first: Dict[int, bytes] = {}
-        self._pending_last: Dict[int, bytes] = {}
 
     # -- files and positions ------------------------------------------------------------------------------
     def _file(self, k: int) -> str:
@@ -216,14 +92,7 @@ class WandbReader(Reader):
         return 0 if s is None else s.size_bytes
 
     def attach_state(self, state: Dict[str, Any]) -> None:
-        if state.get("v") != _STATE_VERSION or list(self.ref.parts[:len(state.get("parts", []))]) != state.get("parts"):
-            # New, from another version, or a fragment vanished or appeared out of order: scan again.
-            state.clear()
-        state.setdefault("v", _STATE_VERSION)
-        state["parts"] = list(self.ref.parts)
-        for k, empty in (("scan", 0), ("run", {}), ("config", {}), ("summary", {}), ("metrics", []),
-                         ("exits", {}), ("steps", {}), ("versions", {}), ("last", {}), ("undecodable", 0)):
-            state.setdefault(k, empty)
+        fresh_state(state, self.ref.parts)
         self.st = state
 
     # -- Reader ---------------------------------------------------------------------------------------------
@@ -241,6 +110,40 @@ class WandbReader(Reader):
         self._snap = Snapshot(files)
         return self._snap
 
+    def _records(self, k: int, off: int, size: int, want: int, final: bool,
+                 stream: Optional[str] = None) -> ParsedRecords:
+        """The complete records of fragment ``k`` from ``off`` (a record boundary; the file holds ``size``
+        bytes), reading about ``want`` bytes. ``final``: the fragment will not grow. A record longer than
+        ``want`` is read whole; one longer than MAX_RECORD_BYTES is stepped over by its chunk headers, never
+        read into memory, and reported in ``corrupt``: by the ``system`` stream if it is a system sample,
+        else by ``history`` (so the engine counts it once; the scan, ``stream`` None, always reports it)."""
+        data = self.source.read_range(self.ref, self._file(k), off, max(0, min(want, size - off)))
+        parsed = parse_records(data, off, final=final and off + len(data) >= size)
+        if parsed.consumed > off or off + len(data) >= size:
+            return parsed
+        # No record ends in `want` bytes and the file holds more: one long record. Find its end from its
+        # chunk headers, reading on from where the walk got (the chunk it stopped at was cut off).
+        end, at = record_end(data, off)
+        while end is None and at < size:
+            piece = self.source.read_range(self.ref, self._file(k), at, min(_SCAN_BYTES, size - at))
+            end, reached = record_end(piece, at)
+            if reached == at:
+                break
+            at = reached
+        if end is None:            # its last chunk is not written yet
+            if not final:
+                return parsed
+            return ParsedRecords([], size, [(off, f"{size - off} bytes of an unfinished record at the end of a "
+                                                 f"fragment that will not grow")])
+        if end - off <= MAX_RECORD_BYTES:
+            return parse_records(self.source.read_range(self.ref, self._file(k), off, end - off), off,
+                                 final=final and end >= size)
+        kind = record_kind(first_chunk(data, off))
+        if stream is not None and (kind == "stats") != (stream == "system"):
+            return ParsedRecords([], end)
+        return ParsedRecords([], end, [(off, f"a {kind or 'W&B'} record of {end - off} bytes, over the "
+                                             f"{MAX_RECORD_BYTES >> 20} MiB a record may have: skipped")])
+
     def _scan(self, snap: Snapshot) -> None:
         """Apply every document record from the last scan's position to the end of the last fragment."""
         if self._scanned and self._snap is snap:
@@ -248,6 +151,7 @@ class WandbReader(Reader):
         if not self.st:
             self.attach_state({})
         self._snap = snap
+        scan = DocumentScan(self.st, self.ref.key)
         last = len(self.ref.parts) - 1
         k, off = _split(self.st["scan"])
         while k <= last:
@@ -260,27 +164,20 @@ class WandbReader(Reader):
             off = max(off, HEADER_LEN)
             if off == HEADER_LEN:
                 self._check_header(k)
-            want = _SCAN_BYTES
             while off < size:
-                data = self.source.read_range(self.ref, self._file(k), off, min(want, size - off))
-                final = k < last and off + len(data) >= size
-                parsed = parse_records(data, off, final=final)
+                parsed = self._records(k, off, size, _SCAN_BYTES, final=k < last)
                 for at, why in parsed.corrupt:
                     log.warning("%s: %s: byte %d: %s (skipped)", self.ref.key, self._file(k), at, why)
                 for payload, end in parsed.records:
-                    self._apply(k, payload, _join(k, end))
+                    scan.apply(k, payload, _join(k, end))
                 if parsed.consumed == off:
-                    if len(data) < want or want >= _MAX_RECORD:
-                        break          # the rest is a record still being written
-                    want *= 2          # one long record: read more of it
-                    continue
+                    break          # the rest is a record still being written
                 off = parsed.consumed
-                want = _SCAN_BYTES
             self.st["scan"] = _join(k, off)
             if k == last or off < size:
                 break
             k, off = k + 1, 0
-        self._finish_steps()
+        scan.finish()
         self._scanned = True
 
     def _check_header(self, k: int) -> None:
@@ -288,111 +185,6 @@ class WandbReader(Reader):
         why = check_header(head) if len(head) >= HEADER_LEN else None
         if why is not None:
             raise FormatError(f"{self._file(k)}: {why}")
-
-    def _apply(self, k: int, payload: bytes, end: int) -> None:
-        kind = record_kind(payload)
-        if kind is None or kind == "stats":
-            return
-        steps = self.st["steps"].setdefault(str(k), {})
-        if kind == "history":
-            # Only the first and last rows of each fragment matter here (where its steps start and end):
-            # decoded once the scan is done, not row by row.
-            if "first" not in steps:
-                steps["first"] = None
-                self._pending_first[k] = payload
-            self._pending_last[k] = payload
-            return
-        rec = _decode(payload)
-        if rec is None:
-            self.st["undecodable"] += 1
-            return
-        st, ver = self.st, self.st["versions"]
-        if kind == "run":
-            r = rec.run
-            run = st["run"]
-            if not run:  # the first fragment's run record names the run; later ones only add
-                run.update(project=r.project, entity=r.entity, name=r.display_name, group=r.run_group,
-                           job_type=r.job_type, notes=r.notes, tags=list(r.tags), host=r.host,
-                           start_ms=_ms(r.start_time) if r.HasField("start_time") else 0,
-                           git={"commit": r.git.commit, "remote": r.git.remote_url} if r.HasField("git") else {})
-            else:
-                for field_, value in (("name", r.display_name), ("group", r.run_group), ("job_type", r.job_type),
-                                      ("notes", r.notes)):
-                    if value:
-                        run[field_] = value
-                if len(r.tags):
-                    run["tags"] = list(r.tags)
-            run.setdefault("fragment_start_ms", {})[str(k)] = _ms(r.start_time) if r.HasField("start_time") else 0
-            self._config_updates(r.config.update, r.config.remove)
-            ver["metadata"] = end
-            if len(r.config.update):
-                ver["config"] = end
-        elif kind == "environment":
-            e, run = rec.environment, st["run"]
-            for field_, value in (("program", e.program), ("user", e.username), ("python", e.python),
-                                  ("os", e.os)):
-                if value:
-                    run[field_] = value
-            if len(e.args):
-                run["argv"] = list(e.args)
-            if e.HasField("git") and e.git.commit:
-                run["git"] = {"commit": e.git.commit, "remote": e.git.remote_url}
-            if len(e.slurm):
-                run["slurm"] = dict(e.slurm)
-            ver["metadata"] = end
-        elif kind == "config":
-            self._config_updates(rec.config.update, rec.config.remove)
-            ver["config"] = end
-        elif kind == "summary":
-            # wandb-core writes one after every row: keep the JSON text, decode the final values once
-            summary = st["summary"]
-            for item in rec.summary.update:
-                summary[item.key or ".".join(item.nested_key)] = item.value_json
-            for item in rec.summary.remove:
-                summary.pop(_item_key(item), None)
-            ver["summary"] = end
-        elif kind == "metric":
-            m = rec.metric
-            name = m.name or m.glob_name
-            if name:
-                policy = next((p for p in _POLICIES if getattr(m.summary, p, False)), None) \
-                    if m.HasField("summary") else None
-                # declared again (a loop, a callback): the newest declaration replaces the old one
-                st["metrics"] = [d for d in st["metrics"] if d[0] != name] + [[name, m.step_metric or None, policy]]
-                ver["metadata"] = end
-        elif kind == "exit":
-            st["exits"][str(k)] = {"code": rec.exit.exit_code, "runtime_s": rec.exit.runtime}
-        elif kind == "header":
-            ver.setdefault("metadata", 0)
-
-    def _config_updates(self, updates: Sequence[Any], removes: Sequence[Any]) -> None:
-        config = self.st["config"]
-        for item in updates:
-            path = list(item.nested_key) or [item.key]
-            if path[0] == "_wandb":
-                continue
-            node = config
-            for p in path[:-1]:
-                child = node.get(p)
-                if not isinstance(child, dict):
-                    child = node[p] = {}
-                node = child
-            node[path[-1]] = _json(item.value_json)
-        for item in removes:
-            path = list(item.nested_key) or [item.key]
-            node = config
-            for p in path[:-1]:
-                node = node.get(p) if isinstance(node.get(p), dict) else {}
-            node.pop(path[-1], None)
-
-    def _finish_steps(self) -> None:
-        for attr, field_ in (("_pending_first", "first"), ("_pending_last", "last")):
-            for k, payload in getattr(self, attr).items():
-                rec = _decode(payload)
-                if rec is not None:
-                    step, _, _ = _history_row(rec, 0)
-                    self.st["steps"][str(k)][field_] = step
-            setattr(self, attr, {})
 
     def _shift(self, k: int) -> int:
         """What fragment ``k``'s steps are moved by: after a resume W&B offline starts ``_step`` at 0 again
@@ -440,7 +232,9 @@ class WandbReader(Reader):
             metrics=metrics, format=self.format, format_version="")
 
     def config(self) -> Optional[Dict[str, Any]]:
-        return dict(self.st["config"]) if self.st.get("versions", {}).get("config") is not None else None
+        if self.st.get("versions", {}).get("config") is None:
+            return None
+        return {key: json_value(text) for key, text in self.st["config"].items()}
 
     def streams(self, snap: Snapshot) -> List[Tuple[str, int]]:
         self._snap = snap
@@ -461,42 +255,32 @@ class WandbReader(Reader):
         size = self._size(k) if k < last else min(self._size(k), in_last)
         off = max(off, HEADER_LEN)
         rows: List[Row] = []
-        corrupt: List[Tuple[int, str]] = []
-        want = max_bytes
         shift = self._shift(k) if want_kind == "history" else 0
-        while True:
-            data = self.source.read_range(self.ref, self._file(k), off, max(0, min(want, size - off)))
-            final = k < last and off + len(data) >= size
-            parsed = parse_records(data, off, final=final)
-            if parsed.consumed == off and not final and len(data) >= want and off + len(data) < size:
-                if want >= _MAX_RECORD:
-                    raise FormatError(f"{self._file(k)}: a record longer than {_MAX_RECORD} bytes at byte {off}")
-                want *= 2
-                continue
-            break
-        corrupt += [(_join(k, at), why) for at, why in parsed.corrupt]
+        parsed = self._records(k, off, size, max_bytes, final=k < last, stream=stream)
+        corrupt = [(_join(k, at), why) for at, why in parsed.corrupt]
+        empty_keys = 0
         for payload, end in parsed.records:
             if record_kind(payload) != want_kind:
                 continue
-            rec = _decode(payload)
+            rec = decode(payload)
             if rec is None:
                 corrupt.append((_join(k, end), "a record that does not parse with this wandb schema"))
                 continue
             if want_kind == "history":
-                step, ts_ms, values = _history_row(rec, shift)
-                last_values = self.st.get("last")
-                if last_values is not None:
-                    last_values.update(values)
+                step, ts_ms, values, empty = history_row(rec, shift)
+                empty_keys += empty
+                self.st.setdefault("last", {}).update((key, v) for key, v in values.items() if isinstance(v, SCALARS))
             else:
-                step, ts_ms, values = seq, _ms(rec.stats.timestamp), system_values(
-                    (item.key, _json(item.value_json)) for item in rec.stats.item)
+                step, ts_ms, values = seq, ms(rec.stats.timestamp), system_values(
+                    (item.key, json_value(item.value_json)) for item in rec.stats.item)
                 seq += 1
             rows.append(Row(step, ts_ms, values, Position(_join(k, end), seq)))
+        problems = [f"{empty_keys} logged values without a key (a hand-made file?): skipped"] if empty_keys else []
         consumed = parsed.consumed
         if k < last and consumed >= self._size(k):
-            return StreamChunk(rows, Position(_join(k + 1, 0), seq), corrupt, at_end=False)
+            return StreamChunk(rows, Position(_join(k + 1, 0), seq), corrupt, problems, at_end=False)
         end_pos = Position(_join(k, consumed), seq)
-        return StreamChunk(rows, end_pos, corrupt, at_end=consumed == off or consumed >= size)
+        return StreamChunk(rows, end_pos, corrupt, problems, at_end=consumed == off or consumed >= size)
 
     def summary(self, snap: Snapshot) -> Optional[Summary]:
         self._scan(snap)
@@ -511,18 +295,18 @@ class WandbReader(Reader):
         for key, text in raw.items():
             if key.startswith("_"):
                 continue
-            value = _json(text)
+            value = json_value(text)
             if isinstance(value, dict):
                 policy = declared.get(key) if declared.get(key) in value else \
                     next((p for p in _POLICIES if p in value), None)
                 if policy is None or set(value) - set(_POLICIES):
                     continue       # media, tables, nested dicts: not a summary value
                 values[key], policies[key] = value[policy], policy
-            elif isinstance(value, (int, float, str)):
+            elif isinstance(value, SCALARS):
                 values[key] = value
                 if key not in last or last[key] != value:
                     by_hand.add(key)
-        ts = _json(raw.get("_timestamp") or "null")
+        ts = json_value(raw.get("_timestamp") or "null")
         version_ms = int(round(ts * 1000)) if isinstance(ts, (int, float)) and math.isfinite(ts) else \
             int(self.st["run"].get("start_ms") or 0)
         return Summary(values, frozenset(by_hand), policies, version_ms)
@@ -545,8 +329,7 @@ class WandbReader(Reader):
         alive = s.mtime_ns // 1_000_000 if s is not None else 0
         ex = self.st["exits"].get(str(last))
         if ex is not None:
-            start = (self.st["run"].get("fragment_start_ms") or {}).get(str(last)) or 0
-            end = start + int(ex.get("runtime_s") or 0) * 1000 if start and ex.get("runtime_s") else alive
+            end = end_ms(self.st, last, alive)
             return RunStatus("finished" if ex.get("code", 0) == 0 else "failed", end, alive)
         if now_ms - alive < stale_after_s * 1000:
             return RunStatus("active", None, alive)

@@ -16,12 +16,13 @@ import math
 import re
 import uuid
 from functools import lru_cache
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from sync_gateway.records import RunInfo
 
 __all__ = ["metric_key", "flatten_config", "param_value", "tag_value", "system_metric", "metric_value",
-           "run_tags", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
+           "run_tags", "native_run_tags", "PARENT_TAG", "SYSTEM_METRICS", "TRUNCATION_MARKER", "MAX_KEY",
+           "MAX_PARAM_VALUE", "MAX_TAG_VALUE"]
 
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
@@ -131,8 +132,29 @@ def system_metric(name: str) -> Tuple[str, float]:
     return (hit[0].replace("{i}", m.group(1)) if m else hit[0]), hit[1]
 
 
+#: MLflow's nesting tag: a run id of the server, so a run's own (its parent's id where it was written) is
+#: never sent; the sink sets it to the parent's server run (``RunInfo.parent``)
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def native_run_tags(info: RunInfo, tags: Mapping[str, str]) -> Dict[str, str]:
+    """A run written through MLflow's client: its own tags exactly (but the nesting tag), and the gateway's
+    bookkeeping only under ``hpc.*``, so the user's namespace equals a direct run's."""
+    t: Dict[str, Any] = {k: v for k, v in tags.items() if k != PARENT_TAG}
+    t.update({"hpc.project": info.project, "hpc.group": info.group, "hpc.job_type": info.job_type,
+              "hpc.host": info.host, "hpc.attempt": info.attempt, "hpc.format_version": info.format_version or None})
+    if tags.get(PARENT_TAG) and info.parent is None:  # its parent is not in the root: kept, not nested
+        t["hpc.parent_run_id"] = tags[PARENT_TAG]
+    for k, v in info.scheduler.items():
+        t["hpc.slurm." + metric_key(str(k))] = v
+    return {k: tag_value(v) for k, v in t.items() if v is not None and v != ""}
+
+
 def run_tags(info: RunInfo) -> Dict[str, str]:
-    """MLflow tags for a run's metadata: the ones the UI shows natively, then hpc.* and slurm.*."""
+    """MLflow tags for a run's metadata: the ones the UI shows natively, then hpc.* and slurm.*; a run with
+    tags of its own (written through MLflow's client): :func:`native_run_tags`."""
+    if info.native_tags is not None:
+        return native_run_tags(info, info.native_tags)
     t: Dict[str, Any] = {"mlflow.runName": info.name, "mlflow.user": info.user,
                          "mlflow.source.name": info.program, "mlflow.source.type": "LOCAL",
                          "hpc.project": info.project, "hpc.group": info.group, "hpc.job_type": info.job_type,

@@ -33,7 +33,6 @@ from sync_gateway.sinks.mlflow._diagnose import BAD_HOST, body_bytes, host_refus
 __all__ = ["MlflowRest", "ServerBusy", "API", "SYNC_TAG", "DUPLICATE_TAG", "MAX_PARAMS"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 API = "/api/2.0/mlflow"
 SYNC_TAG = "hpc.run_id"              # a server run is found again by this tag when the state is lost

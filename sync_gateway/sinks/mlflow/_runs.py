@@ -23,7 +23,6 @@ from sync_gateway.sinks.mlflow._rest import DUPLICATE_TAG, SYNC_TAG, MlflowRest,
 __all__ = ["MlflowRun", "Runs", "EXPERIMENT_KIND", "RETIRED_TAG", "SETTLE_S", "now_ms"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 #: MLflow 3 opens a new experiment on its GenAI view unless this experiment tag says otherwise.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -174,7 +173,8 @@ class Runs:
         run.tag = sync_id
 
     def find_or_create(self, project: str, sync_id: str, name: str, start_ms: Optional[int],
-                       tags: Mapping[str, str], legacy: Optional[str] = None) -> MlflowRun:
+                       tags: Mapping[str, str], user_id: Optional[str] = None,
+                       legacy: Optional[str] = None) -> MlflowRun:
         eid = self.experiment_id(project)
         run = self.find(eid, sync_id)
         if run is None and legacy:
@@ -184,6 +184,8 @@ class Runs:
                                     "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
             if start_ms is not None:
                 body["start_time"] = start_ms
+            if user_id:  # the run's user, as MLflow's own client sends it
+                body["user_id"] = user_id
             run = self._create(eid, sync_id, body)
         run.adopted_ms, run.tag = now_ms(), sync_id
         return run

@@ -22,6 +22,7 @@ skipped point by point and counted (``_points``).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import quote
@@ -36,6 +37,7 @@ from sync_gateway.sinks.base import GroupView, RunSpec, Sink
 from sync_gateway.sinks.mlflow import _config
 from sync_gateway.sinks.mlflow._diagnose import mlflow_doctor, short
 from sync_gateway.sinks.mlflow._names import (
+    PARENT_TAG,
     flatten_config,
     media_artifact_path,
     metric_key,
@@ -66,6 +68,7 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
         self.points = Points()
         self._with_images: set = set()  # runs whose mlflow.loggedImages tag is set (by this process)
         self._lock = threading.Lock()   # the engine calls a sink from several threads (different runs at once)
+        self._open_locks: Dict[str, threading.Lock] = {}
 
     @property
     def http(self) -> HttpClient:
@@ -113,7 +116,21 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
             return run
         info = spec.info
         start = info.created_ms if int64(info.created_ms, 1) else None  # else (0, garbage) the server's clock
-        return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, run_tags(info), spec.legacy_id)
+        tags = run_tags(info)
+        if info.parent is not None:  # MLflow's nesting: the parent's server run, opened first if need be
+            tags[PARENT_TAG] = self.open_run(RunSpec(*info.parent, root_id=spec.root_id), None).run_id
+        with self._opening(spec.sync_id):
+            return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, tags, info.user,
+                                            spec.legacy_id)
+
+    @contextlib.contextmanager
+    def _opening(self, sync_id: str) -> Iterator[None]:
+        """One thread at a time finds or creates a given run: a nested run opens its parent, which the
+        parent's own sync may be opening at the same moment in another thread."""
+        with self._lock:
+            lock = self._open_locks.setdefault(sync_id, threading.Lock())
+        with lock:
+            yield
 
     def retire_run(self, run: MlflowRun, reason: str) -> None:
         self.runs.retire(run, reason)

@@ -52,7 +52,6 @@ from sync_gateway.sinks.wandb._names import (
 __all__ = ["WandbSink", "WandbRun", "StreamPayload", "EXITCODE", "RETIRED_TAG", "DEFAULT_URL"]
 
 log = logging.getLogger(__name__)
-log.addHandler(logging.NullHandler())
 
 DEFAULT_URL = "https://api.wandb.ai"
 #: run state (docs/run-format.md section 7) -> the exit code the final file_stream carries (W&B shows 0 as

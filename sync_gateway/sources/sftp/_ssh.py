@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("sync_gateway.sources.ssh")
-log.addHandler(logging.NullHandler())
 
 _MAX_JUMPS = 8  # a ProxyJump chain longer than this is a loop in the config
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -37,15 +36,40 @@ _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 @dataclass(frozen=True)
 class SshOptions:
-    """How to connect. ``None`` means: what ``~/.ssh/config`` and OpenSSH's defaults say."""
+    """How to connect: the ONE record that sync and ``doctor`` both build with :meth:`from_settings`, so
+    the doctor checks exactly what a pass will do. ``None`` means: what ``~/.ssh/config`` and OpenSSH's
+    defaults say. The defaults are the ``ssh`` settings' defaults (docs/remote.md, "Settings")."""
 
     known_hosts: Optional[str] = None     # overrides UserKnownHostsFile and ~/.ssh/known_hosts
     ssh_config: Optional[str] = None      # default ~/.ssh/config when it exists
     identity_file: Optional[str] = None   # tried before the config's IdentityFile entries
     connect_timeout_s: float = 10.0
-    keepalive_s: float = 15.0
+    keepalive_s: float = 30.0
     io_timeout_s: float = 60.0            # one SFTP request; a silent dead link fails after this
     allow_agent: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: object = None, **overrides: Any) -> SshOptions:
+        """The options of the gateway settings' ``ssh`` section (an ``SshSettings``, or a dict of the same
+        keys; ``config`` is this record's ``ssh_config``), then ``overrides`` that are not None."""
+        chosen: Dict[str, Any] = {}
+        ssh = getattr(settings, "ssh", None) if settings is not None else None
+        if ssh is not None:
+            for key in _SETTINGS_KEYS:
+                value = ssh.get(key) if isinstance(ssh, dict) else getattr(ssh, key, None)
+                if value is not None:
+                    chosen[_SETTINGS_KEYS[key]] = value
+        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"SshOptions has no field {', '.join(sorted(unknown))}")
+        chosen.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**chosen)
+
+
+#: ``ssh`` settings key -> SshOptions field (docs/remote.md, "Settings")
+_SETTINGS_KEYS = {"known_hosts": "known_hosts", "config": "ssh_config", "ssh_config": "ssh_config",
+                  "identity_file": "identity_file", "connect_timeout_s": "connect_timeout_s",
+                  "keepalive_s": "keepalive_s", "io_timeout_s": "io_timeout_s", "allow_agent": "allow_agent"}
 
 
 @dataclass(frozen=True)
