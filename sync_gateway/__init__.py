@@ -28,6 +28,7 @@ _LAZY: Dict[str, str] = {
     "RunRef": "records", "FileStat": "records", "RunInfo": "records", "MetricDef": "records", "Row": "records",
     "StreamChunk": "records", "Position": "records", "Summary": "records", "FileEntry": "records",
     "RunStatus": "records", "Snapshot": "records", "RUN_STATES": "records",
+    "root_id": "records", "run_key": "records", "ROOT_ID": "records",
     # extending: a source, a reader, a sink
     "Source": "sources.base", "open_source": "sources", "LocalSource": "sources.local",
     "Reader": "readers.base", "reader_for": "readers", "discover_runs": "readers",

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["RUN_STATES", "ENDED_STATES", "FileStat", "RunRef", "MetricDef", "RunInfo", "Row", "StreamChunk",
            "Summary", "FileEntry", "RunStatus", "Snapshot", "Position", "fingerprint", "FINGERPRINT_BYTES",
-           "name_problem", "shown", "usable_files"]
+           "name_problem", "shown", "usable_files", "root_id", "run_key", "ROOT_ID"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,24 @@ class RunRef:
     @property
     def key(self) -> str:
         return f"{self.project}/{self.run_id}"
+
+
+#: what a root id given in the config (``roots: [{path: ..., id: ...}]``) may be: it is a path part of the
+#: state directory and of an air-gap bundle, and a part of every server run's sync id
+ROOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def root_id(display: str) -> str:
+    """A root's default id: ``r`` + the first 12 hex digits of the SHA-256 of the root as its source shows
+    it (``/scratch/alice/hpc-runs``, ``ssh://login1/scratch/runs``), so that the same root gets the same id
+    on every gateway and after any state loss. Air-gap bundles name roots by the same rule."""
+    return "r" + hashlib.sha256(display.encode()).hexdigest()[:12]
+
+
+def run_key(root: str, ref: RunRef) -> str:
+    """A run's identity in the engine, its state and its server: ``<root id>/<project>/<run_id>``. The same
+    project/run id under two roots (two users' scratch directories, two clusters) are two runs."""
+    return f"{root}/{ref.project}/{ref.run_id}"
 
 
 #: how many bytes before a cursor its fingerprint covers (at most; at least the whole last record)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
 from sync_gateway._redact import redact_url
 from sync_gateway.errors import ConfigError
+from sync_gateway.records import ROOT_ID
 
 __all__ = ["Settings", "TlsSettings", "AuthSettings", "SshSettings", "default_config_path", "MIN_BUNDLE_BYTES"]
 
@@ -75,6 +76,9 @@ class SshSettings:
 @dataclass(frozen=True)
 class Settings:
     roots: List[str] = field(default_factory=list)
+    #: ids given to roots in the config (``roots: [{path: ..., id: ...}]``): root as configured -> id. A root
+    #: without one has records.root_id(its path) (docs/gateway.md, "State directory").
+    root_ids: Dict[str, str] = field(default_factory=dict)
     server_kind: str = "mlflow"
     server_url: Optional[str] = None
     server_options: Dict[str, Any] = field(default_factory=dict)  # the sink's own keys of `server:`
@@ -244,9 +248,7 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
         roots = doc["roots"]
         if isinstance(roots, str):
             roots = [roots]
-        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
-            raise ConfigError(f"{path}: roots must be a list of directories")
-        upd["roots"] = roots
+        upd["roots"], upd["root_ids"] = _roots(path, roots)
     server = doc.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: server must be a mapping (kind, url, and the sink's own keys)")
@@ -269,6 +271,32 @@ def _from_yaml(s: Settings, path: str, doc: Dict[str, Any]) -> Settings:
         origins.update({name: "config"} if name == "auth" else {f"{name}.{k}": "config" for k in sub})
     origins.update({k: "config" for k in upd if k not in ("tls", "auth", "ssh", "server_options")})
     return replace(s, **upd, origins={**s.origins, **origins})
+
+
+def _roots(path: str, roots: Any) -> Tuple[List[str], Dict[str, str]]:
+    """``roots``: a list of directories, each a string or ``{path: ..., id: ...}`` (the id keeps a root's
+    runs their server runs when its path changes)."""
+    if not isinstance(roots, list):
+        raise ConfigError(f"{path}: roots must be a list of directories")
+    out: List[str] = []
+    ids: Dict[str, str] = {}
+    for r in roots:
+        if isinstance(r, dict):
+            _check_keys(f"{path}: roots", r, ("path", "id"))
+            root, rid = r.get("path"), r.get("id")
+            if not isinstance(root, str) or not root:
+                raise ConfigError(f"{path}: roots: {r!r} has no path; write {{path: /dir, id: name}}")
+            if rid is not None:
+                if not isinstance(rid, str) or not ROOT_ID.match(rid):
+                    raise ConfigError(f"{path}: roots: the id of {root} must be 1 to 64 letters, digits, '.', '_' "
+                                      f"or '-' (starting with a letter or digit), not {rid!r}")
+                ids[root] = rid
+            out.append(root)
+        elif isinstance(r, str):
+            out.append(r)
+        else:
+            raise ConfigError(f"{path}: roots must be a list of directories (or {{path: ..., id: ...}}), not {r!r}")
+    return out, ids
 
 
 def _validated(s: Settings) -> Settings:

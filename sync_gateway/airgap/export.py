@@ -23,7 +23,6 @@ harm, no duplicate).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -44,11 +43,13 @@ from sync_gateway.airgap.bundle import (
     entry_manifest_cost,
     verify,
 )
+from sync_gateway.engine.identity import RootIds
 from sync_gateway.engine.lease import Lease
 from sync_gateway.engine.state import _atomic_write, _read, fsync_dir, load_fields
 from sync_gateway.errors import BundleError, ConfigError, GatewayError
 from sync_gateway.readers import discover_runs, reader_for
 from sync_gateway.records import RunRef, fingerprint
+from sync_gateway.records import root_id as default_root_id
 from sync_gateway.settings import Settings
 from sync_gateway.sources import open_source
 from sync_gateway.sources.base import Source
@@ -64,8 +65,8 @@ MAX_LOGGED = 100            # bundles kept in the export state's log (the total 
 
 
 def root_id(display: str) -> str:
-    """A root's stable short id in bundle paths: ``r`` + the first 12 hex digits of sha256(display)."""
-    return "r" + hashlib.sha256(display.encode()).hexdigest()[:12]
+    """A root's default id in bundle paths (records.root_id, the rule a direct sync's run keys use too)."""
+    return default_root_id(display)
 
 
 def export_dir(settings: Settings) -> str:
@@ -135,8 +136,9 @@ def _files(settings: Settings, sources: List[Source], rep: ExportReport, since_m
            now_ms: int = 0) -> Iterator[Tuple[Source, RunRef, str, str, int, int]]:
     """``(source, run, run-relative name, bundle path, size, mtime_ns)`` of every file of every run.
     ``since_ms``: the last bundle's creation time, to tell whether a clock-only bundle is due."""
+    ids = RootIds(settings)   # the id given in the config (roots: [{path, id}]), else the default
     for source in sources:
-        rid = root_id(source.display)
+        rid = ids(source)
         try:
             refs = discover_runs(source, settings.wandb_search_depth)
         except GatewayError as e:
@@ -357,7 +359,9 @@ def export(settings: Settings, to_dir: str, sources: Optional[List[Source]] = No
             state.export_id = secrets.token_hex(8)
             state.save(settings)
         _recover(settings, state)
-        roots = {root_id(s.display): s.display for s in srcs}
+        ids = RootIds(settings)
+        ids.check(srcs)
+        roots = {ids(s): s.display for s in srcs}
         state.roots.update(roots)
         rep = ExportReport()
         now_ms = int(clock() * 1000)

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from sync_gateway.airgap.bundle import Limits, Manifest, bundle_name, open_bundle, pieces, trailer_digest, verify_file
@@ -41,7 +41,7 @@ from sync_gateway.sinks import make_sink
 from sync_gateway.sinks.base import Sink
 from sync_gateway.sources import LocalSource
 
-__all__ = ["import_bundles", "ImportReport", "ImportState", "mirror_roots", "import_dir"]
+__all__ = ["import_bundles", "ImportReport", "ImportState", "mirror_roots", "mirror_settings", "import_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,14 @@ def mirror_roots(settings: Settings) -> List[str]:
     if not os.path.isdir(top):
         return []
     return [os.path.join(top, d) for d in sorted(os.listdir(top)) if not d.startswith(".")]
+
+
+def mirror_settings(settings: Settings, roots: List[str]) -> Settings:
+    """``settings`` whose mirror roots (``<state>/mirror/<root id>``) keep the root id the export side gave
+    them: a run's key and sync id on this side are the ones a direct sync of that root would use
+    (engine/identity.py), not derived from where the mirror happens to be."""
+    ids = {r: os.path.basename(r) for r in roots if os.path.dirname(r) == mirror_dir(settings)}
+    return replace(settings, root_ids={**settings.root_ids, **ids})
 
 
 @dataclass
@@ -277,6 +285,10 @@ def _one(settings: Settings, state: ImportState, digests: Digests, f: BinaryIO, 
         return False
     if m.seq != last + 1:
         return None
+    clash = _root_clash(state, m, name)
+    if clash:
+        rep.refused[name] = clash
+        return False
     _apply(f, m, name, mirror_dir(settings))
     digests.record(m)
     state.exports[m.export_id] = {"seq": m.seq, "host": m.host, "roots": dict(m.roots),
@@ -290,6 +302,20 @@ def _one(settings: Settings, state: ImportState, digests: Digests, f: BinaryIO, 
     rep.applied.append(name)
     log.info("%s: applied (%d entries, %d bytes of data)", name, len(m.entries), m.data_bytes)
     return True
+
+
+def _root_clash(state: ImportState, m: Manifest, name: str) -> Optional[str]:
+    """Why the bundle's roots would merge with another cluster's root of the same id (the same path on two
+    clusters has the same default id): the mirror, the run keys and the server runs are per root id."""
+    for rid, display in sorted(m.roots.items()):
+        for eid, ex in sorted(state.exports.items()):
+            theirs = (ex.get("roots") or {}).get(rid)
+            if eid != m.export_id and theirs is not None and (ex.get("host"), theirs) != (m.host, display):
+                return (f"{name}: its root {shown(display)} on {shown(m.host)} has the id {rid}, which already holds "
+                        f"the runs of {shown(theirs)} on {shown(str(ex.get('host')))} (export {eid}): refused, so that "
+                        f"the two are not merged; on that cluster give the root its own id (roots: [{{path: ..., "
+                        f"id: ...}}]), delete its <state_dir>/export/ and export again")
+    return None
 
 
 def _apply_all(settings: Settings, state: ImportState, paths: List[str], rep: ImportReport,
@@ -392,7 +418,8 @@ def _sync_mirror(settings: Settings, state: ImportState, sink: Sink) -> PassRepo
     started = time.monotonic()
     # The engine's one composition root, over the mirror, by the capture clock; no lease per root: this
     # import holds one for all of it. The sink is import_bundles' own, which closes it.
-    runner = Runner(settings, sink=sink, sources=[LocalSource(r) for r in mirror_roots(settings)],
+    roots = mirror_roots(settings)
+    runner = Runner(mirror_settings(settings, roots), sink=sink, sources=[LocalSource(r) for r in roots],
                     clock=lambda: capture_s + (time.monotonic() - started), leases=False)
     try:
         return runner.run_pass()

@@ -276,9 +276,10 @@ def _daemon(settings: Settings) -> int:
 
 
 def _status(settings: Settings) -> int:
-    from sync_gateway.airgap.importer import mirror_roots
+    from sync_gateway.airgap.importer import mirror_roots, mirror_settings
 
     roots = list(settings.roots) + mirror_roots(settings)  # the mirror: what `import` syncs
+    settings = mirror_settings(settings, roots)  # its runs keyed as `import` keys them
     # The composition root every command uses, reading only: no sink, no lease; it closes what it opens.
     with Runner(settings, sources=open_sources(roots, settings, skip_bad=True), read_only=True) as runner:
         return _status_table(settings, runner)
@@ -331,8 +332,9 @@ def _status_table(settings: Settings, runner: Runner) -> int:
         table.add_row(key, f"{state} (gone)" if gone else state,
                       f"{synced} / {on_disk}", f"{behind} bytes", ago, redact(err[:300]),
                       redact("; ".join(notes))[:600])
-    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    # Piped output (a log, a test, grep) gets a wide table instead of rich's 80-column default (wide enough
+    # for a run key with its root id and a whole one-line error).
+    console = Console(width=None if sys.stdout.isatty() else 240)
     console.print(table)
     for line in [workers_line(settings)] + _airgap_lines(settings):
         console.print(line, highlight=False, markup=False)

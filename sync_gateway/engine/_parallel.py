@@ -92,6 +92,8 @@ class RunCtx:
     last_run: Optional[SinkRun] = None
     quarantined: int = 0
     entry: Optional[IndexEntry] = None       # the run's new index entry after a complete sync
+    root_id: str = ""                        # the id of the root it was found under (engine/identity.py)
+    legacy: Optional[str] = None             # the legacy id it owns or is offered (identity.Claims)
 
 
 def stop_now(should_stop: Callable[[], bool], halt: threading.Event, renew: Callable[[Source], bool],

@@ -37,12 +37,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 from sync_gateway._redact import redact
 from sync_gateway.engine._groups import sync_groups
 from sync_gateway.engine._parallel import RunCtx, RunPool, Stopped, stop_now
+from sync_gateway.engine.identity import Claims, RootIds
 from sync_gateway.engine.run_sync import RunSync, SyncEnv, status_record, unchanged, when
 from sync_gateway.engine.state import IndexEntry, StateStore
 from sync_gateway.engine.stream import CHUNK_BYTES
 from sync_gateway.errors import GatewayError, RunDeleted, ServerUnavailable, ServerUnreachable
 from sync_gateway.readers import discover_runs, reader_for
-from sync_gateway.records import RunRef, RunStatus
+from sync_gateway.records import RunRef, RunStatus, run_key
 from sync_gateway.settings import Settings
 from sync_gateway.sinks.base import Sink
 from sync_gateway.sources.base import Source
@@ -111,6 +112,8 @@ class Pass:
         self.probes: Set[Future] = set()
         self.seen: Set[str] = set()     # every run found in this pass
         self.listed: Set[str] = set()   # roots listed and gone through whole
+        self.root_ids = RootIds(env.settings)
+        self.claims = Claims(self.index)  # which run owns each legacy id (engine/identity.py)
         env.answered.clear()
 
     def run(self, sources: List[Source]) -> PassReport:
@@ -121,8 +124,9 @@ class Pass:
                 self.rep.roots_skipped[source.display] = str(e)
                 log.error("%s", e)
                 continue
-            self.seen.update(ref.key for ref in refs)
-            if all(self._dispatch(source, ref) for ref in refs):
+            rid = self.root_ids(source)
+            self.seen.update(run_key(rid, ref) for ref in refs)
+            if all(self._dispatch(source, ref, rid) for ref in refs):
                 self.listed.add(source.display)
         while self.pending:
             self._settle_done(None)
@@ -152,7 +156,7 @@ class Pass:
             self.probes.discard(fut)
             self._settle(ctx, ref, source, fut.result)
 
-    def _dispatch(self, source: Source, ref: RunRef) -> bool:
+    def _dispatch(self, source: Source, ref: RunRef, rid: str) -> bool:
         """Start (or settle at once) one run; False when this root's pass ends here."""
         rep, env = self.rep, self.env
         if self.pending:
@@ -165,11 +169,14 @@ class Pass:
             rep.roots_skipped[source.display] = "lost the lease to another gateway"
             return False
         rep.runs_seen += 1
-        ent = self.index.get(ref.key)
+        key = run_key(rid, ref)
+        legacy = self._legacy(key, ref.key, source)
+        ent = self.index.get(key)
         if ent is not None and ent.retry_at_ms > env.clock() * 1000:
-            rep.backing_off[ref.key] = ent.error or "backing off"
+            rep.backing_off[key] = ent.error or "backing off"
             return True
-        ctx = RunCtx(ref.key, functools.partial(stop_now, self.should_stop, self.halt, self.renew, source))
+        ctx = RunCtx(key, functools.partial(stop_now, self.should_stop, self.halt, self.renew, source),
+                     root_id=rid, legacy=legacy)
         if not env.pool.parallel:
             sync = RunSync(env, reader_for(source, ref), ent, ctx, source.display)
             self._settle(ctx, ref, source, sync.sync)
@@ -191,10 +198,35 @@ class Pass:
             self.probes.add(fut)
         return True
 
+    def _legacy(self, key: str, legacy: str, source: Source) -> Optional[str]:
+        """The legacy id (``<project>/<run_id>``) the run ``key`` owns or may adopt, None if another run
+        owns it. A state of version 2 or older under the legacy key is taken over here, by the run found
+        under the root its index entry names (any root, the first in order, when it names none): its
+        entry moves to ``key`` as it is (an unchanged run stays unchanged) and its state file with it."""
+        ent = self.index.get(key)
+        if ent is not None and ent.legacy:
+            return ent.legacy
+        old = self.index.get(legacy)
+        if old is not None and old.root not in (None, source.display):
+            return None  # that old state is the run of another root
+        if (old is not None or self.env.state.exists(legacy)) and self.claims.owner.get(legacy) in (None, key):
+            self.env.state.adopt_legacy(legacy, key)
+            new = IndexEntry(**vars(old)) if old is not None else IndexEntry()
+            new.legacy, new.root = legacy, new.root or source.display
+            self.index[key] = new
+            self.before[key] = IndexEntry(**vars(new))  # moved, not changed: its group is not touched
+            self.index.pop(legacy, None)
+            self.claims.claim(legacy, key)
+            log.info("%s: its state (kept as %s by an older gateway) moved to its new key", key, legacy)
+            return legacy
+        if ent is None or ent.state is None:  # no state of its own: it may find its old server run
+            return self.claims.offer(legacy, key)
+        return None
+
     # -- outcomes -------------------------------------------------------------------------------
     def _settle(self, ctx: RunCtx, ref: RunRef, source: Source, result: Result) -> None:
         """Record one run's outcome (``result()`` returns it or raises what its sync raised)."""
-        rep, key = self.rep, ref.key
+        rep, key = self.rep, ctx.key
         try:
             changed, sent = result()
         except Stopped:
@@ -224,6 +256,8 @@ class Pass:
         self.env.answered.set()
         if ctx.entry is not None:
             self.index[key] = ctx.entry
+            if ctx.entry.legacy:
+                self.claims.claim(ctx.entry.legacy, key)
         rep.points_sent += sent
         if ctx.last_run is not None and ref.project not in rep.experiments:
             rep.experiments[ref.project] = self.env.sink.experiment_url(ctx.last_run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 from sync_gateway._redact import redact
@@ -60,7 +61,7 @@ class RunSync:
     def __init__(self, env: SyncEnv, reader: Reader, ent: Optional[IndexEntry], ctx: RunCtx, root: str):
         self.env, self.reader, self.ctx, self.root = env, reader, ctx, root
         self.ent = ent or IndexEntry()
-        self.key = reader.ref.key
+        self.key = ctx.key  # <root id>/<project>/<run_id> (engine/identity.py)
         self.st = RunState()
         self.handle: SinkRun  # the sink's server run, set by _open
 
@@ -79,8 +80,11 @@ class RunSync:
         st.last_error = None
         st.reader = reader.format
         info = reader.info()
-        spec = RunSpec(sync_id=self.key, info=info)
+        if info.parent is not None:  # a reader names the parent within its root: its key is the root's too
+            info = replace(info, parent=(f"{self.ctx.root_id}/{info.parent[0]}", info.parent[1]))
+        spec = RunSpec(sync_id=self.key, info=info, root_id=self.ctx.root_id, legacy_id=self.ctx.legacy)
         self._open(spec)
+        spec.legacy_id = None  # a run retired below gets a new server run, never the old one again
         env.answered.set()  # the server is up: the other workers may start
         self._check_rewritten(snap, spec, now_ms)
         self._metadata(snap, info)
@@ -97,7 +101,7 @@ class RunSync:
         self.ctx.entry = IndexEntry(sig=sig, state=status.state, error=None, alive_ms=alive_ms,
                                     start_ms=info.created_ms, end_ms=status.end_ms,
                                     group=(info.project, info.group) if info.group else None, live_sig=sig,
-                                    root=self.root)
+                                    root=self.root, legacy=st.legacy_id)
         return True, sent
 
     # -- the server run -------------------------------------------------------------------------
@@ -116,6 +120,9 @@ class RunSync:
             st.send_anew()
             st.note(f"{when(self.env.clock() * 1000)} {run.replaced}")
             run.replaced = None
+        if run.adopted_legacy:  # this run now owns its legacy id: no other root's run may take it
+            log.info("%s: adopted the server run an older gateway synced as %s", self.key, spec.legacy_id)
+            st.legacy_id, run.adopted_legacy = spec.legacy_id, False
         self.handle = self.ctx.last_run = run
         if saved is None or st.sink != run.to_state():
             self.save()

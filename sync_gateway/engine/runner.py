@@ -12,12 +12,13 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from sync_gateway.engine.gateway import Gateway, PassReport
+from sync_gateway.engine.identity import RootIds
 from sync_gateway.engine.lease import Lease, LeaseKeeper
 from sync_gateway.engine.state import RunState, StateStore
 from sync_gateway.engine.stream import backlog
 from sync_gateway.errors import ConfigError, GatewayError, LeaseHeld
 from sync_gateway.readers import discover_runs, reader_for
-from sync_gateway.records import RunRef
+from sync_gateway.records import RunRef, run_key
 from sync_gateway.settings import Settings
 from sync_gateway.sinks import make_sink
 from sync_gateway.sinks.base import Sink
@@ -61,6 +62,8 @@ class Runner:
         # Made here, not on first use: a sink setting that is wrong ends `sync` and `daemon` at once.
         self._sink = sink if sink is not None or read_only else make_sink(settings)
         self.sources = sources if sources is not None else open_sources(settings.roots, settings)
+        self.root_ids = RootIds(settings)
+        self.root_ids.check(self.sources)
         self.state = StateStore(settings.state_path)
         self.clock = clock
         self.on_points = on_points
@@ -110,12 +113,15 @@ class Runner:
 
     # -- reading only (status) ------------------------------------------------------------------
     def discover(self) -> Tuple[Dict[str, Tuple[Source, RunRef]], Set[str]]:
-        """Every run found under the sources now, and the roots listed (one that cannot be: a warning)."""
+        """Every run found under the sources now, by its key (and by its legacy key, for a state an older
+        gateway wrote that no pass has moved yet), and the roots listed (one that cannot be: a warning)."""
         found: Dict[str, Tuple[Source, RunRef]] = {}
         listed: Set[str] = set()
         for src in self.sources:
+            rid = self.root_ids(src)
             try:
                 for ref in discover_runs(src, self.settings.wandb_search_depth):
+                    found[run_key(rid, ref)] = (src, ref)
                     found.setdefault(ref.key, (src, ref))
             except GatewayError as e:
                 log.warning("root %s: %s", src.display, e)

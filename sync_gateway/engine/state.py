@@ -1,14 +1,18 @@
 """The gateway's durable state, in its own directory (local to the gateway host, never in the runs).
 
-- ``runs/<project>/<run_id>.json``: one :class:`RunState` per run (the sink's own identifiers, per-stream
-  cursors, which document versions were delivered), replaced atomically (temp file, rename) after each
-  acknowledged batch: a cursor never points past what the server holds.
+- ``runs/<root id>/<project>/<run_id>.json``: one :class:`RunState` per run (the sink's own identifiers,
+  per-stream cursors, which document versions were delivered), replaced atomically (temp file, rename) after
+  each acknowledged batch: a cursor never points past what the server holds. The key is the run's identity
+  (engine/identity.py): ``<root id>/<project>/<run_id>``.
 - ``groups/<sha1>.json``: a :class:`GroupState` per group (what its sink keeps for it).
 - ``index.json``: an :class:`IndexEntry` per run: the signature of its files at the last complete sync, so
   a pass over unchanged runs costs a scan and no reads.
 
 Every document carries ``state_version``. Version 1 (hpc-sync 0.1, MLflow-shaped, untyped) is migrated
-on load, so an upgraded gateway goes on where the old one stopped without re-sending anything. Losing
+on load, so an upgraded gateway goes on where the old one stopped without re-sending anything. Versions 1
+and 2 keyed runs by ``<project>/<run_id>`` alone (``runs/<project>/<run_id>.json``, the *legacy key*): such
+a state is moved to the run's key by :meth:`StateStore.adopt_legacy` when the pass first finds the run
+under the root its index entry names (engine/gateway.py), and keeps the legacy key (``legacy_id``). Losing
 any file here only costs re-sending (which the server stores once) and finding server runs again by tag.
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ __all__ = ["StateStore", "RunState", "Cursor", "IndexEntry", "GroupState", "STAT
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3   # 3: runs keyed by root id (runs/<root id>/<project>/<run_id>.json)
 _V1_STREAMS = {"history.jsonl": "history", "system.jsonl": "system"}
 _V1_DOCS = {"tags_sig": "metadata", "config_sig": "config", "summary_sig": "summary"}
 
@@ -68,6 +72,9 @@ class RunState:
     retry_at_ms: int = 0               # the gateway's clock: no retry before
     state_version: int = STATE_VERSION
     reader_state: Dict[str, Any] = field(default_factory=dict)  # the reader's own memory (Reader.attach_state)
+    # "<project>/<run_id>": the key and sync id this run had before ids held the root, when this run owns
+    # them (its state was migrated, or its sink adopted the server run found by it): engine/identity.py.
+    legacy_id: Optional[str] = None
 
     MAX_QUARANTINED = 100
     MAX_NOTES = 20
@@ -107,6 +114,7 @@ class IndexEntry:
     live_sig: Optional[str] = None         # the signature when alive_ms was set (gateway clock)
     retry_at_ms: int = 0                   # backing off after a retryable error: not before this
     root: Optional[str] = None             # the root (Source.display) it was found under at its last sync
+    legacy: Optional[str] = None           # the legacy id this run owns (RunState.legacy_id)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> IndexEntry:
@@ -204,8 +212,10 @@ class StateStore:
         os.makedirs(self.dir, exist_ok=True)
 
     def _run_path(self, key: str) -> str:
-        project, run_id = key.split("/", 1)  # both match the format's name rule: safe as path parts
-        return os.path.join(self.dir, "runs", project, run_id + ".json")
+        # Every part matches a name rule (the format's, records.ROOT_ID): safe as path parts. A key of two
+        # parts is a legacy key (state version 2 and older): runs/<project>/<run_id>.json.
+        *head, run_id = key.split("/")
+        return os.path.join(self.dir, "runs", *head, run_id + ".json")
 
     @staticmethod
     def group_key(project: str, group: str) -> str:
@@ -231,15 +241,34 @@ class StateStore:
     def exists(self, key: str) -> bool:
         return os.path.exists(self._run_path(key))
 
+    def adopt_legacy(self, legacy: str, key: str) -> bool:
+        """Move the state of the legacy key ``legacy`` (``<project>/<run_id>``) to ``key``, recording the
+        legacy id in it; False when there is none. Called by the dispatching thread only."""
+        st = self.load(legacy) if self.exists(legacy) else None
+        if st is None:
+            return False
+        st.legacy_id = legacy
+        if not self.exists(key):
+            self.save(key, st)
+        try:
+            os.unlink(self._run_path(legacy))
+        except FileNotFoundError:
+            pass
+        return True
+
     def all_run_states(self) -> Dict[str, RunState]:
         out: Dict[str, RunState] = {}
         base = os.path.join(self.dir, "runs")
         if not os.path.isdir(base):
             return out
-        for project in sorted(os.listdir(base)):
-            for name in sorted(os.listdir(os.path.join(base, project))):
+        # runs/<root id>/<project>/<run_id>.json; legacy runs/<project>/<run_id>.json not migrated yet
+        for top, _dirs, names in sorted(os.walk(base)):
+            rel = os.path.relpath(top, base).split(os.sep)
+            if len(rel) not in (1, 2) or rel == ["."]:
+                continue
+            for name in sorted(names):
                 if name.endswith(".json") and not name.startswith(".tmp-"):
-                    key = f"{project}/{name[:-5]}"
+                    key = "/".join(rel + [name[:-5]])
                     out[key] = self.load(key)
         return out
 

@@ -46,10 +46,20 @@ Check = Tuple[bool, str, str]
 
 @dataclass
 class RunSpec:
-    """What a sink needs to find or create the server-side run of one run."""
+    """What a sink needs to find or create the server-side run of one run.
 
-    sync_id: str           # unique per run ("<project>/<run_id>"): found again by it after a state loss
+    ``sync_id`` is the run's identity, ``<root id>/<project>/<run_id>`` (engine/identity.py): the same
+    project/run id under two roots are two server runs. ``legacy_id`` (``<project>/<run_id>``, the sync id
+    of gateways before root ids) is set when this run may own a server run an older gateway made: a sink
+    that finds no server run by ``sync_id`` looks for one by ``legacy_id`` and adopts it (moving it to
+    ``sync_id`` where its server can, and saying so by :attr:`SinkRun.adopted_legacy`), never creating one
+    under it. A sink whose server tags runs with their sync id moves a run from ``saved`` that carries
+    another one (a state from before root ids) to ``sync_id``."""
+
+    sync_id: str
     info: RunInfo
+    root_id: str = ""                  # the root's id, for a sink that must build a server id of its own
+    legacy_id: Optional[str] = None
 
 
 class SinkRun(abc.ABC):
@@ -59,6 +69,8 @@ class SinkRun(abc.ABC):
     #: one is returned (it lost a race against a duplicate, it vanished from the server): why, for the
     #: log and ``status``. The engine then sends the whole run again (the server stores nothing twice).
     replaced: Optional[str] = None
+    #: Set by :meth:`Sink.open_run` when it adopted the server run of ``RunSpec.legacy_id``.
+    adopted_legacy: bool = False
 
     @abc.abstractmethod
     def to_state(self) -> Dict[str, Any]:
@@ -67,7 +79,7 @@ class SinkRun(abc.ABC):
 
 @dataclass(frozen=True)
 class GroupMember:
-    key: str                     # "<project>/<run_id>"
+    key: str                     # the run's sync id, "<root id>/<project>/<run_id>"
     state: str                   # one of readers.base.RUN_STATES
     start_ms: int
     end_ms: Optional[int]
@@ -126,7 +138,8 @@ class Sink(abc.ABC, Generic[RunT, PayloadT]):
     @abc.abstractmethod
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> RunT:
         """The server run of ``spec``: from ``saved`` (this sink's stored state), else found again by
-        ``spec.sync_id`` (the state was lost), else created. MUST never create a second server run for
+        ``spec.sync_id`` (the state was lost), else by ``spec.legacy_id`` when it is set, else created.
+        MUST never create a second server run for
         a sync_id that already has one: creation is not retried blindly after a lost answer, and two
         gateways racing converge on one deterministic winner (see :attr:`SinkRun.replaced`). Raises
         :class:`~sync_gateway.errors.RunDeleted` when a user deleted the server run."""

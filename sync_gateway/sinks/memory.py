@@ -111,9 +111,27 @@ class MemorySink(Sink[MemoryRun, List[Point]]):
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> MemoryRun:
         self.calls["open_run"] += 1
         if saved and saved.get("run_id") in self.runs:
-            return self.restore(saved)
+            run = self.restore(saved)
+            if self._run(run).sync_id != spec.sync_id and not self._run(run).retired:
+                self._move(run.run_id, spec.sync_id)  # a state from before root ids: its run moves to the new id
+            return run
         self.calls["find_or_create"] += 1
+        legacy = self.by_sync_id.get(spec.legacy_id or "")
+        if spec.sync_id not in self.by_sync_id and legacy is not None \
+                and self.runs[legacy].start_ms == spec.info.created_ms:  # the same run, as MLflow checks it
+            self._move(legacy, spec.sync_id)
+            run = MemoryRun(legacy)
+            run.adopted_legacy = True
+            return run
         return self._find_or_create(spec.sync_id, spec.info.created_ms)
+
+    def _move(self, rid: str, sync_id: str) -> None:
+        self.calls["retag"] += 1
+        stored = self.runs[rid]
+        if self.by_sync_id.get(stored.sync_id) == rid:
+            del self.by_sync_id[stored.sync_id]
+        stored.sync_id = sync_id
+        self.by_sync_id[sync_id] = rid
 
     def restore(self, saved: Mapping[str, Any]) -> MemoryRun:
         return MemoryRun(str(saved["run_id"]))

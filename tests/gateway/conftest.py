@@ -99,11 +99,25 @@ def sink_for(settings: Settings) -> MlflowSink:
     return make_sink(replace(settings), environ={}, backoff_factor=0.05)
 
 
-def server_run(sink: MlflowSink, project: str, run_id: str) -> MlflowRun:
+def tagged_runs(sink: MlflowSink, project: str, run_id: str) -> List[Dict[str, Any]]:
+    """The active MLflow runs tagged hpc.run_id = <root id>/<project>/<run_id>, whatever the root."""
     eid = sink.experiment_id(project)
-    run = sink.find(eid, f"{project}/{run_id}")
-    assert run is not None, f"no MLflow run tagged hpc.run_id={project}/{run_id}"
-    return run
+    res = sink._call("POST", "/runs/search", {"experiment_ids": [eid], "max_results": 1000,
+                                              "filter": f"tags.`hpc.run_id` LIKE '%/{project}/{run_id}'"})
+    tag = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}["hpc.run_id"]
+           for r in res.get("runs") or []}
+    # <root id>/<project>/<run_id> exactly: not retired:<ms>:..., duplicate:... (a root id has no ':')
+    return [r for r in res.get("runs") or [] if len(tag[r["info"]["run_id"]].split("/")) == 3
+            and ":" not in tag[r["info"]["run_id"]].split("/")[0]
+            and tag[r["info"]["run_id"]].split("/", 1)[1] == f"{project}/{run_id}"]
+
+
+def server_run(sink: MlflowSink, project: str, run_id: str) -> MlflowRun:
+    """The one MLflow run of ``<project>/<run_id>`` (under any root: each test has one)."""
+    runs = tagged_runs(sink, project, run_id)
+    assert len(runs) == 1, f"{len(runs)} MLflow runs tagged hpc.run_id=<root id>/{project}/{run_id}, not 1"
+    info = runs[0]["info"]
+    return MlflowRun(info["run_id"], info["experiment_id"], info.get("artifact_uri", ""))
 
 
 def run_info(sink: MlflowSink, run: MlflowRun) -> Dict[str, Any]:

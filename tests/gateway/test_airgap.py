@@ -56,6 +56,13 @@ def same_mtimes(src: str, dst: str) -> None:
                 os.utime(there, ns=(ns, ns))
 
 
+def _rootless(sync_id: str) -> str:
+    """A sync id without its root id (``<root id>/P/r`` -> ``R/P/r``): the direct sync's root and the export
+    side's root are two directories here, so two ids; what each holds must be the same."""
+    parts = sync_id.split("/")
+    return "/".join(["R"] + parts[1:]) if len(parts) == 3 and ":" not in parts[0] else sync_id
+
+
 def dump(settings: Settings, project: str) -> Dict[str, Any]:
     """What the server holds for ``project``, with the project name and server ids taken out: per run its
     tags, params, status, start/end, every metric's full history, each artifact's digest, its parent."""
@@ -67,8 +74,9 @@ def dump(settings: Settings, project: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for r in runs:
         tags = {t["key"]: t["value"].replace(project, "P") for t in r["data"].get("tags", [])}
+        tags["hpc.run_id"] = _rootless(tags["hpc.run_id"])
         if "mlflow.parentRunId" in tags:
-            tags["mlflow.parentRunId"] = by_id[tags["mlflow.parentRunId"]].replace(project, "P")
+            tags["mlflow.parentRunId"] = _rootless(by_id[tags["mlflow.parentRunId"]].replace(project, "P"))
         tags.pop("mlflow.loggedArtifacts", None)
         run = MlflowRun(r["info"]["run_id"], eid, r["info"].get("artifact_uri", ""))
         metrics = {m["key"]: sorted((int(p.get("step", 0)), int(p["timestamp"]), str(p["value"]))
@@ -165,14 +173,14 @@ def test_export_copy_import_equals_a_direct_sync(settings, root, project, sides,
 
     want = dump(settings, project)
     got = dump(im, air)
-    assert set(got) == set(want) == {"P/rank0", "P/rank1", "P/live", "group:P/g1"}
+    assert set(got) == set(want) == {"R/P/rank0", "R/P/rank1", "R/P/live", "group:P/g1"}
     for key in want:
         for part in want[key]:
             if part == "metrics":
                 for mk in set(want[key][part]) | set(got[key][part]):
                     assert got[key][part].get(mk) == want[key][part].get(mk), (key, mk)
             assert got[key][part] == want[key][part], (key, part)
-    assert len(got["P/live"]["metrics"]["loss"]) == 400 and got["P/live"]["status"] == "FINISHED"
+    assert len(got["R/P/live"]["metrics"]["loss"]) == 400 and got["R/P/live"]["status"] == "FINISHED"
     # A repeated import changes nothing on the server.
     made: List[str] = []
     again = do_import(im, bundles_in(str(received)), made)
@@ -254,7 +262,7 @@ def test_a_run_written_across_exports_imported_after_each(settings, root, projec
     assert do_import(im, bundles_in(transfer)).ok
     want, got = dump(settings, project), dump(im, air)
     assert got == want
-    assert len(got["P/grow"]["metrics"]["v"]) == n
+    assert len(got["R/P/grow"]["metrics"]["v"]) == n
 
 
 def test_wandb_offline_runs_go_through_a_bundle(settings, root, sides):
@@ -285,7 +293,7 @@ run.finish()
     assert len(both) == 2
     norm = []
     for key, v in sorted(both.items()):
-        label = key.split("/")[0]
+        label = key.split("/")[1]   # R/<label>/<run id>
         norm.append({"tags": {k: t.replace(label, "L") for k, t in v["tags"].items()},
                      **{k: x for k, x in v.items() if k != "tags"}})
     assert norm[0] == norm[1]

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from _ids import key as run_key
 from _runwriter import RunWriter
 
 from sync_gateway.airgap import bundle as bmod
@@ -165,7 +166,7 @@ def test_a_large_inbox_imports_under_a_low_descriptor_limit(tmp_path, im, monkey
         sink = MemorySink()
         rep = do_import(im, paths[::-1], sink)
         assert rep.ok and len(rep.applied) == 300, list(rep.refused.values())[:3]
-        assert len(sink.stored("p/r1").points) == 299
+        assert len(sink.stored(f"{RID}/p/r1").points) == 299
         # The next cron over the same inbox: already imported, so not verified again (a trailer read each).
         verified: List[str] = []
         real = bmod.verify_file
@@ -372,7 +373,7 @@ def test_a_file_name_with_a_backslash_or_a_newline_is_skipped_by_both_paths(tmp_
     settings = Settings(roots=[str(root)], server_url="http://unused.invalid", state_dir=str(tmp_path / "d"))
     with Runner(settings, sink=direct) as r:
         assert r.run_pass().ok
-    assert [f for f in direct.stored("p/r1").files if f.startswith("files/")] == ["files/ok.txt"]
+    assert [f for f in direct.stored(run_key(str(root), "p", "r1")).files if f.startswith("files/")] == ["files/ok.txt"]
     assert "files/a\\b.txt holds a backslash" in caplog.text and "'files/new\\nline.txt'" in caplog.text
 
     ex = Settings(roots=[str(root)], state_dir=str(tmp_path / "ex"))
@@ -382,7 +383,8 @@ def test_a_file_name_with_a_backslash_or_a_newline_is_skipped_by_both_paths(tmp_
     via = MemorySink()
     im = Settings(server_url="http://unused.invalid", state_dir=str(tmp_path / "im"))
     assert do_import(im, bundles_in(str(out)), via).ok
-    assert sorted(via.stored("p/r1").files) == sorted(direct.stored("p/r1").files)
+    k = run_key(str(root), "p", "r1")   # the same key both ways: the mirror keeps the cluster's root id
+    assert sorted(via.stored(k).files) == sorted(direct.stored(k).files)
 
 
 # -- the follow-ups of issue 21 --------------------------------------------------------------------------------
@@ -407,13 +409,13 @@ def test_a_run_that_dies_silently_is_seen_dying_through_a_clock_only_bundle(tmp_
     sink = MemorySink()
     im = Settings(server_url="http://unused.invalid", state_dir=str(tmp_path / "im"))
     assert do_import(im, bundles_in(str(out)), sink).ok
-    assert sink.stored("p/live").state == "active"
+    assert sink.stored(run_key(str(root), "p", "live")).state == "active"
     # It dies without an exit record: no file changes, but the next export carries the clock across.
     (clock_only,) = export(ex, str(out)).bundles
     assert clock_only["entries"] == 0
     assert export(ex, str(out)).bundles == []    # once: the connected side has the clock now
     assert do_import(im, bundles_in(str(out)), sink).ok
-    assert sink.stored("p/live").state == "crashed"
+    assert sink.stored(run_key(str(root), "p", "live")).state == "crashed"
 
 
 def test_the_export_cursors_of_a_deleted_run_are_forgotten(tmp_path):
@@ -462,3 +464,27 @@ def test_the_cli_prunes_with_prune_imported(tmp_path, capsys):
     main(["-q", "import", "--config", str(cfg), "--prune-imported", *paths])
     out = capsys.readouterr().out
     assert "pruned 3 imported bundle(s)" in out and os.listdir(inbox) == [], out
+
+
+# -- item 3: two clusters through one air gap --------------------------------------------------------------
+
+def test_a_second_clusters_root_with_the_same_id_is_refused_not_merged(tmp_path):
+    """The same root path on two clusters has the same default id: the second cluster's bundle is refused
+    with one line that says what to do, and the first cluster's run is left as it was."""
+    d = str(tmp_path)
+    a = write_bundle(d, 1, [("p/r1/run.json", "replace", 0, run_json("p", "r1")),
+                            ("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":5,"values":{"x":1}}\n')])
+    b = write_bundle(d, 1, [("p/r1/run.json", "replace", 0, run_json("p", "r1")),
+                            ("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":7,"values":{"x":2}}\n')],
+                     export_id="fedcba9876543210", host="login1.clusterb")
+    sink = MemorySink()
+    im = Settings(server_url="http://unused.invalid", state_dir=str(tmp_path / "im"))
+    rep = do_import(im, [a, b], sink)
+    (why,) = rep.refused.values()
+    assert os.path.basename(b) in why and "give the root its own id" in why and "\n" not in why
+    assert rep.applied == [os.path.basename(a)]
+    assert sink.stored(f"{RID}/p/r1").points == {("history", "x", 0, 5, 1)}
+    # the same cluster after losing its export state (a new export id, the same host and root): the same root
+    c = write_bundle(d, 1, [("p/r1/history.jsonl", "append", 0, b'{"seq":0,"step":0,"ts_ms":5,"values":{"x":1}}\n')],
+                     export_id="00000000000000aa")
+    assert do_import(im, [c], sink).ok and len(sink.runs) == 1

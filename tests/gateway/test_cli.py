@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from _ids import key as run_key
 from _runwriter import RunWriter
 from conftest import REPO, history, server_run, sink_for
 
@@ -37,8 +38,8 @@ def test_sync_once_exit_status_and_status_table(settings, root, project, tmp_pat
     capsys.readouterr()
     assert main(["status", "--config", cfg]) == 1  # one run has an error
     out = capsys.readouterr().out
-    assert f"{project}/ok" in out and "active" in out and "10 / 15" in out
-    assert f"{project}/future" in out and "9.1" in out
+    assert run_key(root, project, "ok") in out and "active" in out and "10 / 15" in out
+    assert run_key(root, project, "future") in out and "9.1" in out
 
 
 def test_config_error_exit_2_names_valid_keys(tmp_path, capsys):
@@ -100,7 +101,7 @@ def test_daemon_syncs_and_sigterm_finishes_the_batch(settings, root, project, tm
     w.exit(0)
     proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "daemon", "--interval-s", "1",
                              "--config", cfg], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
-    state = os.path.join(settings.state_dir, "runs", project, "d.json")
+    state = os.path.join(settings.state_dir, "runs", run_key(root, project, "d").split("/")[0], project, "d.json")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not os.path.exists(state):
         time.sleep(0.1)

@@ -16,6 +16,7 @@ from typing import Any, Set, Tuple
 
 import pytest
 from _faultysink import FaultySink
+from _ids import key as run_key
 from _runwriter import RunWriter, read_stream
 
 from sync_gateway import cli
@@ -85,13 +86,14 @@ def test_an_unexpected_exception_in_one_run_is_recorded_on_it_and_the_others_syn
     sink = FaultySink().fail("set_metadata", RuntimeError("a bug"), run="b")
     s = _settings(tmp_path, root)
     rep = _pass(s, sink)
-    assert list(rep.errors) == [f"{project}/b"] and "RuntimeError: a bug" in rep.errors[f"{project}/b"], rep
+    kb = run_key(root, project, "b")
+    assert list(rep.errors) == [kb] and "RuntimeError: a bug" in rep.errors[kb], rep
     assert rep.runs_synced == 2 and not rep.aborted
-    assert "RuntimeError" in StateStore(s.state_dir).load_index()[f"{project}/b"].error
+    assert "RuntimeError" in StateStore(s.state_dir).load_index()[run_key(root, project, "b")].error
     rep = _pass(s, sink)  # the fault is gone: the next pass syncs it
     assert rep.ok and rep.runs_synced == 1, rep
     for n, w in ws.items():
-        assert _stored(sink, f"{project}/{n}") == _disk(w), n
+        assert _stored(sink, run_key(root, project, n)) == _disk(w), n
 
 
 def test_a_permanent_refusal_fails_only_that_run_and_never_backs_it_off(tmp_path, root, project):
@@ -102,14 +104,14 @@ def test_a_permanent_refusal_fails_only_that_run_and_never_backs_it_off(tmp_path
     with Runner(s, sink=sink) as runner:
         for _ in range(3):  # tried on every pass: a permanent error is not the server being down
             rep = runner.run_pass()
-            assert list(rep.errors) == [f"{project}/b"] and not rep.backing_off and not rep.aborted, rep
-            assert "retr" not in rep.errors[f"{project}/b"]
-        st = StateStore(s.state_dir).load(f"{project}/b")
+            assert list(rep.errors) == [run_key(root, project, "b")] and not rep.backing_off and not rep.aborted, rep
+            assert "retr" not in rep.errors[run_key(root, project, "b")]
+        st = StateStore(s.state_dir).load(run_key(root, project, "b"))
         assert st.failures == 0 and st.retry_at_ms == 0
         sink.heal()
         assert runner.run_pass().ok
-    assert sink.counts[("open_run", f"{project}/b")] == 4
-    assert _stored(sink, f"{project}/b") == _disk(b)
+    assert sink.counts[("open_run", run_key(root, project, "b"))] == 4
+    assert _stored(sink, run_key(root, project, "b")) == _disk(b)
 
 
 # -- backoff by the gateway's clock ---------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def test_a_retryable_error_backs_the_run_off_60_s_doubling_while_the_others_sync
     b = _run(root, project, "b")
     sink = FaultySink().fail("send", ServerUnavailable("HTTP 503", 503), run="b", times=None)
     clock = Clock()
-    key = f"{project}/b"
+    key = run_key(root, project, "b")
     with Runner(_settings(tmp_path, root), sink=sink, clock=clock) as runner:
         rep = runner.run_pass()
         assert list(rep.errors) == [key] and rep.runs_synced == 1 and "retried by the next pass" in rep.errors[key]
@@ -148,11 +150,11 @@ def test_the_backoff_doubles_up_to_an_hour(tmp_path, root, project):
     with Runner(_settings(tmp_path, root), sink=sink, clock=clock) as runner:
         for _ in range(9):
             rep = runner.run_pass()
-            st = StateStore(str(tmp_path / "state")).load(f"{project}/b")
+            st = StateStore(str(tmp_path / "state")).load(run_key(root, project, "b"))
             waits.append((st.retry_at_ms - int(clock.t * 1000)) // 1000 if st.retry_at_ms else 0)
             clock.t += BACKOFF_MAX_S + 1
     assert waits == [0, 60, 120, 240, 480, 960, 1920, 3600, 3600], waits
-    assert "failure #9 in a row: retry in 3600 s" in rep.errors[f"{project}/b"]
+    assert "failure #9 in a row: retry in 3600 s" in rep.errors[run_key(root, project, "b")]
 
 
 # -- the circuit breaker, an unreachable server -------------------------------------------------------------
@@ -167,7 +169,7 @@ def test_three_runs_in_a_row_failing_trip_the_breaker_and_the_next_pass_resumes(
     rep = _pass(s, sink)
     assert rep.ok and rep.runs_synced == 6, rep
     for n, w in ws.items():
-        assert _stored(sink, f"{project}/{n}") == _disk(w)
+        assert _stored(sink, run_key(root, project, n)) == _disk(w)
 
 
 def test_a_run_that_syncs_between_failures_resets_the_breaker(tmp_path, project):
@@ -207,8 +209,9 @@ def test_a_point_the_memory_server_refuses_for_good_is_quarantined_and_the_rest_
     rep = _pass(s, sink)
     assert rep.quarantined == 1 and not rep.errors and not rep.ok, rep
     want = {p for p in _disk(w) if p[1:3] != ("x", 5)}
-    assert _stored(sink, f"{project}/q") == want  # the row's other point is stored: only the refused one is lost
-    st = StateStore(s.state_dir).load(f"{project}/q")
+    # the row's other point is stored: only the refused one is lost
+    assert _stored(sink, run_key(root, project, "q")) == want
+    st = StateStore(s.state_dir).load(run_key(root, project, "q"))
     (q,) = st.quarantined
     assert q["stream"] == "history" and q["points"] == 1 and "1 of 2 points refused for good" in q["error"]
     start, stop = q["bytes"]
@@ -227,8 +230,9 @@ def test_a_batch_the_sink_refuses_moves_the_cursor_past_it(tmp_path, root, proje
     s = _settings(tmp_path, root)
     rep = _pass(s, sink)
     assert rep.quarantined == 1 and not rep.errors, rep
-    assert _stored(sink, f"{project}/q") == {p for p in _disk(w) if p[2] != 2}  # the third row, refused whole
-    st = StateStore(s.state_dir).load(f"{project}/q")
+    # the third row, refused whole
+    assert _stored(sink, run_key(root, project, "q")) == {p for p in _disk(w) if p[2] != 2}
+    st = StateStore(s.state_dir).load(run_key(root, project, "q"))
     assert st.quarantined_total == 1 and st.quarantined[0]["points"] == 2
     assert st.cursors["history"].records == 10 and _pass(s, sink).ok
 
@@ -237,7 +241,7 @@ def test_a_batch_the_sink_refuses_moves_the_cursor_past_it(tmp_path, root, proje
 def test_a_run_deleted_on_the_server_is_noted_forgotten_and_looked_for_every_pass(tmp_path, root, project):
     w = _run(root, project, "d", ended=False)
     w.heartbeat()
-    key = f"{project}/d"
+    key = run_key(root, project, "d")
     sink = FaultySink()
     s = _settings(tmp_path, root)
     assert _pass(s, sink).ok
@@ -263,7 +267,7 @@ def test_a_rewritten_stream_goes_whole_to_a_new_server_run_and_the_old_keeps_its
     sink = MemorySink()
     s = _settings(tmp_path, root)
     assert _pass(s, sink).ok
-    old_id = sink.by_sync_id[f"{project}/re"]
+    old_id = sink.by_sync_id[run_key(root, project, "re")]
     shutil.rmtree(old_w.dir)
     new_w = RunWriter(root, project, "re", created_ms=T0)  # the same id written anew from scratch
     new_w.log_many(({"x": -float(i)} for i in range(rows_after)), ts0_ms=T0 + 777)
@@ -271,14 +275,15 @@ def test_a_rewritten_stream_goes_whole_to_a_new_server_run_and_the_old_keeps_its
     rep = _pass(s, sink)
     assert rep.ok and sink.calls["retire_run"] == 1, rep
     assert sink.runs[old_id].points == old and "rewritten" in (sink.runs[old_id].retired or "")
-    assert sink.by_sync_id[f"{project}/re"] != old_id and _stored(sink, f"{project}/re") == _disk(new_w)
-    assert any("rewritten" in n for n in StateStore(s.state_dir).load(f"{project}/re").notes)
+    kre = run_key(root, project, "re")
+    assert sink.by_sync_id[kre] != old_id and _stored(sink, kre) == _disk(new_w)
+    assert any("rewritten" in n for n in StateStore(s.state_dir).load(run_key(root, project, "re")).notes)
 
 
 # -- lost answers ---------------------------------------------------------------------------------------------
 def test_a_lost_answer_to_a_batch_is_resent_and_stored_once(tmp_path, root, project):
     w = _run(root, project, "lost")
-    key = f"{project}/lost"
+    key = run_key(root, project, "lost")
     sink = FaultySink().fail("send", ServerUnavailable("connection reset: the answer was lost"), run="lost", nth=4,
                              after=True)
     s = _settings(tmp_path, root)
@@ -295,7 +300,7 @@ def test_a_lost_answer_to_a_batch_is_resent_and_stored_once(tmp_path, root, proj
 
 def test_a_lost_answer_to_open_run_does_not_create_a_second_run(tmp_path, root, project):
     w = _run(root, project, "once")
-    key = f"{project}/once"
+    key = run_key(root, project, "once")
     sink = FaultySink().fail("open_run", ServerUnavailable("read timeout: the answer was lost"), run="once",
                              after=True)
     s = _settings(tmp_path, root)
@@ -324,13 +329,13 @@ def test_a_stop_mid_pass_commits_the_batch_in_flight_and_the_next_pass_resumes(t
     assert rep.aborted == "stopped on request", rep
     store = StateStore(s.state_dir)
     for n in ws:  # whatever was stored is committed: the cursor covers exactly the stored points
-        cur = store.load(f"{project}/{n}").cursors.get("history")
-        assert len(_stored(sink, f"{project}/{n}")) == (cur.records * 2 if cur else 0), n
-    assert sum(len(_stored(sink, f"{project}/{n}")) for n in ws) < 4 * 80
+        cur = store.load(run_key(root, project, n)).cursors.get("history")
+        assert len(_stored(sink, run_key(root, project, n))) == (cur.records * 2 if cur else 0), n
+    assert sum(len(_stored(sink, run_key(root, project, n))) for n in ws) < 4 * 80
     sink.before = None
     assert _pass(s, sink).ok
     for n, w in ws.items():
-        assert _stored(sink, f"{project}/{n}") == _disk(w)
+        assert _stored(sink, run_key(root, project, n)) == _disk(w)
 
 
 def test_with_workers_a_run_that_raises_stays_in_that_run(tmp_path, root, project):
@@ -339,15 +344,16 @@ def test_with_workers_a_run_that_raises_stays_in_that_run(tmp_path, root, projec
     sink.fail("send", RuntimeError("a bug in the middle of a run"), run="r3", nth=2)
     sink.fail("send", ServerUnavailable("HTTP 503", 503), run="r5", times=None)
     rep = _pass(_settings(tmp_path, root, workers=4), sink)
-    assert set(rep.errors) == {f"{project}/r3", f"{project}/r5"} and not rep.aborted and rep.runs_synced == 6, rep
-    assert "RuntimeError" in rep.errors[f"{project}/r3"] and "retried" in rep.errors[f"{project}/r5"]
+    k3, k5 = run_key(root, project, "r3"), run_key(root, project, "r5")
+    assert set(rep.errors) == {k3, k5} and not rep.aborted and rep.runs_synced == 6, rep
+    assert "RuntimeError" in rep.errors[k3] and "retried" in rep.errors[k5]
     for n, w in ws.items():
         if n not in ("r3", "r5"):
-            assert _stored(sink, f"{project}/{n}") == _disk(w), n
+            assert _stored(sink, run_key(root, project, n)) == _disk(w), n
     # Its first row was acknowledged before the fault; the batch in flight behind the fault may be stored
     # too, but the cursor covers only what was acknowledged.
-    assert StateStore(str(tmp_path / "state")).load(f"{project}/r3").cursors["history"].records == 1
-    assert len(_stored(sink, f"{project}/r3")) >= 2
+    assert StateStore(str(tmp_path / "state")).load(run_key(root, project, "r3")).cursors["history"].records == 1
+    assert len(_stored(sink, run_key(root, project, "r3"))) >= 2
 
 
 # -- files and groups ---------------------------------------------------------------------------------------------
@@ -360,10 +366,10 @@ def test_a_file_refused_as_too_large_is_noted_and_the_run_goes_on(tmp_path, root
                              times=None, detail="files/big.bin")
     s = _settings(tmp_path, root)
     assert _pass(s, sink).ok
-    stored = sink.stored(f"{project}/f")
+    stored = sink.stored(run_key(root, project, "f"))
     assert stored.files.get("files/small.txt") == b"fine" and "files/big.bin" not in stored.files
     assert stored.state == "finished"
-    assert any("too large" in n for n in StateStore(s.state_dir).load(f"{project}/f").notes)
+    assert any("too large" in n for n in StateStore(s.state_dir).load(run_key(root, project, "f")).notes)
 
 
 def test_a_failing_group_stays_in_that_group(tmp_path, root, project):
@@ -387,7 +393,7 @@ def test_a_run_that_ends_resumes_and_ends_again_between_passes_sends_its_new_end
     w.exit(0, end_ms=T0 + 3_100)
     sink = MemorySink()
     s = _settings(tmp_path, root)
-    key = f"{project}/again"
+    key = run_key(root, project, "again")
     assert _pass(s, sink).ok
     assert (sink.stored(key).state, sink.stored(key).end_ms) == ("finished", T0 + 3_100)
     w.resume()  # between two passes: resumed, logged more and finished again
@@ -407,7 +413,7 @@ def test_a_run_moved_away_is_ended_as_crashed_and_status_says_it_is_gone(tmp_pat
     _run(root, project, "stays", ended=False)
     clock = Clock(os.stat(w.path("history.jsonl")).st_mtime + 1)
     s = _settings(tmp_path, root)
-    key = f"{project}/moved"
+    key = run_key(root, project, "moved")
     sink = MemorySink()
     with Runner(s, sink=sink, clock=clock) as runner:
         assert runner.run_pass().ok and sink.stored(key).state == "active"
@@ -444,7 +450,8 @@ def test_runs_of_a_root_that_cannot_be_listed_are_not_taken_for_gone(tmp_path, p
         os.rename(root, root + ".offline")  # the file system is not mounted: the root cannot be listed
         clock.t += 10 * s.stale_after_s
         rep = runner.run_pass()
-    assert root in rep.roots_skipped and not rep.notes and sink.stored(f"{project}/r").state == "active", rep
+    assert root in rep.roots_skipped and not rep.notes, rep
+    assert sink.stored(run_key(root, project, "r")).state == "active"
 
 
 
@@ -463,5 +470,5 @@ def test_status_reads_through_the_runner_and_closes_every_source_it_opens(tmp_pa
                                                                         real_init(self, *a, **kw))[1])
     monkeypatch.setattr(LocalSource, "close", lambda self: (closed.append(self), real_close(self))[1])
     out = _status(tmp_path, s, capsys)
-    assert f"{project}/st" in out and "10 / 13" in out, out
+    assert run_key(root, project, "st") in out and "10 / 13" in out, out
     assert opened and all(src in closed for src in opened)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import pytest
 from _faultproxy import FaultProxy
+from _ids import key as run_key
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, history, make_runner, run_info, server_run, sink_for, sync_once
 
@@ -105,10 +106,11 @@ def test_any_exception_in_one_run_is_recorded_and_the_pass_goes_on(settings, roo
 
     monkeypatch.setattr(hpc.HpcReader, "info", explode)
     rep = sync_once(settings)
-    assert set(rep.errors) == {f"{project}/abad"} and "MemoryError" in rep.errors[f"{project}/abad"]
+    kbad = run_key(root, project, "abad")
+    assert set(rep.errors) == {kbad} and "MemoryError" in rep.errors[kbad]
     assert rep.runs_synced == 1 and not rep.aborted
     index = StateStore(settings.state_dir).load_index()
-    assert "MemoryError" in index[f"{project}/abad"].error
+    assert "MemoryError" in index[run_key(root, project, "abad")].error
     assert "MemoryError" in _status_text(settings, tmp_path, capsys)
     monkeypatch.setattr(hpc.HpcReader, "info", real)
     assert sync_once(settings).ok  # fixed: the next pass syncs it
@@ -129,7 +131,7 @@ def test_values_mlflow_cannot_store_are_skipped_point_by_point(settings, root, p
     run = server_run(sink, project, "ranges")
     assert history(sink, run, "x") == [(0, T0, 1.0), (1, T0 + 3, 4.0), (2, T0 + 4, 5.0)]  # the rest is kept
     assert history(sink, run, "val/a") == [] and history(sink, run, "big") == []
-    st = StateStore(settings.state_dir).load(f"{project}/ranges")
+    st = StateStore(settings.state_dir).load(run_key(root, project, "ranges"))
     assert st.sink["unstorable_points"] == 5  # x twice, val/a twice, big once
 
 
@@ -147,12 +149,13 @@ def test_retryable_errors_back_one_run_off_while_the_others_sync(settings, root,
         s = replace(settings, server_url=proxy.url, retries=1)
         with make_runner(s, clock=lambda: now[0]) as runner:
             rep = runner.run_pass()
-            assert set(rep.errors) == {f"{project}/b"} and rep.runs_synced == 2 and not rep.aborted, rep
-            assert "retried by the next pass" in rep.errors[f"{project}/b"] and proxy.seen == 2  # try + retry
+            assert set(rep.errors) == {run_key(root, project, "b")} and rep.runs_synced == 2 and not rep.aborted, rep
+            # try + retry
+            assert "retried by the next pass" in rep.errors[run_key(root, project, "b")] and proxy.seen == 2
             rep = runner.run_pass()  # tried again at once; the second failure in a row backs it off
-            assert "failure #2 in a row: retry in 60 s" in rep.errors[f"{project}/b"] and proxy.seen == 4
+            assert "failure #2 in a row: retry in 60 s" in rep.errors[run_key(root, project, "b")] and proxy.seen == 4
             rep = runner.run_pass()  # b backs off: not tried
-            assert f"{project}/b" in rep.backing_off and proxy.seen == 4 and not rep.errors
+            assert run_key(root, project, "b") in rep.backing_off and proxy.seen == 4 and not rep.errors
             now[0] += 61
             proxy.fail_left = proxy.lose_left = 0
             rep = runner.run_pass()
@@ -168,7 +171,7 @@ def test_runs_create_refused_every_time_is_sent_a_bounded_number_of_times_and_th
     _good(root, project, "a")
     with FaultProxy(settings.server_url, fail_first=10 ** 6, status=503, match="/runs/create") as proxy:
         rep = sync_once(replace(settings, server_url=proxy.url, retries=3))
-    assert proxy.failed == 1 + 3 and "retried by the next pass" in rep.errors[f"{project}/a"]
+    assert proxy.failed == 1 + 3 and "retried by the next pass" in rep.errors[run_key(root, project, "a")]
 
 
 def test_a_server_down_for_every_run_trips_the_breaker(settings, root, project):
@@ -192,7 +195,7 @@ def test_a_refused_batch_is_bisected_and_only_the_refused_point_is_quarantined(s
     sink = sink_for(settings)
     got = [v for _, _, v in history(sink, server_run(sink, project, "quar"), "x")]
     assert got == [float(i) for i in range(2500) if i != 1500]
-    st = StateStore(settings.state_dir).load(f"{project}/quar")
+    st = StateStore(settings.state_dir).load(run_key(root, project, "quar"))
     assert st.quarantined_total == 1 and st.quarantined[0]["points"] == 1
     start, stop = st.quarantined[0]["bytes"]   # the batch's byte range: the refused point is in it
     recs = read_stream(w.path("history.jsonl"))
@@ -216,7 +219,7 @@ def test_an_error_every_point_shares_costs_a_bounded_number_of_requests(settings
     from sync_gateway.sinks.mlflow._rest import SPLIT_REQUESTS
 
     assert proxy.failed <= SPLIT_REQUESTS, proxy.failed
-    st = StateStore(settings.state_dir).load(f"{project}/allbad")
+    st = StateStore(settings.state_dir).load(run_key(root, project, "allbad"))
     assert st.quarantined[0]["points"] == 1000
 
 
@@ -246,11 +249,11 @@ def test_a_run_deleted_on_the_server_is_respected_said_and_restorable(settings, 
     sink._call("POST", "/runs/delete", {"run_id": run.run_id})  # a user deletes it in the UI
     w.log_many({"x": float(i)} for i in range(10, 20))
     rep = sync_once(settings)
-    assert rep.ok and "deleted on the server" in rep.notes[f"{project}/deleted"], rep
+    assert rep.ok and "deleted on the server" in rep.notes[run_key(root, project, "deleted")], rep
     shutil.rmtree(settings.state_path)  # even after a state loss it is not re-created
     rep = sync_once(settings)
-    assert rep.ok and f"{project}/deleted" in rep.notes
-    assert _active_runs(sink, project, f"{project}/deleted") == []
+    assert rep.ok and run_key(root, project, "deleted") in rep.notes
+    assert _active_runs(sink, project, run_key(root, project, "deleted")) == []
     assert "deleted on the server" in _status_text(settings, tmp_path, capsys)
     sink._call("POST", "/runs/restore", {"run_id": run.run_id})  # restored from the trash: synced again
     assert sync_once(settings).ok
@@ -269,7 +272,7 @@ def test_a_lost_answer_to_runs_create_does_not_create_a_second_run(settings, roo
     assert proxy.lost == 4
     sink = sink_for(settings)
     for i in range(4):
-        assert len(_active_runs(sink, project, f"{project}/c{i}")) == 1
+        assert len(_active_runs(sink, project, run_key(root, project, f"c{i}"))) == 1
         assert len(history(sink, server_run(sink, project, f"c{i}"), "x")) == 50
 
 
@@ -323,7 +326,7 @@ def test_two_gateways_with_their_own_state_dirs_on_24_runs(settings, root, proje
             assert not runner.run_pass().errors
     sink = sink_for(settings)
     for i in range(n):
-        runs = _active_runs(sink, project, f"{project}/g{i:02d}")
+        runs = _active_runs(sink, project, run_key(root, project, f"g{i:02d}"))
         assert len(runs) == 1, f"g{i:02d}: {len(runs)} active runs"
         assert history(sink, server_run(sink, project, f"g{i:02d}"), "x") == \
             [(j, T0 + j, float(j)) for j in range(300)]
@@ -336,9 +339,9 @@ def test_after_a_state_loss_copies_with_equal_start_times_converge_on_one(settin
     sink = sink_for(settings)
     eid = sink.experiment_id(project)
     ids = [sink._call("POST", "/runs/create", {"experiment_id": eid, "start_time": w.created_ms, "tags": [
-        {"key": "hpc.run_id", "value": f"{project}/twins"}]})["run"]["info"]["run_id"] for _ in range(3)]
+        {"key": "hpc.run_id", "value": run_key(root, project, "twins")}]})["run"]["info"]["run_id"] for _ in range(3)]
     assert sync_once(settings).ok
-    runs = _active_runs(sink, project, f"{project}/twins")
+    runs = _active_runs(sink, project, run_key(root, project, "twins"))
     assert [r["info"]["run_id"] for r in runs] == [min(ids)]
     assert len(history(sink, server_run(sink, project, "twins"), "x")) == 100
     for rid in set(ids) - {min(ids)}:
@@ -366,7 +369,7 @@ def test_a_run_recreated_with_a_longer_history_loses_nothing_and_mixes_nothing(s
     assert new.run_id != old.run_id
     assert [v for _, _, v in history(sink, new, "x")] == [-float(i) for i in range(3000)]
     assert [v for _, _, v in history(sink, old, "x")] == [float(i) for i in range(1000)]
-    assert len(_active_runs(sink, project, f"{project}/again")) == 1
+    assert len(_active_runs(sink, project, run_key(root, project, "again"))) == 1
     assert "rewritten" in _status_text(settings, tmp_path, capsys)
 
 
@@ -474,7 +477,7 @@ def test_a_trickling_server_is_cut_off_by_the_request_deadline(settings, root, p
         rep = sync_once(s)
     finally:
         srv.close()
-    err = rep.errors[f"{project}/slow"]
+    err = rep.errors[run_key(root, project, "slow")]
     assert "deadline" in err and "request_deadline_s" in err, rep
     assert not srv.finished_trickle.is_set()
 
@@ -561,7 +564,7 @@ def test_the_daemon_goes_on_past_hostile_runs_and_keeps_passing(settings, root, 
             if proc.poll() is not None:
                 break
             eid = sink.experiment_id(project)
-            run = sink.find(eid, f"{project}/zlater")
+            run = sink.find(eid, run_key(root, project, "zlater"))
             got = history(sink, run, "x") if run else []
             if len(got) == 1 and not more:
                 w.log({"x": 2.0}, ts_ms=T0 + 1)  # more data: a later pass must pick it up too

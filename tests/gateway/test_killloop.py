@@ -15,6 +15,7 @@ import time
 
 import pytest
 import yaml
+from _ids import key as run_key
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, assert_synced_once, disk_points, history, make_runner, server_run, sink_for
 from support import soak_count
@@ -141,7 +142,7 @@ def test_kill_loop_with_mixed_faults_exactly_once_for_points_and_runs(settings, 
     eid = sink.experiment_id(project)
     lost = duplicated = extra_runs = 0
     for w in growing + [hostile]:
-        sync_id = f"{project}/{os.path.basename(w.dir)}"
+        sync_id = run_key(os.path.dirname(os.path.dirname(w.dir)), project, os.path.basename(w.dir))
         active = sink._call("POST", "/runs/search", {"experiment_ids": [eid], "max_results": 100,
                                                      "filter": f"tags.`hpc.run_id` = '{sync_id}'"})["runs"]
         extra_runs += len(active) - 1

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import requests
 from _faultproxy import FaultProxy
+from _ids import key as run_key
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
 
@@ -38,7 +39,7 @@ def test_no_retry_on_other_4xx(settings, root, project):
     w.exit(0)
     with FaultProxy(settings.server_url, fail_first=100, status=400) as proxy:
         rep = sync_once(replace(settings, server_url=proxy.url, retries=8))
-    assert not rep.ok and "HTTP 400" in rep.errors[f"{project}/bad400"]
+    assert not rep.ok and "HTTP 400" in rep.errors[run_key(root, project, "bad400")]
     assert proxy.failed == 1  # one try, no retries
     # The error is recorded for `status`, and the next pass (server fine again) syncs the run.
     assert sync_once(settings).ok

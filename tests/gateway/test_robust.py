@@ -8,6 +8,7 @@ import os
 from dataclasses import replace
 
 import pytest
+from _ids import key as run_key
 from _runwriter import RunWriter
 from conftest import history, make_runner, server_run, sink_for, sync_once
 
@@ -70,9 +71,10 @@ def test_unknown_version_and_broken_run_json_do_not_stop_others(settings, root, 
     good.log({"x": 1.0})
     good.exit(0)
     rep = sync_once(settings)
-    assert set(rep.errors) == {f"{project}/future", f"{project}/broken"}
-    assert "2.0" in rep.errors[f"{project}/future"] and "1.x" in rep.errors[f"{project}/future"]
-    assert "not valid JSON" in rep.errors[f"{project}/broken"]
+    assert set(rep.errors) == {run_key(root, project, "future"), run_key(root, project, "broken")}
+    kf = run_key(root, project, "future")
+    assert "2.0" in rep.errors[kf] and "1.x" in rep.errors[kf]
+    assert "not valid JSON" in rep.errors[run_key(root, project, "broken")]
     assert rep.runs_synced == 1 and not rep.ok
     sink = sink_for(settings)
     assert len(history(sink, server_run(sink, project, "good"), "x")) == 1
@@ -135,7 +137,7 @@ def test_links_out_of_the_root_are_never_followed(settings, root, project, tmp_p
     r = sink.http.request("GET", f"/api/2.0/mlflow-artifacts/artifacts/{rel}/files/leak.txt")
     assert r.status_code != 200 or r.content != b"top secret"
     assert sink.http.request("GET", f"/api/2.0/mlflow-artifacts/artifacts/{rel}/files/alias.txt").content == b"fine"
-    assert sink.find(sink.experiment_id(project), f"{project}/linked") is None
+    assert sink.find(sink.experiment_id(project), run_key(root, project, "linked")) is None
 
 
 @pytest.mark.slow  # builds 10,000 run directories
@@ -211,7 +213,7 @@ def test_a_line_longer_than_the_read_chunk_is_read_whole(tmp_path):
     with Runner(settings, sink=sink) as r:
         rep = r.run_pass()
     assert rep.ok, rep
-    points = sink.stored("p/long").points
+    points = sink.stored(run_key(str(root), "p", "long")).points
     assert sorted(p for p in points if p[1] == "x") == [("history", "x", 0, 1, 1.0), ("history", "x", 1, 2, 2.0)]
     assert ("history", "blob", 0, 1, "b" * (3 << 20)) in points
 

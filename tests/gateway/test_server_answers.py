@@ -10,8 +10,9 @@ from dataclasses import replace
 
 import pytest
 from _faultproxy import FaultProxy
+from _ids import key as run_key
 from _runwriter import RunWriter
-from conftest import history, server_run, sink_for, sync_once
+from conftest import history, server_run, sink_for, sync_once, tagged_runs
 
 from sync_gateway.errors import RunDeleted, ServerUnavailable
 from sync_gateway.records import Position, Row, RunInfo
@@ -28,9 +29,7 @@ def _run(root, project, run_id, n=1000):
 
 
 def _active(sink, project, run_id):
-    eid = sink.experiment_id(project)
-    return sink._call("POST", "/runs/search", {"experiment_ids": [eid], "max_results": 100,
-                                               "filter": f"tags.`hpc.run_id` = '{project}/{run_id}'"})["runs"]
+    return tagged_runs(sink, project, run_id)
 
 
 def _exactly_once(settings, project, run_id, n=1000):
@@ -74,7 +73,7 @@ def test_a_deadline_firing_inside_the_headers_is_a_fault_not_a_success(settings,
         rep = sync_once(replace(settings, server_url=proxy.url, request_deadline_s=3.0, retries=0))
         took_s = time.monotonic() - t0
     assert proxy.trickled == 1
-    err = rep.errors[f"{project}/slowhdr"]
+    err = rep.errors[run_key(root, project, "slowhdr")]
     assert "deadline" in err and "request_deadline_s" in err, rep
     assert took_s < 30, f"the pass took {took_s:.0f} s"
     assert sync_once(settings, clock=lambda: time.time() + 10 ** 4).ok  # nothing was lost: the next pass sends it
@@ -95,7 +94,7 @@ def test_a_2xx_answer_that_is_not_json_is_a_retryable_fault(settings, root, proj
     eid = sink.experiment_id(project)
     sink.http.request = login_page
     with pytest.raises(ServerUnavailable, match="not a JSON object") as e:
-        sink.find(eid, f"{project}/nothing")  # never "no runs"
+        sink.find(eid, run_key(root, project, "nothing"))  # never "no runs"
     assert "text/html" in str(e.value)
 
 
@@ -124,7 +123,7 @@ def test_retry_after_beyond_the_request_deadline_is_not_waited_for(settings, roo
         rep = sync_once(replace(settings, server_url=proxy.url, retries=3, request_deadline_s=5.0))
         took_s = time.monotonic() - t0
     assert proxy.failed == 1 and took_s < 30  # one create; an hour's wait is not within the deadline
-    assert "retried by the next pass" in rep.errors[f"{project}/later"]
+    assert "retried by the next pass" in rep.errors[run_key(root, project, "later")]
 
 
 # -- item 13: the losing side of a create race ----------------------------------------------------------
@@ -165,14 +164,14 @@ def test_a_gateway_whose_run_lost_the_race_says_so_and_syncs_into_the_winner(set
     eid = sink.experiment_id(project)
     # Another gateway created a twin at the same moment and won: it marked ours as its duplicate.
     twin = sink._call("POST", "/runs/create", {"experiment_id": eid, "start_time": T0, "tags": [
-        {"key": "hpc.run_id", "value": f"{project}/lost"}]})["run"]["info"]["run_id"]
-    sink.runs._mark_duplicate(ours.run_id, twin, f"{project}/lost")
+        {"key": "hpc.run_id", "value": run_key(root, project, "lost")}]})["run"]["info"]["run_id"]
+    sink.runs._mark_duplicate(ours.run_id, twin, run_key(root, project, "lost"))
     w.log_many({"x": float(i)} for i in range(20, 25))
     w.exit(0)
     with caplog.at_level(logging.INFO):
         rep = sync_once(settings, clock=lambda: time.time() + 10)  # within SETTLE_S: ours is still checked
     assert rep.ok, rep
-    said = " ".join(m for m in caplog.messages if f"{project}/lost" in m)
+    said = " ".join(m for m in caplog.messages if run_key(root, project, "lost") in m)
     assert "won the race" in said and "deleted" not in said and "trash" not in said, said
     assert server_run(sink, project, "lost").run_id == twin
     assert [v for _, _, v in history(sink, server_run(sink, project, "lost"), "x")] == [float(i) for i in range(25)]

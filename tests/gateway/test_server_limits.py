@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 import yaml
 from _faultproxy import FaultProxy
+from _ids import key as run_key
 from _runwriter import RunWriter
 from conftest import history, run_info, server_run, sink_for, sync_once
 
@@ -53,7 +54,7 @@ def test_a_proxy_body_limit_splits_batches_and_loses_nothing(settings, root, pro
     assert info["status"] == "FINISHED"
     arts = sink._call("GET", "/artifacts/list", params={"run_id": run.run_id, "path": "files"}).get("files", [])
     assert [a["path"] for a in arts] == ["files/small.txt"]
-    st = StateStore(settings.state_path).load(f"{project}/wide")
+    st = StateStore(settings.state_path).load(run_key(root, project, "wide"))
     assert any("big.bin" in n and "HTTP 413" in n and "client_max_body_size" in n for n in st.notes), st.notes
     before = proxy.too_large
     with FaultProxy(settings.server_url, max_body_bytes=LIMIT_BYTES) as proxy:  # nothing new: nothing sent

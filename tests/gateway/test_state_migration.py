@@ -10,6 +10,7 @@ from _runwriter import RunWriter
 
 from sync_gateway.engine.runner import Runner
 from sync_gateway.engine.state import STATE_VERSION, StateStore
+from sync_gateway.records import root_id
 from sync_gateway.settings import Settings
 from sync_gateway.sinks.memory import MemorySink, StoredRun
 
@@ -87,8 +88,11 @@ def test_version_1_state_is_migrated_and_nothing_is_sent_again(tmp_path):
     for call in ("send", "upload", "set_config", "set_metadata", "set_summary", "set_state"):
         assert sink.calls[call] == 0, call
     assert not sink.runs["r1"].points
-    saved = json.load(open(state_dir / "runs" / "proj" / "r1.json"))
+    # moved to the run's key (root id/project/run id), remembering the key it had (docs/gateway.md)
+    assert not (state_dir / "runs" / "proj" / "r1.json").exists()
+    saved = json.load(open(state_dir / "runs" / root_id(str(root)) / "proj" / "r1.json"))
     assert saved["state_version"] == STATE_VERSION and saved["sink"]["run_id"] == "r1"
+    assert saved["legacy_id"] == "proj/r1"
 
     _write(str(state_dir / "index.json"), index)  # a version-1 index: the run is simply unchanged
     sink.calls.clear()

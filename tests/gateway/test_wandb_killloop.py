@@ -20,6 +20,7 @@ import _wandbsink
 import pytest
 import yaml
 from _faultproxy import FaultProxy
+from _ids import wandb_name
 from _runwriter import RunWriter, read_stream
 from _wandbsink import API_KEY, ENTITY, file_streams, replay, stored
 from conftest import REPO
@@ -80,12 +81,13 @@ def test_kill_minus_nine_loop_exactly_once_on_the_wire(openwandb, root, project,
         assert out.returncode == 0, out.stderr[-2000:]
         recs = list(proxy.records)
     disk = read_stream(os.path.join(w.dir, "history.jsonl"))
-    hist = [json.loads(x) for x in replay(recs, run_id, "wandb-history.jsonl")]  # asserts no skip, no re-use
+    # replay asserts no skip, no re-use
+    hist = [json.loads(x) for x in replay(recs, wandb_name(root, run_id), "wandb-history.jsonl")]
     assert len(hist) == len(disk), f"{len(hist)} history lines on W&B, {len(disk)} rows on disk {note}"
     assert [(h["_step"], h["loss"]) for h in hist] == [(r["step"], r["values"]["loss"]) for r in disk], note
-    console = [x.split(" ", 1)[1] for x in replay(recs, run_id, "output.log")]
+    console = [x.split(" ", 1)[1] for x in replay(recs, wandb_name(root, run_id), "output.log")]
     with open(os.path.join(w.dir, "output.log")) as f:
         assert console == f.read().splitlines(), note
     final = file_streams(recs)[-1][1]
     assert final.get("complete") is True and final.get("exitcode") == 0
-    assert stored(openwandb).runs_in(project) == [run_id], "one W&B run, whatever was killed or lost"
+    assert stored(openwandb).runs_in(project) == [wandb_name(root, run_id)], "one W&B run, whatever was killed or lost"

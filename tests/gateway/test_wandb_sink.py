@@ -15,6 +15,7 @@ from dataclasses import replace
 import _wandbsink
 import pytest
 from _faultproxy import FaultProxy
+from _ids import wandb_name
 from _runwriter import RunWriter
 from _wandbsink import API_KEY, ENTITY, file_streams, graphql_ops, replay, stored, sync_once
 
@@ -41,13 +42,13 @@ def test_scalars_sync_exactly_once_and_incrementally(openwandb, wb_settings, roo
     assert rep.errors == {}
     db = stored(openwandb)
     run_id = f"{project}-a"
-    pts = db.metrics(run_id)
+    pts = db.metrics(wandb_name(root, run_id))
     assert len(pts) == 100, "each logged value stored once"
     loss = sorted((s, v) for k, s, v, _ in pts if k == "train/loss")
     assert loss == [(i, 1.0 / (i + 1)) for i in range(50)], "original keys and steps"
     wall = sorted(t for k, s, v, t in pts if k == "acc")
     assert wall[0] == pytest.approx((w.created_ms + 1000) / 1000.0), "original timestamps, in seconds"
-    run = db.run(run_id)
+    run = db.run(wandb_name(root, run_id))
     assert run["display_name"] == f"name-{run_id}" and run["tags"] == ["t1"]
     assert run["config"]["lr"] == {"value": 0.1, "desc": None}
     assert run["summary"]["best"] == 7
@@ -58,8 +59,8 @@ def test_scalars_sync_exactly_once_and_incrementally(openwandb, wb_settings, roo
         w.log({"train/loss": 1.0 / (i + 1), "acc": i / 50}, ts_ms=w.created_ms + 1000 * (i + 1))
     rep, _ = sync_once(wb_settings)
     assert rep.points_sent == 20
-    assert len(db.metrics(run_id)) == 120, "the second pass sent only the new rows"
-    assert db.run(run_id)["state"] == "running", "a live run stays running"
+    assert len(db.metrics(wandb_name(root, run_id))) == 120, "the second pass sent only the new rows"
+    assert db.run(wandb_name(root, run_id))["state"] == "running", "a live run stays running"
 
 
 def test_wire_offsets_shapes_auth_and_final_state(openwandb, wb_settings, root, project):
@@ -76,9 +77,12 @@ def test_wire_offsets_shapes_auth_and_final_state(openwandb, wb_settings, root, 
         recs = list(proxy.records)
     ops = graphql_ops(recs)
     names = [n for n, _ in ops]
-    assert names[:2] == ["RunResumeStatus", "UpsertBucket"], names
+    # its own name (run id + root id), then the name an older gateway gave it (the run id: adopted if it is
+    # this run's), then the upsert that creates it
+    assert names[:3] == ["RunResumeStatus", "RunResumeStatus", "UpsertBucket"], names
+    assert [v["name"] for _, v in ops[:2]] == [wandb_name(root, run_id), run_id]
     meta = [v for n, v in ops if n == "UpsertBucket" and "groupName" in v][0]
-    assert meta["name"] == run_id and meta["project"] == project and meta["entity"] == ENTITY
+    assert meta["name"] == wandb_name(root, run_id) and meta["project"] == project and meta["entity"] == ENTITY
     assert meta["groupName"] == "sweep-1" and meta["jobType"] == "train" and meta["tags"] == ["t1"]
     config = json.loads([v for n, v in ops if n == "UpsertBucket" and "config" in v][0]["config"])
     assert config["opt"] == {"value": {"beta": 0.9}, "desc": None}, "config: a JSON string of {key: {value}}"
@@ -90,20 +94,20 @@ def test_wire_offsets_shapes_auth_and_final_state(openwandb, wb_settings, root, 
             assert auth is None, "an upload carries no API key"
         else:
             assert auth == "Basic " + base64.b64encode(f"api:{API_KEY}".encode()).decode()
-    history = replay(recs, run_id, "wandb-history.jsonl")
+    history = replay(recs, wandb_name(root, run_id), "wandb-history.jsonl")
     assert len(history) == 30
     first = json.loads(history[0])
     assert set(first) == {"train/loss", "acc", "_step", "_timestamp", "_runtime"}
     assert first["_step"] == 0 and first["_runtime"] == pytest.approx(1.0)
-    events = [json.loads(x) for x in replay(recs, run_id, "wandb-events.jsonl")]
+    events = [json.loads(x) for x in replay(recs, wandb_name(root, run_id), "wandb-events.jsonl")]
     assert events[0]["system.gpu.0.gpu"] == 55.0 and events[0]["system.proc.memory.rssMB"] == 2048.0
     assert events[0]["_wandb"] is True
-    out = replay(recs, run_id, "output.log")
+    out = replay(recs, wandb_name(root, run_id), "output.log")
     assert [x.split(" ", 1)[1] for x in out] == ["epoch 1", "epoch 2"]
     streams = file_streams(recs)
     final = streams[-1][1]
     assert final["complete"] is True and final["exitcode"] == 0 and "ckpt.txt" in final["uploaded"]
-    assert stored(openwandb).file(ENTITY, project, run_id, "ckpt.txt") == b"weights"
+    assert stored(openwandb).file(ENTITY, project, wandb_name(root, run_id), "ckpt.txt") == b"weights"
     # few requests: all 30 rows in one file_stream request
     assert sum(1 for _, b in streams if "wandb-history.jsonl" in b.get("files", {})) == 1
 
@@ -116,7 +120,7 @@ def test_killed_run_does_not_stay_running(openwandb, wb_settings, root, project)
         sync_once(_via(wb_settings, proxy))
         final = file_streams(proxy.records)[-1][1]
     assert final["complete"] is True and final["exitcode"] != 0, "W&B shows it as failed, not running"
-    assert stored(openwandb).run(run_id)["state"] != "running"
+    assert stored(openwandb).run(wandb_name(root, run_id))["state"] != "running"
 
 
 def test_lost_answer_resends_the_same_offsets_and_content(openwandb, wb_settings, root, project):
@@ -130,9 +134,9 @@ def test_lost_answer_resends_the_same_offsets_and_content(openwandb, wb_settings
     sent = [(r, b) for r, b in file_streams(recs) if "wandb-history.jsonl" in b["files"]]
     assert sent[0][0].status is None and sent[1][0].status == 200
     assert sent[0][0].body == sent[1][0].body, "the re-send is byte for byte the lost request"
-    assert len(replay(recs, run_id, "wandb-history.jsonl")) == 40
+    assert len(replay(recs, wandb_name(root, run_id), "wandb-history.jsonl")) == 40
     # OpenWandb ignores offsets: it shows the re-send as a duplicate (W&B places lines by offset).
-    assert len(stored(openwandb).metrics(run_id)) == 160
+    assert len(stored(openwandb).metrics(wandb_name(root, run_id))) == 160
 
 
 def test_429_retry_after_is_waited_and_the_body_resent_identically(openwandb, wb_settings, root, project):
@@ -167,7 +171,7 @@ def test_server_errors_then_the_next_pass_resumes_at_the_acknowledged_offset(ope
         hist = [b["files"]["wandb-history.jsonl"] for _, b in file_streams(proxy.records)
                 if "wandb-history.jsonl" in b["files"]]
     assert hist[0]["offset"] == 10 and len(hist[0]["content"]) == 10
-    assert len(stored(openwandb).metrics(run_id)) == 40
+    assert len(stored(openwandb).metrics(wandb_name(root, run_id))) == 40
 
 
 def test_resumed_fragments_are_one_run_with_steps_continuing(openwandb, wb_settings, root, project):
@@ -185,9 +189,9 @@ def test_resumed_fragments_are_one_run_with_steps_continuing(openwandb, wb_setti
                 if "wandb-history.jsonl" in b["files"]]
     assert hist[0]["offset"] == 5
     db = stored(openwandb)
-    assert db.runs_in(project) == [run_id]
-    assert sorted({s for k, s, _, _ in db.metrics(run_id)}) == list(range(9))
-    assert db.run(run_id)["state"] == "finished"
+    assert db.runs_in(project) == [wandb_name(root, run_id)]
+    assert sorted({s for k, s, _, _ in db.metrics(wandb_name(root, run_id))}) == list(range(9))
+    assert db.run(wandb_name(root, run_id))["state"] == "finished"
 
 
 def _png(w: int, h: int) -> bytes:
@@ -212,14 +216,14 @@ def test_media_in_wandb_layout(openwandb, wb_settings, root, project):
     with FaultProxy(openwandb.url, match="/nothing", record=True, forwarded_host=True) as proxy:
         rep, _ = sync_once(_via(wb_settings, proxy))
         assert rep.errors == {}
-        hist = [json.loads(x) for x in replay(proxy.records, run_id, "wandb-history.jsonl")]
+        hist = [json.loads(x) for x in replay(proxy.records, wandb_name(root, run_id), "wandb-history.jsonl")]
     img = [h["eval/sample"] for h in hist if "eval/sample" in h][0]
     assert img["_type"] == "image-file" and img["path"] == "media/images/eval/sample_2_0.png"
     assert (img["width"], img["height"], img["size"], img["format"]) == (4, 3, len(png), "png")
     tab = [h["preds"] for h in hist if "preds" in h][0]
     assert tab["_type"] == "table-file" and (tab["ncols"], tab["nrows"]) == (2, 3)
-    assert stored(openwandb).file(ENTITY, project, run_id, img["path"]) == png
-    assert stored(openwandb).file(ENTITY, project, run_id, tab["path"]) == table
+    assert stored(openwandb).file(ENTITY, project, wandb_name(root, run_id), img["path"]) == png
+    assert stored(openwandb).file(ENTITY, project, wandb_name(root, run_id), tab["path"]) == table
 
 
 def test_api_key_never_in_logs_state_or_errors(openwandb, wb_settings, root, project, caplog, tmp_path):

@@ -14,6 +14,7 @@ import _wandbsink
 import _wandbwriter as wb
 import pytest
 from _faultproxy import FaultProxy
+from _ids import wandb_name
 from _wandbsink import ENTITY, file_streams, graphql_ops, replay, stored, sync_once
 
 openwandb, wb_settings = _wandbsink.openwandb, _wandbsink.wb_settings  # the fixtures
@@ -99,11 +100,11 @@ def test_a_native_wandb_run_and_its_requeue_sync_as_logged_once(openwandb, wb_se
     assert rep.errors == {} and rep.runs_synced == 1, rep
     ops = graphql_ops(recs1)
     meta = [v for n, v in ops if n == "UpsertBucket" and "groupName" in v][-1]
-    assert (meta["name"], meta["project"], meta["entity"]) == (run_id, project, ENTITY)
+    assert (meta["name"], meta["project"], meta["entity"]) == (wandb_name(root, run_id), project, ENTITY)
     assert (meta["groupName"], meta["jobType"], meta["tags"]) == ("g1", "train", ["native", "wb"])
     assert (meta["displayName"], meta["notes"]) == ("native", "from W&B")
-    _check_history(replay(recs1, run_id, "wandb-history.jsonl"), rows1, 0)
-    events = [json.loads(x) for x in replay(recs1, run_id, "wandb-events.jsonl")]
+    _check_history(replay(recs1, wandb_name(root, run_id), "wandb-history.jsonl"), rows1, 0)
+    events = [json.loads(x) for x in replay(recs1, wandb_name(root, run_id), "wandb-events.jsonl")]
     assert events, "wandb sampled system metrics"
     sent_keys = {k for e in events for k in e if k.startswith("system.")}
     assert sent_keys == _system_keys(first), "system metrics keep wandb's own names (one table, both ways)"
@@ -112,7 +113,7 @@ def test_a_native_wandb_run_and_its_requeue_sync_as_logged_once(openwandb, wb_se
     assert "ckpt.txt" in final["uploaded"]
 
     db = stored(openwandb)
-    run = db.run(run_id)
+    run = db.run(wandb_name(root, run_id))
     assert run["state"] != "running"
     assert (run["display_name"], run["tags"], run["notes"]) == ("native", ["native", "wb"], "from W&B")
     config = {k: v for k, v in run["config"].items() if k != "_wandb"}
@@ -120,7 +121,7 @@ def test_a_native_wandb_run_and_its_requeue_sync_as_logged_once(openwandb, wb_se
                       "extra": {"value": 0, "desc": None}}
     metrics = run["config"]["_wandb"]["value"]["m"]
     assert {"1": "batch"} in metrics and any(m.get("2") == "val/*" and m.get("7") == [2] for m in metrics)
-    assert db.file(ENTITY, project, run_id, "ckpt.txt") == b"weights-1"
+    assert db.file(ENTITY, project, wandb_name(root, run_id), "ckpt.txt") == b"weights-1"
 
     # The requeued job resumes the same id offline: a second fragment, its steps starting at 0 again.
     time.sleep(1.1)  # fragment directories are named by the second they started
@@ -133,7 +134,7 @@ def test_a_native_wandb_run_and_its_requeue_sync_as_logged_once(openwandb, wb_se
     assert rep.errors == {}, rep.errors
     hist = [b["files"]["wandb-history.jsonl"] for _, b in file_streams(recs2) if "wandb-history.jsonl" in b["files"]]
     assert hist[0]["offset"] == 20, "the requeue's lines go after the first job's, never over them"
-    both = replay(recs1 + recs2, run_id, "wandb-history.jsonl")
+    both = replay(recs1 + recs2, wandb_name(root, run_id), "wandb-history.jsonl")
     _check_history(both[:20], rows1, 0)
     _check_history(both[20:], rows2, 20)
     assert file_streams(recs2)[-1][1]["exitcode"] == 0
@@ -141,11 +142,11 @@ def test_a_native_wandb_run_and_its_requeue_sync_as_logged_once(openwandb, wb_se
     expected = sorted((k, s + shift, float(v)) for rows, shift in ((rows1, 0), (rows2, 20)) for r in rows
                       for k, v in r.items() for s in [r["_step"]]
                       if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool))
-    got = sorted((k, s, v) for k, s, v, _ in db.metrics(run_id) if isinstance(v, float) and k in
+    got = sorted((k, s, v) for k, s, v, _ in db.metrics(wandb_name(root, run_id)) if isinstance(v, float) and k in
                  {"loss", "acc", "batch", "val/acc"})
     assert got == expected, "every logged number stored once, at its step"
-    run = db.run(run_id)
-    assert run["state"] == "finished" and db.runs_in(project) == [run_id]
+    run = db.run(wandb_name(root, run_id))
+    assert run["state"] == "finished" and db.runs_in(project) == [wandb_name(root, run_id)]
     assert run["config"]["extra"] == {"value": 20, "desc": None}, "the requeue's config update"
     logged = _summary(second)
     user = {k: v for k, v in logged.items() if not k.startswith("_")}

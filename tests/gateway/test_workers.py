@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 import pytest
+from _ids import key as run_key
 from _runwriter import RunWriter, read_stream
 from conftest import history, run_info, server_run, sink_for, sync_once
 
@@ -119,9 +120,10 @@ def test_a_slow_run_holds_no_other_and_every_point_lands_once(tmp_path, root, pr
     with Runner(_settings(tmp_path, root, workers=4), sink=sink) as runner:
         t, out = _pass_in_thread(runner)
         others_done = _wait_for(lambda: all(
-            f"{project}/{n}" in sink.by_sync_id and len(sink.stored(f"{project}/{n}").points) == 60
-            and sink.stored(f"{project}/{n}").state == "finished" for n in names[1:]))
-        slow_points = len(sink.stored(f"{project}/r0").points) if f"{project}/r0" in sink.by_sync_id else 0
+            run_key(root, project, n) in sink.by_sync_id and len(sink.stored(run_key(root, project, n)).points) == 60
+            and sink.stored(run_key(root, project, n)).state == "finished" for n in names[1:]))
+        k0 = run_key(root, project, "r0")
+        slow_points = len(sink.stored(k0).points) if k0 in sink.by_sync_id else 0
         gate.set()
         t.join(30)
     assert others_done, "the other runs waited for the slow one"
@@ -129,7 +131,7 @@ def test_a_slow_run_holds_no_other_and_every_point_lands_once(tmp_path, root, pr
     rep = out["rep"]
     assert rep.ok and rep.runs_synced == 8 and rep.points_sent == 8 * 60, rep
     for n in names:
-        assert sink.stored(f"{project}/{n}").points == _points_on_disk(root, project, n)
+        assert sink.stored(run_key(root, project, n)).points == _points_on_disk(root, project, n)
     assert sink.most_active > 1  # runs really were sent at the same time
 
 
@@ -145,13 +147,13 @@ def test_a_failing_run_does_not_make_the_others_wait_for_a_slow_one(tmp_path, ro
     s = replace(_settings(tmp_path, root, workers=2), roots=[root, bad, good])
     with Runner(s, sink=sink) as runner:
         t, out = _pass_in_thread(runner)
-        went_on = _wait_for(lambda: all(f"{project}/g{i}" in sink.by_sync_id
-                                        and sink.stored(f"{project}/g{i}").state == "finished" for i in range(4)))
+        gs = [run_key(good, project, f"g{i}") for i in range(4)]
+        went_on = _wait_for(lambda: all(k in sink.by_sync_id and sink.stored(k).state == "finished" for k in gs))
         gate.set()
         t.join(30)
     assert went_on, "the runs after a failure waited for the slow run"
     rep = out["rep"]
-    assert list(rep.errors) == [f"{project}/bad"] and not rep.aborted and rep.runs_synced == 5, rep
+    assert list(rep.errors) == [run_key(bad, project, "bad")] and not rep.aborted and rep.runs_synced == 5, rep
 
 
 def test_workers_1_sends_one_run_at_a_time(tmp_path, root, project):
@@ -173,11 +175,11 @@ def test_the_breaker_stops_dispatching_and_runs_in_flight_finish_their_batch(tmp
     with Runner(s, sink=sink) as runner:
         rep = runner.run_pass()
     assert rep.aborted and f"{BREAKER_RUNS} runs in a row" in rep.aborted, rep
-    assert f"{project}/a-long" not in rep.errors
-    tried = [k for k in rep.errors if k.split("/")[1].startswith("b")]
+    assert run_key(root, project, "a-long") not in rep.errors
+    tried = [k for k in rep.errors if k.split("/")[2].startswith("b")]
     assert BREAKER_RUNS <= len(tried) < len(bad), rep.errors  # no new run after the breaker tripped
-    stored = sink.stored(f"{project}/a-long").points
-    cur = store.load(f"{project}/a-long").cursors["history"]
+    stored = sink.stored(run_key(root, project, "a-long")).points
+    cur = store.load(run_key(root, project, "a-long")).cursors["history"]
     assert 0 < len(stored) < 800 and cur.records * 2 == len(stored)  # stopped after an acked batch
     # The next pass, with the server back, resumes from the cursors: everything exactly once.
     sink.failing = ()
@@ -185,7 +187,8 @@ def test_the_breaker_stops_dispatching_and_runs_in_flight_finish_their_batch(tmp
         rep = runner.run_pass()
     assert rep.ok, rep
     for n in ["a-long", *bad]:
-        assert sink.stored(f"{project}/{n}").points == _points_on_disk(bad_root if n in bad else root, project, n)
+        where = bad_root if n in bad else root
+        assert sink.stored(run_key(where, project, n)).points == _points_on_disk(where, project, n)
 
 
 def test_sigterm_stops_every_run_in_flight_after_its_batch(tmp_path, root, project):
@@ -201,14 +204,14 @@ def test_sigterm_stops_every_run_in_flight_after_its_batch(tmp_path, root, proje
     assert out["rep"].aborted == "stopped on request"
     store = StateStore(str(tmp_path / "state"))
     for n in names:  # whatever was sent is committed: the cursor covers exactly the stored points
-        key = f"{project}/{n}"
+        key = run_key(root, project, n)
         got = len(sink.stored(key).points) if key in sink.by_sync_id else 0
         cur = store.load(key).cursors.get("history")
         assert got == (cur.records * 2 if cur else 0), n
     with Runner(_settings(tmp_path, root, workers=4), sink=sink) as runner:
         assert runner.run_pass().ok
     for n in names:
-        assert sink.stored(f"{project}/{n}").points == _points_on_disk(root, project, n)
+        assert sink.stored(run_key(root, project, n)).points == _points_on_disk(root, project, n)
 
 
 class _Clock:
@@ -239,7 +242,7 @@ def test_the_lease_is_renewed_while_one_long_request_runs(tmp_path, root, projec
         t.join(30)
     assert lease.read() is None  # released at close
     assert first < clock.t and out["rep"].ok, out["rep"]
-    assert sink.stored(f"{project}/long").points == _points_on_disk(root, project, "long")
+    assert sink.stored(run_key(root, project, "long")).points == _points_on_disk(root, project, "long")
 
 
 def test_a_lost_lease_stops_that_roots_runs_at_their_next_batch(tmp_path, root, project):
@@ -258,8 +261,8 @@ def test_a_lost_lease_stops_that_roots_runs_at_their_next_batch(tmp_path, root, 
         t.join(30)
     rep = out["rep"]
     assert "lost the lease" in rep.roots_skipped.get(root, ""), rep
-    assert sum(len(sink.stored(f"{project}/{n}").points) for n in ("r0", "r1", "r2")
-               if f"{project}/{n}" in sink.by_sync_id) < 3 * 400
+    assert sum(len(sink.stored(run_key(root, project, n)).points) for n in ("r0", "r1", "r2")
+               if run_key(root, project, n) in sink.by_sync_id) < 3 * 400
     assert json.load(open(lease.path))["owner"] == "other-gateway"  # left to its owner
 
 

@@ -24,6 +24,7 @@ from support import need
 from sync_gateway.engine.runner import Runner, make_sink
 from sync_gateway.readers.hpc.discovery import discover_hpc
 from sync_gateway.settings import Settings
+from sync_gateway.sinks.mlflow._runs import MlflowRun
 from sync_gateway.sources import open_source
 from sync_gateway.sources.local import LocalSource
 from sync_gateway.sources.sftp.source import SftpSource
@@ -67,11 +68,20 @@ def _mirror(local_root: str, remote_root: str, local_project: str, remote_projec
 
 def _server_view(sink, project: str, run_id: str) -> Dict[str, Any]:
     """Everything the server holds for one run, with the project name replaced by ``P``."""
-    run = sink.find(sink.experiment_id(project), f"{project}/{run_id}")
-    assert run is not None, f"{project}/{run_id} is not on the server"
-    info = sink._call("GET", "/runs/get", params={"run_id": run.run_id})["run"]
+    # The run's sync id is <root id>/<project>/<run_id> (docs/gateway.md, "Exactly once"); the local and the
+    # ssh:// root have two ids, so the view leaves the root id out.
+    eid = sink.experiment_id(project)
+    found = sink._call("POST", "/runs/search", {"experiment_ids": [eid], "max_results": 1000,
+                                                "filter": f"tags.`hpc.run_id` LIKE '%/{project}/{run_id}'"})
+    ids = [r["info"]["run_id"] for r in found.get("runs") or []
+           if [t["value"] for t in r["data"]["tags"] if t["key"] == "hpc.run_id"][0].count("/") == 2
+           and ":" not in [t["value"] for t in r["data"]["tags"] if t["key"] == "hpc.run_id"][0]]
+    assert len(ids) == 1, f"{project}/{run_id}: {len(ids)} runs on the server, not 1"
+    info = sink._call("GET", "/runs/get", params={"run_id": ids[0]})["run"]
+    run = MlflowRun(ids[0], eid, info["info"].get("artifact_uri", ""))
     tags = {t["key"]: t["value"].replace(project, "P") for t in info["data"].get("tags", [])
             if t["key"] not in ("mlflow.parentRunId",)}
+    tags["hpc.run_id"] = "R/" + tags["hpc.run_id"].split("/", 1)[1]
     parent = next((t["value"] for t in info["data"].get("tags", []) if t["key"] == "mlflow.parentRunId"), None)
     metrics = {}
     for m in info["data"].get("metrics", []):

@@ -57,6 +57,7 @@ class MlflowRun(SinkRun):
     logged_images: bool = False    # the tag mlflow.loggedImages is set
     tables: List[str] = field(default_factory=list)  # the paths listed in the tag mlflow.loggedArtifacts
     tables_left_out: int = 0       # tables beyond what that tag holds (MLflow's 8000 characters)
+    tag: str = ""                  # the sync id its hpc.run_id tag carries ("": saved before root ids)
 
     def to_state(self) -> Dict[str, Any]:
         return asdict(self)
@@ -221,14 +222,39 @@ class Runs:
         reason = (f"another gateway created the same run at the same moment (MLflow run {win.run_id}) and won "
                   f"the race: syncing into {win.run_id} now; this gateway's {run.run_id} is marked "
                   f"{DUPLICATE_TAG}={win.run_id}")
-        run.__dict__.update(MlflowRun(win.run_id, run.experiment_id, win.artifact_uri, adopted_ms=now_ms()).__dict__)
+        run.__dict__.update(MlflowRun(win.run_id, run.experiment_id, win.artifact_uri, adopted_ms=now_ms(),
+                                      tag=sync_id).__dict__)
         run.replaced = reason
 
     # -- creating one -------------------------------------------------------------------------------
+    def adopt_legacy(self, eid: str, sync_id: str, legacy: str, start_ms: Optional[int]) -> Optional[MlflowRun]:
+        """The run an older gateway tagged ``legacy`` (``<project>/<run_id>``, before root ids), moved to
+        ``sync_id``; only one that started when this run did (``start_ms``): another root's run of the same
+        project/run id, synced by a gateway that has not moved it yet, is never taken."""
+        found = [r for r in self.tagged(eid, legacy) if start_ms is None or int(r.get("start_time") or -1) == start_ms]
+        run = self.converge(eid, legacy, found)
+        if run is None:
+            if any(not r["tags"].get(DUPLICATE_TAG) for r in found):
+                raise RunDeleted(f"the MLflow run of {sync_id} (tagged {legacy} by an older gateway) was deleted on "
+                                 f"the server: it is not synced (restore it from the MLflow trash to sync it again)")
+            return None
+        self.retag(run, sync_id)
+        run.adopted_legacy = True
+        log.info("%s: adopted MLflow run %s, tagged %s by an older gateway", sync_id, run.run_id, legacy)
+        return run
+
+    def retag(self, run: MlflowRun, sync_id: str) -> None:
+        """Point the run's sync tag at ``sync_id`` (a run an older gateway tagged with its legacy id)."""
+        self.rest.set_tags(run.run_id, {SYNC_TAG: sync_id})
+        run.tag = sync_id
+
     def find_or_create(self, project: str, sync_id: str, name: str, start_ms: Optional[int],
-                       tags: Mapping[str, str], user_id: Optional[str] = None) -> MlflowRun:
+                       tags: Mapping[str, str], user_id: Optional[str] = None,
+                       legacy: Optional[str] = None) -> MlflowRun:
         eid = self.experiment_id(project)
         run = self.lookup(eid, sync_id)
+        if run is None and legacy:
+            run = self.adopt_legacy(eid, sync_id, legacy, start_ms)
         if run is None:
             body: Dict[str, Any] = {"experiment_id": eid, "run_name": name,
                                     "tags": [{"key": k, "value": v} for k, v in {**tags, SYNC_TAG: sync_id}.items()]}
@@ -238,7 +264,7 @@ class Runs:
                 body["user_id"] = user_id
             run = self._create(eid, sync_id, body)
             run.created_tags = tags_digest(tags)
-        run.adopted_ms = now_ms()
+        run.adopted_ms, run.tag = now_ms(), sync_id
         return run
 
     def _create(self, eid: str, sync_id: str, body: Dict[str, Any]) -> MlflowRun:

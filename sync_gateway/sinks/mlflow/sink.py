@@ -101,6 +101,8 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> MlflowRun:
         if saved and saved.get("run_id"):
             run = self.restore(saved)
+            if run.tag != spec.sync_id:  # saved before root ids: its tag still carries the legacy id
+                self.runs.retag(run, spec.sync_id)
             if not run.settled:
                 self.runs.check_duplicates(spec.sync_id, run)
             return run
@@ -108,9 +110,10 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
         start = info.created_ms if int64(info.created_ms, 1) else None  # else (0, garbage) the server's clock
         tags = run_tags(info)
         if info.parent is not None:  # MLflow's nesting: the parent's server run, opened first if need be
-            tags[PARENT_TAG] = self.open_run(RunSpec(*info.parent), None).run_id
+            tags[PARENT_TAG] = self.open_run(RunSpec(*info.parent, root_id=spec.root_id), None).run_id
         with self._opening(spec.sync_id):
-            return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, tags, info.user)
+            return self.runs.find_or_create(info.project, spec.sync_id, info.name, start, tags, info.user,
+                                            spec.legacy_id)
 
     @contextlib.contextmanager
     def _opening(self, sync_id: str) -> Iterator[None]:

@@ -194,12 +194,35 @@ class WandbSink(Sink[WandbRun, StreamPayload]):
             k += 1
             name = f"{run_id}-r{k}"
 
+    def _legacy_name(self, entity: str, info: RunInfo) -> Optional[str]:
+        """The W&B run an older gateway made for this run (named by the run id alone, before root ids): the
+        first one not retired, if it shows this run's name; None if there is none."""
+        name, k = info.run_id, 1
+        while True:
+            bucket = self.api.resume_status(entity, info.project, name)
+            if not bucket:
+                return None
+            if RETIRED_TAG not in (bucket.get("tags") or []):
+                return name if (bucket.get("displayName") or None) == (info.name or None) else None
+            k += 1
+            name = f"{info.run_id}-r{k}"
+
     def open_run(self, spec: RunSpec, saved: Optional[Mapping[str, Any]]) -> WandbRun:
         if saved and saved.get("name"):
             return self.restore(saved)
         info = spec.info
         entity = self.entity()
-        name = self._free_name(entity, info.project, info.run_id)
+        # The W&B run id is unique per project: the root's id in it keeps two roots' same run id apart.
+        own = f"{info.run_id}-{spec.root_id}" if spec.root_id else info.run_id
+        bucket = self.api.resume_status(entity, info.project, own)
+        legacy = self._legacy_name(entity, info) if bucket is None and spec.legacy_id else None
+        if legacy is not None:  # adopted (W&B names cannot change: it keeps its name), so nothing is duplicated
+            self.api.upsert_bucket(name=legacy, project=info.project, entity=entity, displayName=info.name or None)
+            run = WandbRun(entity, info.project, legacy, created_ms=info.created_ms, display_name=info.name)
+            run.adopted_legacy = True
+            return run
+        retired = bucket is not None and RETIRED_TAG in (bucket.get("tags") or [])
+        name = self._free_name(entity, info.project, own) if retired else own
         # An upsert: after a lost answer the re-sent request finds the run it created, never a second one.
         self.api.upsert_bucket(name=name, project=info.project, entity=entity, displayName=info.name or None)
         return WandbRun(entity, info.project, name, created_ms=info.created_ms, display_name=info.name)
