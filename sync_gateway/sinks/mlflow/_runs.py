@@ -154,6 +154,17 @@ class Runs:
             listing[sync_id] = None  # looked up once: a later lookup (after a create, a retire) searches
             return found
 
+    def _listed_too(self, experiment_id: str, sync_id: str) -> Optional[List[Dict[str, Any]]]:
+        """The runs carrying ``sync_id`` from this pass's listing, if the experiment has one already (the
+        legacy lookup right after :meth:`lookup` costs no request of its own then); None: search for it."""
+        with self._listing_lock:
+            listing = self._listing.get(experiment_id)
+            if listing is None or listing.get(sync_id, []) is None:
+                return None
+            found = listing.get(sync_id) or []
+            listing[sync_id] = None
+            return found
+
     def _list(self, experiment_id: str) -> Optional[Dict[str, Optional[List[Dict[str, Any]]]]]:
         out: Dict[str, Optional[List[Dict[str, Any]]]] = {}
         token = None
@@ -231,7 +242,9 @@ class Runs:
         """The run an older gateway tagged ``legacy`` (``<project>/<run_id>``, before root ids), moved to
         ``sync_id``; only one that started when this run did (``start_ms``): another root's run of the same
         project/run id, synced by a gateway that has not moved it yet, is never taken."""
-        found = [r for r in self.tagged(eid, legacy) if start_ms is None or int(r.get("start_time") or -1) == start_ms]
+        listed = self._listed_too(eid, legacy)
+        found = [r for r in (self.tagged(eid, legacy) if listed is None else listed)
+                 if start_ms is None or int(r.get("start_time") or -1) == start_ms]
         run = self.converge(eid, legacy, found)
         if run is None:
             if any(not r["tags"].get(DUPLICATE_TAG) for r in found):
