@@ -80,8 +80,7 @@ class RunSync:
         st.last_error = None
         st.reader = reader.format
         info = reader.info()
-        if info.parent is not None:  # a reader names the parent within its root: its key is the root's too
-            info = replace(info, parent=(f"{self.ctx.root_id}/{info.parent[0]}", info.parent[1]))
+        info = _rooted(info, self.ctx.root_id)
         spec = RunSpec(sync_id=self.key, info=info, root_id=self.ctx.root_id, legacy_id=self.ctx.legacy)
         self._open(spec)
         spec.legacy_id = None  # a run retired below gets a new server run, never the old one again
@@ -244,3 +243,12 @@ class RunSync:
             self.env.sink.set_state(self.handle, status)
         st.state, st.status = status.state, status_record(status)
         return status
+
+
+def _rooted(info: RunInfo, root_id: str) -> RunInfo:
+    """``info`` with its chain of parents keyed within ``root_id``: a reader names a parent within its root,
+    and a grandchild's sync opens its parent's parent too (each key must be the one that run syncs under)."""
+    if info.parent is None:
+        return info
+    key, parent = info.parent
+    return replace(info, parent=(f"{root_id}/{key}", _rooted(parent, root_id)))
