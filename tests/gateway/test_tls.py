@@ -6,6 +6,7 @@ import os
 from dataclasses import replace
 
 import pytest
+from _ids import key
 from _runwriter import RunWriter
 from conftest import make_runner
 from support import need
@@ -78,7 +79,7 @@ SYSTEM_ENV = {"REQUESTS_CA_BUNDLE": os.environ.get("REQUESTS_CA_BUNDLE", "/etc/s
 def test_default_trust_fails_with_a_clear_message(tls_settings, root, environ):
     _one_run(root, "default")
     rep = _sync(tls_settings, environ)
-    msg = rep.errors["tls/default"]
+    msg = rep.errors[key(root, "tls", "default")]
     assert "CERTIFICATE_VERIFY_FAILED" in msg and "set tls.ca_bundle" in msg, msg
     assert ("REQUESTS_CA_BUNDLE" if environ else "certifi") in msg
 
@@ -98,7 +99,7 @@ def test_requests_ca_bundle_env_works(tls_settings, root, pki):
 def test_wrong_ca_fails(tls_settings, root, pki):
     _one_run(root, "wrongca")
     rep = _sync(replace(tls_settings, tls=TlsSettings(ca_bundle=pki["other_ca"])), {})
-    assert "CERTIFICATE_VERIFY_FAILED" in rep.errors["tls/wrongca"]
+    assert "CERTIFICATE_VERIFY_FAILED" in rep.errors[key(root, "tls", "wrongca")]
 
 
 def test_insecure_works_with_a_loud_warning_every_pass(tls_settings, root, caplog):

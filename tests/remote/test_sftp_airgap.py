@@ -63,4 +63,5 @@ def test_an_export_of_an_sftp_root_mirrors_the_remote_files(sshd, tmp_path, no_a
     assert sum(b["data_bytes"] for b in second.bundles) < 20_000   # the new rows, no more
     assert import_bundles(im, _bundles(str(out)), sink=sink).ok
     assert _tree(mirror) == _tree(str(remote))
-    assert len([p for p in sink.stored("p/big").points if p[1] == "loss"]) == 3100
+    (big,) = [k for k in sink.by_sync_id if k.endswith("/p/big")]  # <the cluster's root id>/p/big
+    assert len([p for p in sink.stored(big).points if p[1] == "loss"]) == 3100
