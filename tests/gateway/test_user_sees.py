@@ -84,8 +84,10 @@ def test_many_new_runs_are_looked_up_with_one_listing_and_a_lost_state_adopts_th
     with make_runner(settings, sink=sink) as runner:
         assert runner.run_pass().ok
     # LIST_AFTER runs looked up with two searches each (their tag, then the tag an older gateway would have
-    # given them), then one listing answers both for the rest; one race check per create.
-    assert counts["create"] == n and counts["search"] == 2 * LIST_AFTER + 1 + n, counts
+    # given them), then one listing answers both for the rest; one race check per create. A run in flight in
+    # another worker when the listing arrives has its second lookup answered by it: up to `workers` fewer.
+    most = 2 * LIST_AFTER + 1 + n
+    assert counts["create"] == n and most - settings.workers <= counts["search"] <= most, counts
     assert counts["log-batch"] == 2 * n and counts["update"] == n, counts
     # The state is lost: every run is found again (through the listing too), none created twice.
     shutil.rmtree(settings.state_dir)
