@@ -17,6 +17,7 @@ def media_lines(run_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # imports Lightning (about 9 s here)
 @pytest.mark.parametrize("method", ["log_image", "log_table", "log_text"])
 def test_the_media_methods_take_wandb_loggers_arguments(method):
     need_packages("lightning")

@@ -225,6 +225,7 @@ def _listing(client, run_id, path=None):
     return out
 
 
+@pytest.mark.slow  # renders a matplotlib figure and compares with MLflow's file store (about 4 s)
 def test_media_arrive_as_mlflow_stores_them(door, tmp_path, monkeypatch):
     """The same calls against MLflow's own file store and against hpc://: the same artifact paths (image
     file names carry a step, a timestamp and a random id: compared by shape), the same bytes where MLflow's

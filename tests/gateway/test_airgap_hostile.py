@@ -155,6 +155,7 @@ def _small_inbox(d: str, n: int) -> List[str]:
     return paths
 
 
+@pytest.mark.slow  # builds and imports hundreds of bundles (about 3.5 s)
 def test_a_large_inbox_imports_under_a_low_descriptor_limit(tmp_path, im, monkeypatch):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

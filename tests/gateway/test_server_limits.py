@@ -98,6 +98,7 @@ def test_allowed_hosts_refusal_is_named_in_the_pass_and_in_doctor(guarded_server
     assert "[FAIL] host:" in out and "--allowed-hosts" in out and "[FAIL] auth" not in out, out
 
 
+@pytest.mark.slow  # starts the MLflow start script in a subprocess (about 8 s)
 def test_the_start_script_names_a_missing_postgresql_driver(tmp_path):
     """The server's Python without psycopg (shadowed by a package that cannot be imported): the server
     exits at start; the script's error is one line naming the driver, not a traceback."""
