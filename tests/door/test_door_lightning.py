@@ -2,41 +2,25 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from door_support import import_mlflow, run_dirs
 
 mlflow = import_mlflow()
+# the tiny model the compat tests train too
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat", "scripts")
 pytestmark = pytest.mark.slow
 
 
 def test_lightning_mlflowlogger_trains_into_hpc(door, tmp_path):
     L = pytest.importorskip("lightning") if os.environ.get("CI", "").lower() != "true" else __import__("lightning")
-    import torch
     from lightning.pytorch.loggers import MLFlowLogger
 
-    class Tiny(L.LightningModule):
-        def __init__(self, lr=0.05, hidden=8):
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    sys.path.insert(0, SCRIPTS)
+    from tiny_lightning import Tiny, tiny_loader
 
-        def training_step(self, batch, _):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch, _):
-            x, y = batch
-            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 4, generator=g)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    loader = tiny_loader()
     logger = MLFlowLogger(experiment_name="lit/tiny", run_name="tiny", tracking_uri=door.uri, log_model=True)
     trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=1, accelerator="cpu", devices=1,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))

@@ -97,29 +97,9 @@ SCRIPT = textwrap.dedent('''
         torch.manual_seed(0)
         torch.set_num_threads(1)
 
-        class Tiny(L.LightningModule):
-            def __init__(self, lr=0.05, hidden=8):
-                super().__init__()
-                self.save_hyperparameters()
-                self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        from tiny_lightning import Tiny, tiny_loader  # tests/compat/scripts, on PYTHONPATH
 
-            def training_step(self, batch, _):
-                x, y = batch
-                loss = torch.nn.functional.mse_loss(self.net(x), y)
-                self.log("train_loss", loss)
-                return loss
-
-            def validation_step(self, batch, _):
-                x, y = batch
-                self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(32, 4, generator=g)
-        data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
-        loader = torch.utils.data.DataLoader(data, batch_size=8)
+        loader = tiny_loader()
         logger = MLFlowLogger(experiment_name="lit/tiny", run_name="tiny",
                               tracking_uri=os.environ["MLFLOW_TRACKING_URI"], log_model=True)
         ckpt = ModelCheckpoint(dirpath=os.path.join(work, "ckpt"))
@@ -162,7 +142,9 @@ def _run_script(tracking_uri: str, base: str) -> None:
     with open(script, "w", encoding="utf-8") as f:
         f.write(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCSYNC_", "MLFLOW_", "SLURM_"))}
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, PYTHONPATH=REPO, AB_LIGHTNING="1" if HAVE_LIGHTNING else "0",
+    env.update(MLFLOW_TRACKING_URI=tracking_uri,
+               PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests", "compat", "scripts")]),
+               AB_LIGHTNING="1" if HAVE_LIGHTNING else "0",
                MLFLOW_DISABLE_TELEMETRY="true", HPCSYNC_STATS="off")
     done = subprocess.run([sys.executable, script, work], env=env, cwd=base, capture_output=True,
                           text=True, timeout=600)
