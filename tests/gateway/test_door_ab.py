@@ -342,8 +342,10 @@ def test_a_child_synced_before_its_parent_nests_under_the_parent_run(servers, tm
     then finds that run by its key: one server run each, the child nested under the parent."""
     from mlflow import MlflowClient
 
+    from sync_gateway.engine.run_sync import _rooted
     from sync_gateway.engine.runner import Runner, make_sink
     from sync_gateway.readers import discover_runs, reader_for
+    from sync_gateway.records import root_id, run_key
     from sync_gateway.settings import Settings
     from sync_gateway.sinks.base import RunSpec
     from sync_gateway.sources.local import LocalSource
@@ -366,7 +368,9 @@ def test_a_child_synced_before_its_parent_nests_under_the_parent_run(servers, tm
     (child,) = [ref for ref in discover_runs(source) if ref.run_id == inner["run_id"]]
     info = reader_for(source, child).info()
     assert info.project == "nest first/β" and info.parent is not None and info.parent[0].endswith(outer["run_id"])
-    sink.open_run(RunSpec(child.key, info), None)  # the child first: its parent's server run is opened too
+    # the child first, keyed within its root as the engine keys it: its parent's server run is opened too
+    rid = root_id(source.display)
+    sink.open_run(RunSpec(run_key(rid, child), _rooted(info, rid), root_id=rid), None)
     with Runner(settings, sink=make_sink(settings, environ={})) as runner:
         assert runner.run_pass().ok
 
