@@ -306,7 +306,8 @@ def _small_template(tmp: str) -> str:
         "print('hello')",
         "r.summary['best'] = 0.9",
         "r.finish()"]).replace("ROOT", repr(root))
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+    # Run outside any git tree: the SDK would capture the tree's diff as one more file of the run.
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=tmp,
                    env=dict(os.environ, PYTHONPATH=REPO))
     [run_id] = os.listdir(os.path.join(root, "t"))
     return os.path.join(root, "t", run_id)

@@ -209,7 +209,8 @@ class RunSync:
 
     def _files(self, snap: Snapshot) -> None:
         st, limit = self.st, self.env.settings.max_file_bytes
-        for entry in self.reader.files(snap):
+        entries, mark = self.reader.files_since(snap, st.files_mark)
+        for entry in entries:
             fsig = [entry.stat.size_bytes, entry.stat.mtime_ns]
             if st.artifacts.get(entry.source_path) == fsig:
                 continue
@@ -226,6 +227,9 @@ class RunSync:
                     log.warning("%s: %s", self.key, e)
                     st.note(redact(e)[:500])
             st.artifacts[entry.source_path] = fsig
+            self.save()
+        if mark != st.files_mark:  # every file it covers is stored (an error above leaves the old mark)
+            st.files_mark = mark
             self.save()
 
     # -- the run state ------------------------------------------------------------------------------

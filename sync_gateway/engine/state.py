@@ -55,6 +55,7 @@ class RunState:
     cursors: Dict[str, Cursor] = field(default_factory=dict)
     documents: Dict[str, Optional[List[int]]] = field(default_factory=dict)  # metadata/config/summary versions
     artifacts: Dict[str, List[int]] = field(default_factory=dict)           # file -> [size, mtime_ns] sent
+    files_mark: Any = None  # the reader's mark of the files all stored (Reader.files_since), e.g. an index offset
     state: Optional[str] = None            # the run state last delivered (docs/run-format.md section 7)
     # The RunStatus last delivered, {state, end_ms, alive_ms} (None: delivered by a gateway before it kept
     # one): a run that ends, resumes and ends again between two passes has the same state, a new end.
@@ -86,6 +87,7 @@ class RunState:
         """Everything is sent again (cursors, documents, files, state); ``forget_server_run``: the sink's
         own identifiers too (the next open finds or creates the server run)."""
         self.cursors, self.documents, self.artifacts, self.state, self.status = {}, {}, {}, None, None
+        self.files_mark = None
         if forget_server_run:
             self.sink = {}
 

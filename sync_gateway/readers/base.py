@@ -72,6 +72,15 @@ class Reader(abc.ABC):
     def files(self, snap: Snapshot) -> List[FileEntry]:
         """Files to store as artifacts."""
 
+    def files_since(self, snap: Snapshot, mark: Any) -> Tuple[List[FileEntry], Any]:
+        """The files to store, leaving out those a ``mark`` this method returned before says are stored,
+        and the mark to give next time. The engine keeps the mark in the run's state only once every file
+        returned with it is stored, and forgets it when the run is sent anew; a mark that no longer fits
+        the files (a rewritten index) must be ignored. Default: every file and no mark (the engine skips
+        unchanged files by their size and time); a format that must parse an index to list its files
+        (hpc's media.jsonl) gives a mark so that each pass reads only what the index gained."""
+        return self.files(snap), None
+
     @abc.abstractmethod
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
         """The run's state by docs/run-format.md section 7."""

@@ -173,8 +173,11 @@ class Sink(abc.ABC, Generic[RunT, PayloadT]):
 
     @abc.abstractmethod
     def send(self, run: RunT, payload: PayloadT) -> int:
-        """Send one payload from :meth:`batches`; return how many points it carried. Sending the same
-        payload again MUST NOT store a second copy."""
+        """Send one payload from :meth:`batches`; return how many points it carried (acknowledged: the
+        engine moves the cursor past them). Sending the same payload again MUST NOT store a second copy.
+        A sink may keep a payload in its run handle instead, to send it with a later request, at the latest
+        in :meth:`end_run`: the engine saves the handle's state with the cursor after each acknowledgement,
+        so what is held survives a stop (the MLflow sink holds a stream's tail for the run's final batch)."""
 
     @abc.abstractmethod
     def set_summary(self, run: RunT, summary: Summary) -> None:
@@ -192,9 +195,9 @@ class Sink(abc.ABC, Generic[RunT, PayloadT]):
 
     def end_run(self, run: RunT) -> None:
         """Called once the run's sync in this pass is done (after its state, whether or not that was sent).
-        A sink may hold metadata, config, summary values and tags it was given (not points: ``send``
-        acknowledges them) to send them with a later request, keeping them in its run state (saved with the
-        cursors); it sends what it still holds now. Default: nothing."""
+        A sink may hold metadata, config, summary values, tags and payloads it was given to send them with a
+        later request, keeping them in its run state (saved with the cursors); it sends what it still holds
+        now. Default: nothing."""
 
     @abc.abstractmethod
     def sync_group(self, group: GroupView, saved: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -9,16 +9,15 @@ import hashlib
 import json
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from typing import Any, Dict, List
 
 import pytest
 import yaml
+from _kills import KillTimer
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, assert_synced_once, disk_points, server_run, sink_for
 from support import soak_count
@@ -152,6 +151,7 @@ def test_kill_minus_nine_loop_on_import_exactly_once(mlflow_server, cluster, tmp
     chunk = ROWS // (KILLS + 1)
     env = dict(os.environ, PYTHONPATH=REPO)
     kills = attempts = written = 0
+    timer = KillTimer(rng)
     while kills < KILLS and attempts < KILLS * 6:
         attempts += 1
         if written < ROWS:   # the run grows and is exported again while imports are being killed
@@ -162,11 +162,7 @@ def test_kill_minus_nine_loop_on_import_exactly_once(mlflow_server, cluster, tmp
             assert cli("-q", "export", "--config", cfg, "--to", out).returncode == 0
         proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "import", "--config", str(icfg),
                                  *bundles_in(out)], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 2.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += timer.wait_or_kill([proc])
     assert kills >= KILLS, f"only {kills} kills landed during an import in {attempts} attempts {note}"
     if written < ROWS:
         w.log_many({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0} for i in range(ROWS - written))

@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 from _ids import key as run_key
+from _kills import KillTimer
 from _runwriter import RunWriter, read_stream
 from conftest import REPO, assert_synced_once, disk_points, history, make_runner, server_run, sink_for
 from support import soak_count
@@ -29,6 +30,7 @@ ROWS = soak_count(20_000, 200_000)  # two metrics per row
 @pytest.mark.faults
 def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
     rng = random.Random(SEED)
+    timer = KillTimer(rng)
     seed_note = f"(HPCSYNC_SEED={SEED} replays the kill times)"
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(yaml.safe_dump({"roots": [root], "server": {"kind": "mlflow", "url": settings.server_url},
@@ -51,11 +53,7 @@ def test_kill_minus_nine_loop_exactly_once(settings, root, project, tmp_path):
             shutil.rmtree(settings.state_path, ignore_errors=True)  # state lost: re-find the run by tag
         proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once",
                                  "--config", str(cfg)], env=env, cwd=REPO)
-        time.sleep(rng.uniform(0.4, 2.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += timer.wait_or_kill([proc])
     assert kills >= KILLS, f"only {kills} kills landed during a sync in {attempts} attempts {seed_note}"
     if written < ROWS:
         w.log_many({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0}
@@ -84,6 +82,8 @@ def test_kill_loop_with_mixed_faults_exactly_once_for_points_and_runs(settings, 
     from _faultproxy import FaultProxy
 
     rng = random.Random(SEED)
+
+    timer = KillTimer(rng)
     seed_note = f"(HPCSYNC_SEED={SEED} replays the kill times and faults)"
     growing = [RunWriter(root, project, f"grow{i}") for i in range(3)]
     hostile = RunWriter(root, project, "hostile")
@@ -116,11 +116,8 @@ def test_kill_loop_with_mixed_faults_exactly_once_for_points_and_runs(settings, 
             procs = [subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once", "--config",
                                        str(cfg)], env=env, cwd=REPO, stderr=subprocess.PIPE)
                      for cfg in (cfgs if attempts % 2 else cfgs[:1])]  # every other attempt: two gateways race
-            time.sleep(rng.uniform(0.4, 2.5))
+            kills += timer.wait_or_kill(procs)
             for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGKILL)
-                    kills += 1
                 _, err = p.communicate()
                 if p.returncode not in (0, 1, -signal.SIGKILL) or b"Traceback" in err:
                     crashes += 1

@@ -146,7 +146,8 @@ def test_the_loser_of_a_create_race_is_told_it_lost_not_that_its_run_was_deleted
     rows = [Row(i, T0 + i, {"x": float(i)}, Position(i + 1, i + 1)) for i in range(5)]
     (_, payload), = list(a.batches(stale, "history", rows))
     with pytest.raises(RunDeleted) as e:
-        a.send(stale, payload)
+        a.send(stale, payload)  # a small batch waits for the run's final log-batch: sent when its sync ends
+        a.end_run(stale)
     msg = str(e.value)
     assert "won the race" in msg and winner in msg and loser in msg, msg
     assert "deleted" not in msg and "trash" not in msg, msg

@@ -130,6 +130,7 @@ def send_all(sink: Sink, run: SinkRun, stream: str, rs: List[Row], metrics=()) -
         sent += sink.send(run, payload)
     assert covered == sorted(covered), "coverage counts must never go down"
     assert not covered or covered[-1] == len(rs), "the last payload covers every row"
+    sink.end_run(run)  # as the engine does when the run's sync ends: what a sink held is sent now
     return sent
 
 

@@ -51,14 +51,14 @@ def _files(w):
                                                          "hardware.json")])
 
 
-def test_a_small_run_costs_one_create_two_log_batches_one_update_and_a_put_per_file(settings, root, project):
+def test_a_small_run_costs_one_create_one_log_batch_one_update_and_a_put_per_file(settings, root, project):
     w = _small(root, project, "one")
     sink, counts = _counting(settings)
     with make_runner(settings, sink=sink) as runner:
         assert runner.run_pass().ok
-    # The create carries the metadata tags; the first log-batch the params and the points; the second the
+    # The create carries the metadata tags; the one log-batch the params, the points, the summary and the
     # state's tag just before the update; the search after the create is the race check (docs/gateway.md).
-    assert counts["create"] == 1 and counts["update"] == 1 and counts["log-batch"] == 2, counts
+    assert counts["create"] == 1 and counts["update"] == 1 and counts["log-batch"] == 1, counts
     assert counts["files"] == _files(w), counts
     # The run looked up by its tag, then by the tag an older gateway (before root ids) would have given it
     # (a state lost since: adopted, never duplicated; docs/gateway.md "Exactly once"), then the race check.
@@ -88,7 +88,7 @@ def test_many_new_runs_are_looked_up_with_one_listing_and_a_lost_state_adopts_th
     # another worker when the listing arrives has its second lookup answered by it: up to `workers` fewer.
     most = 2 * LIST_AFTER + 1 + n
     assert counts["create"] == n and most - settings.workers <= counts["search"] <= most, counts
-    assert counts["log-batch"] == 2 * n and counts["update"] == n, counts
+    assert counts["log-batch"] == n and counts["update"] == n, counts
     # The state is lost: every run is found again (through the listing too), none created twice.
     shutil.rmtree(settings.state_dir)
     counts.clear()
@@ -121,6 +121,81 @@ def test_what_the_sdk_dropped_is_a_run_tag_and_status_shows_it(settings, root, p
     flood = " ".join(x for x in lines if "flood" in x or "dropped" in x)
     assert "the SDK dropped 120 rows, 4,096 bytes of output" in " ".join(flood.split()), lines
     assert not any("calm" in x and "dropped" in x for x in lines)
+
+
+def test_full_batches_go_at_once_and_the_tail_rides_with_the_state(settings, root, project):
+    w = RunWriter(root, project, "long")
+    w.config({"lr": 0.1})
+    w.log_many({"loss": float(i)} for i in range(2300))  # 2 full log-batches of 1000 points, then 300
+    w.exit(0)
+    sink, counts = _counting(settings)
+    with make_runner(settings, sink=sink) as runner:
+        assert runner.run_pass().points_sent == 2300
+    assert counts["log-batch"] == 3 and counts["update"] == 1, counts
+    srv = server_run(sink, project, "long")
+    assert [p["value"] for p in sorted(sink.get_history(srv, "loss"), key=lambda p: p["step"])] == \
+        [float(i) for i in range(2300)]
+
+
+def test_points_held_for_the_last_batch_survive_a_gateway_stopped_before_sending_them(settings, root, project):
+    from sync_gateway.engine.state import StateStore
+    from sync_gateway.errors import ServerUnreachable
+
+    w = _small(root, project, "held")
+    sink, counts = _counting(settings)
+    real = sink.http.request
+
+    def down_after_the_points(method, path, **kw):  # the server goes away before the run's final log-batch
+        if "/runs/log-batch" in path:
+            raise ServerUnreachable("the server went away (test)")
+        return real(method, path, **kw)
+
+    sink.http.request = down_after_the_points
+    with make_runner(settings, sink=sink) as runner:
+        assert not runner.run_pass().ok
+    st = StateStore(settings.state_dir).load(key(root, project, "held"))
+    assert st.cursors["history"].records == 5  # acknowledged: the cursor moved ...
+    assert len([m for m in st.sink["held"]["metrics"] if m["key"] in ("loss", "acc")]) == 10  # ... and they wait
+    sink2, _ = _counting(settings)
+    with make_runner(settings, sink=sink2) as runner:  # a new gateway, the server back
+        assert runner.run_pass().ok
+    srv = server_run(sink2, project, "held")
+    assert len(sink2.get_history(srv, "loss")) == 5 and len(sink2.get_history(srv, "acc")) == 5
+    assert StateStore(settings.state_dir).load(key(root, project, "held")).sink["held"] == {}
+    assert counts["files"] == _files(w)  # the first gateway's files went before the server went away
+
+
+def test_held_points_the_server_refuses_are_counted_and_a_batch_refused_whole_stays_held():
+    from sync_gateway.errors import ServerRefused
+    from sync_gateway.sinks.mlflow import _held
+    from sync_gateway.sinks.mlflow._runs import MlflowRun
+    from sync_gateway.sinks.mlflow.sink import MlflowSink
+
+    class Rest:
+        batch_points = 1000
+
+        def __init__(self, refused):
+            self.refused = refused
+
+        def log_batch_parts(self, run_id, lists):
+            return [(self.refused, ServerRefused("HTTP 400: INVALID_PARAMETER_VALUE (test)", 400))]
+
+    def held_run():
+        run = MlflowRun("r", "e")
+        _held.hold(run, metrics=[{"key": "x", "value": float(i), "timestamp": 1, "step": i} for i in range(3)])
+        return run
+
+    run = held_run()
+    _held.flush(Rest(refused=1), run, {"hpc.state": "finished"})  # one point of four items: counted
+    assert run.refused_points == 1 and run.held == {}
+    assert any("1 points refused" in n for n in MlflowSink.notes(run.to_state()))
+    run = held_run()
+    with pytest.raises(ServerRefused, match="HTTP 400"):  # everything, the state tag too: not one point's fault
+        _held.flush(Rest(refused=4), run, {"hpc.state": "finished"})
+    assert len(run.held["metrics"]) == 3 and run.refused_points == 0
+    run = held_run()
+    _held.flush(Rest(refused=3), run)  # points only, all refused: counted, as a stream's refused batch is
+    assert run.refused_points == 3 and run.held == {}
 
 
 USER_RUN = """
@@ -170,8 +245,9 @@ def test_what_is_held_is_sent_within_mlflows_batch_limits():
         def __init__(self):
             self.batches = []
 
-        def send_points(self, run_id, pts, **extra):
-            self.batches.append({"metrics": pts, **extra})
+        def log_batch_parts(self, run_id, lists):
+            self.batches.append(lists)
+            return []
 
         def log_batch(self, run_id, **lists):
             self.batches.append(lists)

@@ -8,7 +8,6 @@ import glob
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any, Dict, List
 import _wandbwriter as wb
 import pytest
 import yaml
+from _kills import KillTimer
 from conftest import REPO, assert_synced_once, history, make_runner, run_info, sink_for, sync_once
 from support import soak_count
 
@@ -253,6 +253,7 @@ run.finish()
 @pytest.mark.faults
 def test_kill_loop_during_a_wandb_runs_sync_exactly_once(settings, root, project, tmp_path):
     rng = random.Random(SEED)
+    timer = KillTimer(rng)
     note = f"(HPCSYNC_SEED={SEED} replays the kill times)"
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(yaml.safe_dump({"roots": [root], "server": {"kind": "mlflow", "url": settings.server_url},
@@ -268,11 +269,7 @@ def test_kill_loop_during_a_wandb_runs_sync_exactly_once(settings, root, project
                 shutil.rmtree(settings.state_path, ignore_errors=True)   # state lost: found again by its tag
             proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once",
                                      "--config", str(cfg)], env=env, cwd=REPO)
-            time.sleep(rng.uniform(0.3, 2.0))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait()
+            kills += timer.wait_or_kill([proc])
         assert writer.wait(timeout=600) == 0
     finally:
         if writer.poll() is None:

@@ -11,16 +11,15 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import _wandbsink
 import pytest
 import yaml
 from _faultproxy import FaultProxy
 from _ids import wandb_name
+from _kills import KillTimer
 from _runwriter import RunWriter, read_stream
 from _wandbsink import API_KEY, ENTITY, file_streams, replay, stored
 from conftest import REPO
@@ -37,6 +36,7 @@ ROWS = soak_count(6_000, 120_000)
 @pytest.mark.wandb_server
 def test_kill_minus_nine_loop_exactly_once_on_the_wire(openwandb, root, project, tmp_path):
     rng = random.Random(SEED)
+    timer = KillTimer(rng)
     note = f"(HPCSYNC_SEED={SEED} replays the kill times)"
     run_id = f"{project}-big"
     key_file = tmp_path / "wandb.key"
@@ -65,13 +65,7 @@ def test_kill_minus_nine_loop_exactly_once_on_the_wire(openwandb, root, project,
                 shutil.rmtree(state, ignore_errors=True)  # state lost: the same offsets from 0, same content
             proc = subprocess.Popen([sys.executable, "-m", "sync_gateway.cli", "-q", "sync", "--once",
                                      "--config", str(cfg)], env=env, cwd=REPO)
-            # An incremental pass over a quiet machine can end in under a second: kill times spread over the
-            # start-up and the pass (a kill after the pass ended does not count; the loop tries again).
-            time.sleep(rng.uniform(0.3, 1.5))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait()
+            kills += timer.wait_or_kill([proc])  # spread over the start-up and the pass
         assert kills >= KILLS, f"only {kills} kills landed during a sync in {attempts} attempts {note}"
         if written < ROWS:
             w.log_many({"loss": 1.0 / (written + i + 1), "acc": (written + i) % 97 / 97.0}

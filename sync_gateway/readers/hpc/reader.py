@@ -15,6 +15,7 @@ from sync_gateway.readers.base import Reader
 from sync_gateway.readers.hpc._format import decode_value, parse_document, parse_run_json, parse_stream
 from sync_gateway.readers.hpc._mlflow import ARTIFACTS_DIR, POINTS_STREAM, door_info, mlflow_object, shown_as
 from sync_gateway.records import (
+    FINGERPRINT_BYTES,
     FileEntry,
     FileStat,
     MetricDef,
@@ -26,6 +27,7 @@ from sync_gateway.records import (
     Snapshot,
     StreamChunk,
     Summary,
+    fingerprint,
     usable_files,
 )
 from sync_gateway.sources.base import Source
@@ -209,6 +211,11 @@ class HpcReader(Reader):
                        snap.files["summary.json"].mtime_ns // 1_000_000)
 
     def files(self, snap: Snapshot) -> List[FileEntry]:
+        return self.files_since(snap, None)[0]
+
+    def files_since(self, snap: Snapshot, mark: Any) -> Tuple[List[FileEntry], Any]:
+        """The run's files, and the media media.jsonl gained since ``mark`` (``{"media": [offset, fp]}``:
+        how far the index is read, and the fingerprint of the bytes before that offset)."""
         door = self._door() is not None
         subdirs = _SUBDIRS + (ARTIFACTS_DIR,) if door else _SUBDIRS
         out = [FileEntry(name, dest, snap.files[name]) for name, dest in _ARTIFACTS.items() if name in snap.files]
@@ -216,28 +223,48 @@ class HpcReader(Reader):
                 and "/" in name]
         if door:  # MLflow's artifacts at their own paths; whatever the door adds under hpc/
             out = [FileEntry(e.source_path, shown_as(e.dest), e.stat) for e in out]
-        return usable_files(sorted(out, key=lambda e: e.source_path) + self._media(snap), self.ref.key)
+        media, media_mark = self._media(snap, (mark or {}).get("media") if isinstance(mark, dict) else None)
+        return (usable_files(sorted(out, key=lambda e: e.source_path) + media, self.ref.key),
+                {"media": media_mark} if media_mark else None)
 
-    def _media(self, snap: Snapshot) -> List[FileEntry]:
-        """The payloads of media.bin that media.jsonl describes (docs/run-format.md section 8). A line whose
-        payload lies beyond the media.bin size seen (shared storage showing the index first) waits for the
-        next pass, as do the lines after it."""
+    def _index_from(self, size: int, mark: Any) -> Tuple[int, bytes, bytes]:
+        """``(start, bytes of media.jsonl from start, the bytes just before start)``: from the mark's offset
+        while the bytes before it are the ones it saw (read in the same request), else from the start."""
+        if isinstance(mark, list) and len(mark) == 2 and _int(mark[0]) and isinstance(mark[1], str) \
+                and 0 < mark[0] <= size:
+            offset = mark[0]
+            n = min(FINGERPRINT_BYTES, offset)
+            data = self.source.read_range(self.ref, MEDIA_INDEX, offset - n, size - offset + n)
+            if len(data) >= n and fingerprint(data[:n]) == mark[1]:
+                return offset, data[n:], data[:n]
+        return 0, self.source.read_range(self.ref, MEDIA_INDEX, 0, size), b""
+
+    def _media(self, snap: Snapshot, mark: Any) -> Tuple[List[FileEntry], Optional[List[Any]]]:
+        """The payloads of media.bin that media.jsonl describes (docs/run-format.md section 8), from the
+        mark on, and the new mark. A line whose payload lies beyond the media.bin size seen (shared storage
+        showing the index first) waits for the next pass, as do the lines after it."""
         index, packed = snap.files.get(MEDIA_INDEX), snap.files.get(MEDIA_BIN)
         if index is None or packed is None:
-            return []
-        parsed = parse_stream(self.source.read_range(self.ref, MEDIA_INDEX, 0, index.size_bytes), 0, None)
+            return [], None
+        start, data, before = self._index_from(index.size_bytes, mark)
+        parsed = parse_stream(data, start, None)
         out: List[FileEntry] = []
+        end = start
         for record in parsed.records:
             v = record.values
             path, offset, length = v.get("path"), _int(v.get("offset")), _int(v.get("length"))
             if not isinstance(path, str) or not path.startswith("media/") or ".." in path.split("/") \
                     or offset is None or length is None:
                 log.warning("%s: %s line %d is not a media record; skipped", self.ref.key, MEDIA_INDEX, record.seq)
-                continue
-            if offset + length > packed.size_bytes:
+            elif offset + length > packed.size_bytes:
                 break
-            out.append(FileEntry(path, path, FileStat(length, record.ts_ms * 1_000_000), (MEDIA_BIN, offset)))
-        return out
+            else:
+                out.append(FileEntry(path, path, FileStat(length, record.ts_ms * 1_000_000), (MEDIA_BIN, offset)))
+            end = record.end_offset
+        if end == start:  # nothing new read: the mark stays
+            return out, mark if start else None
+        seen = before + data[:end - start]  # the bytes before the new mark: in what was read
+        return out, [end, fingerprint(seen[-FINGERPRINT_BYTES:])]
 
     def status(self, snap: Snapshot, now_ms: int, stale_after_s: float) -> RunStatus:
         """Seen for the first time, a run's last sign of life is the newest modification time of its files

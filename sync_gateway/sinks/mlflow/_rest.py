@@ -181,6 +181,11 @@ class MlflowRest:
             raise BatchRefused(f"{lost} of {len(pts)} points refused for good (the others are stored); "
                                f"first answer: {first}", points=lost, status=first.status, error_code=first.error_code)
 
+    def log_batch_parts(self, run_id: str, lists: Dict[str, List[Dict[str, Any]]]) -> List[Tuple[int, ServerError]]:
+        """One log-batch of metrics, params and tags, bisected when refused for good (as :meth:`send_points`):
+        the parts the server refuses, ``(items, answer)``, after every other part was sent."""
+        return self._send_split(run_id, lists, SPLIT_STATUS)
+
     def _send_split(self, run_id: str, lists: Dict[str, List[Dict[str, Any]]],
                     split_status: Tuple[int, ...]) -> List[Tuple[int, ServerError]]:
         """One ``runs/log-batch`` of ``lists``; a refusal with a status in ``split_status`` is bisected

@@ -48,6 +48,7 @@ class MlflowRun(SinkRun):
     refused_params: List[str] = field(default_factory=list)  # config keys whose change MLflow refused
     skipped_values: int = 0                                  # logged values that are not metrics (strings)
     unstorable_points: int = 0     # points MLflow cannot store (step/timestamp/value out of its range)
+    refused_points: int = 0        # held points the server refused for good (``_held.flush``)
     adopted_ms: int = 0            # when this gateway created or found the run (its clock)
     settled: bool = False          # a check SETTLE_S after adoption found no duplicate
     created_tags: str = ""         # digest of the tags runs/create carried (this gateway created the run)

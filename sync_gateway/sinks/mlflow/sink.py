@@ -125,6 +125,8 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
             yield
 
     def retire_run(self, run: MlflowRun, reason: str) -> None:
+        if run.held:  # what is held came from the old content: it belongs to the old run
+            _held.flush(self.rest, run)
         self.runs.retire(run, reason)
 
     def restore(self, saved: Mapping[str, Any]) -> MlflowRun:
@@ -136,6 +138,8 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
         if saved.get("unstorable_points"):
             out.append(f"{saved['unstorable_points']} points MLflow cannot store skipped (step or timestamp "
                        f"outside int64, negative timestamp, integer beyond float)")
+        if saved.get("refused_points"):
+            out.append(f"{saved['refused_points']} points refused for good by the server (logged with its answer)")
         if saved.get("skipped_values"):
             out.append(f"{saved['skipped_values']} values that are not metrics skipped (strings, lists)")
         if saved.get("tables_left_out"):
@@ -192,7 +196,14 @@ class MlflowSink(Sink[MlflowRun, List[Point]]):
         return self.points.batches(run, stream, rows, metrics, self.rest.batch_points)
 
     def send(self, run: MlflowRun, payload: List[Point]) -> int:
-        if payload:
+        """A batch smaller than a log-batch is held for the run's final log-batch (``_held``): acknowledged
+        now, it is in the state the engine stores with the cursor, and on the server before the run's sync
+        ends. A full one goes at once, with the held params and tags that fit beside it."""
+        if not payload:
+            return 0
+        if _held.can_hold(run, len(payload), self.rest.batch_points):
+            _held.hold(run, metrics=payload)
+        else:
             self.rest.send_points(run.run_id, payload, **_held.take(run, _held.MAX_ITEMS - len(payload)))
         return len(payload)
 
