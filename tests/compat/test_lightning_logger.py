@@ -30,6 +30,7 @@ def test_the_media_methods_take_wandb_loggers_arguments(method):
         [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
 
 
+@pytest.mark.slow  # the fast tier's first Lightning import (about 4 s here)
 def test_log_image_table_and_text_record_hpc_media(tmp_path):
     need_packages("lightning", "numpy")
     import numpy as np

@@ -19,7 +19,7 @@ from _wandbsink import ENTITY, file_streams, graphql_ops, replay, stored, sync_o
 
 openwandb, wb_settings = _wandbsink.openwandb, _wandbsink.wb_settings  # the fixtures
 
-pytestmark = pytest.mark.wandb_server
+pytestmark = [pytest.mark.wandb_server, pytest.mark.slow]  # the real wandb writes two runs (about 8 s here)
 
 NATIVE = """
 run = wandb.init(project=args["project"], id=args["id"], resume="allow", config={"lr": 0.1, "model": {"depth": 3}},
