@@ -50,7 +50,7 @@ from sync_gateway._redact import register_secret, split_url_credentials
 from sync_gateway.errors import ConfigError
 from sync_gateway.settings import AuthSettings, Settings, TlsSettings
 
-__all__ = ["TlsChoice", "resolve_tls", "resolve_auth", "describe_auth", "build_session", "HttpClient",
+__all__ = ["secret_file", "TlsChoice", "resolve_tls", "resolve_auth", "describe_auth", "build_session", "HttpClient",
            "DeadlineExceeded", "IncompleteAnswer"]
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,16 @@ class _BearerAuth(requests.auth.AuthBase):
         return "BearerAuth(***)"
 
 
-def _secret_file(path: str, what: str) -> str:
+def secret_file(path: str, setting: str) -> str:
+    """The secret in the file ``path`` that the config key ``setting`` names, refused unless only its owner
+    can read it."""
     path = os.path.expanduser(path)
     try:
         st = os.stat(path)
     except OSError as e:
-        raise ConfigError(f"auth.{what} {path}: {e.strerror}") from e
+        raise ConfigError(f"{setting} {path}: {e.strerror}") from e
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"auth.{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+        raise ConfigError(f"{setting} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
                           f"run: chmod 600 {path}")
     with open(path) as f:
         return f.read().strip()
@@ -121,7 +123,7 @@ def _secret_file(path: str, what: str) -> str:
 def resolve_auth(auth: AuthSettings, environ: Mapping[str, str]) -> Optional[requests.auth.AuthBase]:
     token = None
     if auth.token_file:
-        token = _secret_file(auth.token_file, "token_file")
+        token = secret_file(auth.token_file, "auth.token_file")
     elif auth.token_env:
         token = environ.get(auth.token_env)
         if not token:
@@ -130,7 +132,7 @@ def resolve_auth(auth: AuthSettings, environ: Mapping[str, str]) -> Optional[req
         return _BearerAuth(token)
     if auth.username:
         if auth.password_file:
-            password = _secret_file(auth.password_file, "password_file")
+            password = secret_file(auth.password_file, "auth.password_file")
         elif auth.password_env and environ.get(auth.password_env):
             password = environ[auth.password_env]
         else:

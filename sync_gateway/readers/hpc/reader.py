@@ -223,7 +223,7 @@ class HpcReader(Reader):
                 and "/" in name]
         if door:  # MLflow's artifacts at their own paths; whatever the door adds under hpc/
             out = [FileEntry(e.source_path, shown_as(e.dest), e.stat) for e in out]
-        media, media_mark = self._media(snap, (mark or {}).get("media") if isinstance(mark, dict) else None)
+        media, media_mark = self._media(snap, mark.get("media") if isinstance(mark, dict) else None)
         return (usable_files(sorted(out, key=lambda e: e.source_path) + media, self.ref.key),
                 {"media": media_mark} if media_mark else None)
 

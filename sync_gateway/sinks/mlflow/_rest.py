@@ -174,7 +174,7 @@ class MlflowRest:
         """Send metric points (and ``extra`` params and tags in the same log-batch); a batch refused for good
         (400, 413, 422) is bisected so that only the points the server refuses are lost, not the up to 1000
         around them."""
-        refused = self._send_split(run_id, {"metrics": pts, **extra}, SPLIT_STATUS)
+        refused = self.log_batch_parts(run_id, {"metrics": pts, **extra})
         if refused:
             lost = sum(n for n, _ in refused)
             first = refused[0][1]

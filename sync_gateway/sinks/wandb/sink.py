@@ -21,7 +21,6 @@ import json
 import logging
 import netrc
 import os
-import stat
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 from sync_gateway.errors import ConfigError, ServerUnavailable
 from sync_gateway.records import MetricDef, Row, RunInfo, RunStatus, Summary
 from sync_gateway.settings import Settings
-from sync_gateway.sinks._http import HttpClient
+from sync_gateway.sinks._http import HttpClient, secret_file
 from sync_gateway.sinks.base import GroupView, RunSpec, Sink, SinkRun
 from sync_gateway.sinks.wandb._api import RateLimiter, WandbApi, upload_headers
 from sync_gateway.sinks.wandb._doctor import wandb_doctor
@@ -102,25 +101,12 @@ class StreamPayload:
     last_step: Optional[int] = None
 
 
-def _read_key_file(path: str) -> str:
-    path = os.path.expanduser(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(f"server.api_key_file {path}: {e.strerror}") from e
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"server.api_key_file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                          f"run: chmod 600 {path}")
-    with open(path) as f:
-        return f.read().strip()
-
-
 def api_key(settings: Settings, environ: Mapping[str, str]) -> Optional[str]:
     """server.api_key_file, else WANDB_API_KEY, else the server's entry in ~/.netrc (where ``wandb login``
     puts it)."""
     path = settings.server_options.get("api_key_file")
     if path:
-        return _read_key_file(str(path))
+        return secret_file(str(path), "server.api_key_file")
     if environ.get("WANDB_API_KEY"):
         return environ["WANDB_API_KEY"]
     host = urlsplit(settings.server_url or DEFAULT_URL).hostname or ""
